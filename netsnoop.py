@@ -1,0 +1,1400 @@
+#!/usr/bin/env python3
+"""netsnoop: a Linux activity monitor in one file.
+
+    netsnoop.py PID                     curses session on PID's network view
+    netsnoop.py PID --once [--tab TAB|all] [--json]
+    netsnoop.py --procs [--json] [--log FILE] [--filter REGEX] ...
+
+The nine net tabs read /proc/PID/net, which is PID's *network namespace*:
+every socket of every process in that namespace is listed, and a socket is
+PID's own ("owned") when its inode is among the socket:[N] links of
+/proc/PID/fd.  softnet_stat is global (per CPU, the same in every namespace)
+and stat/arp_cache exists only in the host namespace.
+
+Session keys: 1-9 and 0 pick a tab, Left/Right Tab/Shift-Tab cycle,
+Up/Down/PgUp/PgDn/Home/End scroll, / filter, s sort, o owned only, ? help,
+:set N interval, :tab NAME, q or Ctrl+D quit.
+
+Run-time dependencies: the Python standard library only (3.7+).  A C scanner
+(_fastscan*.so, built by build_fastscan.py) is used for --procs when present.
+"""
+
+import argparse
+import collections
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+
+__version__ = "0.1.0"
+
+
+# ---------------------------------------------------------------------------
+# Constants and tables
+# ---------------------------------------------------------------------------
+
+PROG = "netsnoop"
+
+TABS = ("tcp", "udp", "arp", "traffic", "stats", "raw", "icmp", "routing",
+        "analysis", "procs")
+NET_TABS = TABS[:-1]
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+# ---------------------------------------------------------------------------
+# Records and errors
+# ---------------------------------------------------------------------------
+
+class NetsnoopError(Exception):
+    """An error shown to the user as one line; `status` is the exit code."""
+    status = EXIT_FAIL
+
+
+class ProcessGone(NetsnoopError):
+    """The process does not exist (any more), or is a zombie."""
+
+
+class AccessDenied(NetsnoopError):
+    """The process exists but its files cannot be read."""
+
+
+class UsageError(NetsnoopError):
+    """Bad command line."""
+    status = EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------
+# Safe text: nothing from a monitored process reaches the terminal raw
+# ---------------------------------------------------------------------------
+
+# C0, DEL, C1, bidi overrides/isolates and marks, line/paragraph separators,
+# lone surrogates (undecodable bytes kept by surrogateescape).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029"
+                     "\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x1b": "\\e"}
+
+
+def _escape_char(match):
+    ch = match.group(0)
+    named = _NAMED_ESCAPES.get(ch)
+    if named:
+        return named
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:        # a byte that was not UTF-8
+        return "\\x%02x" % (code - 0xDC00)
+    if code <= 0xFF:
+        return "\\x%02x" % code
+    return "\\u%04x" % code
+
+
+def printable(text, limit=None):
+    """Escape control characters for a terminal; cut visibly past `limit` chars.
+
+    "a\\x1b[31mb" -> "a\\\\e[31mb"; a backslash is doubled so an escape cannot be forged.
+    """
+    if text is None:
+        return "?"
+    text = str(text)
+    cut = 0
+    if limit is not None and len(text) > limit:
+        cut = len(text) - limit
+        text = text[:limit]
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    text = _UNSAFE.sub(_escape_char, text)
+    if cut:
+        text += "...[+%d chars]" % cut
+    return text
+
+
+def decode(data):
+    """Bytes from /proc -> str; undecodable bytes survive as surrogates."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------------------
+# Parsers: text in, records out.  A damaged line is skipped and counted.
+# ---------------------------------------------------------------------------
+
+# TCP states, include/net/tcp_states.h.  UDP, raw and ping sockets print
+# the same numbers (07 CLOSE = unconnected, 01 ESTABLISHED = connected).
+TCP_STATES = {
+    0x01: "ESTABLISHED", 0x02: "SYN_SENT", 0x03: "SYN_RECV",
+    0x04: "FIN_WAIT1", 0x05: "FIN_WAIT2", 0x06: "TIME_WAIT", 0x07: "CLOSE",
+    0x08: "CLOSE_WAIT", 0x09: "LAST_ACK", 0x0A: "LISTEN", 0x0B: "CLOSING",
+    0x0C: "NEW_SYN_RECV", 0x0D: "BOUND_INACTIVE",
+}
+
+# Socket files behind each tab; "6" files are absent when IPv6 is off.
+SOCKET_FILES = {
+    "tcp": ("tcp", "tcp6"),
+    "udp": ("udp", "udp6", "udplite", "udplite6"),
+    "raw": ("raw", "raw6"),
+    "icmp": ("icmp", "icmp6"),
+}
+
+# route(8) flag letters, include/uapi/linux/route.h and ipv6_route.h,
+# in the order net-tools prints them.
+ROUTE_FLAGS = (
+    (0x0001, "U"), (0x0002, "G"), (0x0004, "H"), (0x0008, "R"),
+    (0x0010, "D"), (0x0020, "M"), (0x40000, "A"), (0x200000, "n"),
+    (0x400000, "e"), (0x1000000, "C"), (0x0200, "!"),
+)
+
+# /proc/net/dev columns after the interface name (net/core/net-procfs.c).
+DEV_FIELDS = (
+    "rx_bytes", "rx_packets", "rx_errs", "rx_drop", "rx_fifo", "rx_frame",
+    "rx_compressed", "rx_multicast", "tx_bytes", "tx_packets", "tx_errs",
+    "tx_drop", "tx_fifo", "tx_colls", "tx_carrier", "tx_compressed",
+)
+
+# softnet_stat columns by position; later kernels append (see PROCFS notes):
+# 9 cols 2.6.23, 10 +received_rps, 11 +flow_limit_count, 13 +backlog_len
+# and cpu index (5.10), 15 +input_qlen, process_qlen (6.4).
+SOFTNET_FIELDS = (
+    "processed", "dropped", "time_squeeze", None, None, None, None, None,
+    "cpu_collision", "received_rps", "flow_limit_count", "backlog_len",
+    "cpu_index", "input_qlen", "process_qlen",
+)
+
+ARP_FLAGS = ((0x2, "complete"), (0x4, "permanent"), (0x8, "publish"))
+
+# Sections of /proc/PID/net/snmp6 by counter-name prefix (longest first).
+SNMP6_SECTIONS = ("UdpLite6", "Icmp6", "Udp6", "Ip6")
+
+
+class Records(list):
+    """A parser's result: the records, plus how many lines were skipped."""
+
+    def __init__(self, items=(), skipped=0):
+        list.__init__(self, items)
+        self.skipped = skipped
+
+
+class Sections(collections.OrderedDict):
+    """{Section: {Counter: int}} from snmp/netstat, plus how many lines were skipped."""
+    skipped = 0
+
+
+Socket = collections.namedtuple(
+    "Socket",
+    "proto local_address local_port remote_address remote_port state "
+    "tx_queue rx_queue timer_active timer_when retransmits uid timeout "
+    "inode drops")
+
+
+def _hex_ipv4(word):
+    """Host-order hex word as printed by %08X of a __be32: "0100007F" -> "127.0.0.1"."""
+    return socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(word, 16)))
+
+
+def _hex_ipv6(words):
+    """Four host-order hex words: "0000000000000000FFFF00000100007F" -> "::ffff:127.0.0.1"."""
+    if len(words) != 32:
+        raise ValueError(words)
+    raw = struct.pack("=4I", *(int(words[i:i + 8], 16) for i in range(0, 32, 8)))
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+_ADDR_CACHE = {}
+
+
+def decode_address(text):
+    """"0500000A:0016" -> ("10.0.0.5", 22); IPv6 takes 32 hex digits."""
+    addr, _, port = text.partition(":")
+    if not port:
+        raise ValueError(text)
+    host = _ADDR_CACHE.get(addr)
+    if host is None:
+        if len(addr) == 8:
+            host = _hex_ipv4(addr)
+        else:
+            host = _hex_ipv6(addr)
+        if len(_ADDR_CACHE) < 65536:
+            _ADDR_CACHE[addr] = host
+    return host, int(port, 16)
+
+
+def state_name(number):
+    return TCP_STATES.get(number, "UNKNOWN_%02X" % number)
+
+
+def parse_socket_line(line, proto):
+    """One line of /proc/net/{tcp,udp,raw,icmp}[6] -> Socket; ValueError if damaged.
+
+    TIME_WAIT and request sockets print only 12 fields; udp/raw/icmp add
+    "ref pointer drops"; the drops and inode widths grew over time, so
+    every number is parsed unbounded.
+    """
+    f = line.split()
+    if len(f) < 10 or not f[0].endswith(":"):
+        raise ValueError("short line")
+    int(f[0][:-1])
+    local, lport = decode_address(f[1])
+    remote, rport = decode_address(f[2])
+    tx, _, rx = f[4].partition(":")
+    tr, _, when = f[5].partition(":")
+    if not rx or not when:
+        raise ValueError("queues")
+    uid = int(f[7])
+    inode = int(f[9])
+    if uid < 0 or inode < 0:
+        raise ValueError("negative")
+    drops = None
+    if proto.startswith(("udp", "raw", "icmp")) and len(f) >= 13:
+        drops = int(f[12])
+        if drops < 0:
+            raise ValueError("negative drops")
+    return Socket(proto, local, lport, remote, rport, state_name(int(f[3], 16)),
+                  int(tx, 16), int(rx, 16), int(tr, 16), int(when, 16),
+                  int(f[6], 16), uid, int(f[8]), inode, drops)
+
+
+def parse_sockets(text, proto):
+    """/proc/net/tcp (or udp, raw, icmp and their "6" twins) -> Records of Socket."""
+    out = Records()
+    lines = text.splitlines()
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        try:
+            out.append(parse_socket_line(line, proto))
+        except (ValueError, IndexError, OSError):
+            out.skipped += 1
+    return out
+
+
+ArpEntry = collections.namedtuple(
+    "ArpEntry", "ip_address hw_type flags hw_address mask device")
+
+
+def arp_state(flags):
+    """0x6 -> "complete,permanent"; 0 -> "incomplete"."""
+    names = [name for bit, name in ARP_FLAGS if flags & bit]
+    return ",".join(names) if names else "incomplete"
+
+
+def parse_arp(text):
+    """/proc/net/arp -> Records of ArpEntry.
+
+    Devices with no hardware address print an empty HW column, so a line
+    may split into five fields.
+    """
+    out = Records()
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if not f:
+            continue
+        try:
+            if len(f) == 6:
+                ip, hw_type, flags, hw, mask, dev = f
+            elif len(f) == 5:
+                ip, hw_type, flags, mask, dev = f
+                hw = ""
+            else:
+                raise ValueError(line)
+            socket.inet_aton(ip)
+            out.append(ArpEntry(ip, int(hw_type, 16), int(flags, 16), hw, mask, dev))
+        except (ValueError, OSError):
+            out.skipped += 1
+    return out
+
+
+def parse_hex_table(text):
+    """Header + rows of hex numbers (stat/arp_cache) -> Records of dicts, one per CPU."""
+    out = Records()
+    lines = text.splitlines()
+    if not lines:
+        return out
+    names = lines[0].split()
+    for line in lines[1:]:
+        f = line.split()
+        if not f:
+            continue
+        try:
+            if len(f) != len(names):
+                raise ValueError(line)
+            out.append(collections.OrderedDict(
+                (n, int(v, 16)) for n, v in zip(names, f)))
+        except ValueError:
+            out.skipped += 1
+    return out
+
+
+def sum_arp_cache(rows):
+    """Per-CPU arp_cache rows -> one dict; "entries" is table-wide, not per CPU."""
+    total = collections.OrderedDict()
+    for row in rows:
+        for name, value in row.items():
+            if name == "entries":
+                total[name] = max(total.get(name, 0), value)
+            else:
+                total[name] = total.get(name, 0) + value
+    return total
+
+
+def parse_dev(text):
+    """/proc/net/dev -> Records of dicts with "name" and the 16 DEV_FIELDS.
+
+    Old kernels print "%6s:%8lu" with no space, so split on the first ':'
+    after the two header lines.  Names may hold ':' (eth0:1): split on the last.
+    """
+    out = Records()
+    for line in text.splitlines()[2:]:
+        if not line.strip():
+            continue
+        name, sep, rest = line.rpartition(":")
+        try:
+            values = [int(v) for v in rest.split()]
+            if not sep or len(values) != len(DEV_FIELDS) or not name.strip():
+                raise ValueError(line)
+        except ValueError:
+            out.skipped += 1
+            continue
+        row = collections.OrderedDict(name=name.strip())
+        row.update(zip(DEV_FIELDS, values))
+        out.append(row)
+    return out
+
+
+def parse_counter_pairs(text):
+    """snmp / netstat: "Sec: names" then "Sec: values" -> {Sec: {name: int}}.
+
+    Sections repeat (IcmpMsg prints up to 16 types per pair): merge them.
+    Records.skipped counts pairs that do not line up.
+    """
+    sections = Sections()
+    skipped = 0
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    i = 0
+    while i + 1 < len(lines):
+        head, values = lines[i], lines[i + 1]
+        sec, sep, names = head.partition(":")
+        vsec, vsep, nums = values.partition(":")
+        if not sep or sec != vsec or not vsep:
+            skipped += 1
+            i += 1
+            continue
+        names, nums = names.split(), nums.split()
+        try:
+            if len(names) != len(nums):
+                raise ValueError(head)
+            parsed = [int(v) for v in nums]
+        except ValueError:
+            skipped += 1
+            i += 2
+            continue
+        sections.setdefault(sec.strip(), collections.OrderedDict()).update(
+            zip(names, parsed))
+        i += 2
+    if i < len(lines):
+        skipped += 1
+    sections.skipped = skipped
+    return sections
+
+
+def parse_snmp(text):
+    """/proc/net/snmp or netstat text -> {Section: {Counter: int}} (skipped on .skipped)."""
+    return parse_counter_pairs(text)
+
+
+def parse_snmp6(text):
+    """/proc/net/snmp6 ("Ip6InReceives   92166" lines) -> {Ip6: {InReceives: ...}, ...}."""
+    sections = Sections()
+    skipped = 0
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        try:
+            if len(f) != 2:
+                raise ValueError(line)
+            value = int(f[1])
+        except ValueError:
+            skipped += 1
+            continue
+        for prefix in SNMP6_SECTIONS:
+            if f[0].startswith(prefix) and len(f[0]) > len(prefix):
+                sections.setdefault(prefix, collections.OrderedDict())[
+                    f[0][len(prefix):]] = value
+                break
+        else:
+            skipped += 1
+    sections.skipped = skipped
+    return sections
+
+
+def parse_softnet(text):
+    """/proc/net/softnet_stat (hex, one row per online CPU, 9..15+ columns) -> Records of dicts.
+
+    The CPU id is column 13 when present (offline CPUs are skipped, so the
+    row number is not the CPU); before that kernel, the row number.
+    """
+    out = Records()
+    row_number = 0
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        try:
+            values = [int(v, 16) for v in f]
+            if len(values) < 9:
+                raise ValueError(line)
+        except ValueError:
+            out.skipped += 1
+            continue
+        row = collections.OrderedDict(cpu=row_number)
+        for name, value in zip(SOFTNET_FIELDS, values):
+            if name:
+                row[name] = value
+        if "cpu_index" in row:
+            row["cpu"] = row.pop("cpu_index")
+        row["columns"] = len(values)
+        out.append(row)
+        row_number += 1
+    return out
+
+
+def route_flags(flags):
+    """0x0003 -> "UG" (route(8) letters)."""
+    return "".join(letter for bit, letter in ROUTE_FLAGS if flags & bit)
+
+
+def parse_route(text):
+    """/proc/net/route (tab separated, host-order hex addresses, HEX flags) -> Records of dicts."""
+    out = Records()
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if not f:
+            continue
+        try:
+            if len(f) < 11:
+                raise ValueError(line)
+            flags = int(f[3], 16)
+            out.append(collections.OrderedDict((
+                ("iface", f[0]),
+                ("destination", _hex_ipv4(f[1])),
+                ("gateway", _hex_ipv4(f[2])),
+                ("mask", _hex_ipv4(f[7])),
+                ("flags", route_flags(flags)),
+                ("flags_raw", flags),
+                ("metric", int(f[6])),
+                ("mtu", int(f[8])),
+                ("window", int(f[9])),
+                ("irtt", int(f[10])),
+                ("refcnt", int(f[4])),
+                ("use", int(f[5])),
+            )))
+        except (ValueError, OSError, struct.error):
+            out.skipped += 1
+    return out
+
+
+def _net_ipv6(hex32):
+    """ipv6_route prints addresses in network order: no byte swapping."""
+    if len(hex32) != 32:
+        raise ValueError(hex32)
+    return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hex32))
+
+
+def parse_ipv6_route(text):
+    """/proc/net/ipv6_route -> Records of dicts (all tables; plen and metric are hex)."""
+    out = Records()
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        try:
+            if len(f) != 10:
+                raise ValueError(line)
+            flags = int(f[8], 16)
+            out.append(collections.OrderedDict((
+                ("destination", _net_ipv6(f[0])),
+                ("prefix_len", int(f[1], 16)),
+                ("source", _net_ipv6(f[2])),
+                ("source_prefix_len", int(f[3], 16)),
+                ("next_hop", _net_ipv6(f[4])),
+                ("metric", int(f[5], 16)),
+                ("refcnt", int(f[6], 16)),
+                ("use", int(f[7], 16)),
+                ("flags", route_flags(flags)),
+                ("flags_raw", flags),
+                ("iface", f[9]),
+            )))
+        except (ValueError, OSError):
+            out.skipped += 1
+    return out
+
+
+SOCKET_LINK = re.compile(r"socket:\[(\d+)\]\Z")
+
+
+def parse_stat_line(text):
+    """/proc/PID/stat -> (comm, [fields after comm]); the name may hold ") ", so split at the last ')'."""
+    start = text.index("(")
+    end = text.rindex(")")
+    return text[start + 1:end], text[end + 2:].split()
+
+
+# ---------------------------------------------------------------------------
+# ProcFS: the only code that opens files under /proc
+# ---------------------------------------------------------------------------
+
+READ_CHUNK = 1 << 20
+
+
+def read_fd_all(fd):
+    """Read an open file to the end in large chunks (seq files fill what they can)."""
+    parts = []
+    while True:
+        chunk = os.read(fd, READ_CHUNK)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+class ProcFS(object):
+    """Owns the procfs root (`--proc DIR`) and the opening of files.
+
+    OSErrors become ProcessGone / AccessDenied here and nowhere else; a net
+    file that does not exist (IPv6 off, arp_cache outside the host
+    namespace) reads as None.
+    """
+
+    def __init__(self, root="/proc"):
+        self.root = root
+
+    def path(self, *parts):
+        return os.path.join(self.root, *[str(p) for p in parts])
+
+    def read_bytes(self, *parts):
+        fd = os.open(self.path(*parts), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            return read_fd_all(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, *parts):
+        return decode(self.read_bytes(*parts))
+
+    def check_root(self):
+        """The root must be a readable directory (`--proc DIR` may be wrong)."""
+        try:
+            os.listdir(self.root)
+        except OSError as err:
+            raise NetsnoopError("cannot read %s: %s" % (self.root, err.strerror))
+
+    def _gone(self, pid, err, what):
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return AccessDenied("process %d: cannot read %s: permission denied"
+                                % (pid, what))
+        if err.errno == errno.EINVAL:
+            return ProcessGone("process %d is a zombie: its %s is unavailable"
+                               % (pid, what))
+        if not os.path.exists(self.path(pid)):
+            return ProcessGone(self._missing_reason(pid))
+        return None
+
+    def _missing_reason(self, pid):
+        if self.hidepid():
+            return ("process %d does not exist or is hidden from you "
+                    "(%s is mounted with hidepid)" % (pid, self.root))
+        return "process %d does not exist" % pid
+
+    def hidepid(self):
+        """True when this procfs hides other users' processes (mount option hidepid)."""
+        try:
+            mounts = self.read("self", "mountinfo")
+        except OSError:
+            return False
+        root = os.path.realpath(self.root)
+        for line in mounts.splitlines():
+            f = line.split()
+            if len(f) > 4 and f[4] == root and "hidepid=" in line \
+                    and not re.search(r"hidepid=(0|off)\b", line):
+                return True
+        return False
+
+    def pid_read(self, pid, *parts):
+        """/proc/PID/<parts> -> str; ProcessGone / AccessDenied on failure."""
+        try:
+            return self.read(pid, *parts)
+        except OSError as err:
+            exc = self._gone(pid, err, "/".join(str(p) for p in parts))
+            if exc is None:
+                exc = ProcessGone("process %d: cannot read %s: %s"
+                                  % (pid, "/".join(parts), err.strerror))
+            raise exc from err
+
+    def net_read(self, pid, name):
+        """/proc/PID/net/NAME -> str, or None when the file does not exist."""
+        try:
+            return self.read(pid, "net", name)
+        except OSError as err:
+            exc = self._gone(pid, err, "net/" + name)
+            if exc is not None:
+                raise exc from err
+            if err.errno == errno.ENOENT:
+                return None
+            raise ProcessGone("process %d: cannot read net/%s: %s"
+                              % (pid, name, err.strerror)) from err
+
+    def process_status(self, pid):
+        """-> (comm, state letter); raises ProcessGone for a missing PID or a zombie."""
+        text = self.pid_read(pid, "stat")
+        try:
+            comm, rest = parse_stat_line(text)
+            state = rest[0]
+        except (ValueError, IndexError):
+            raise ProcessGone("process %d: unreadable stat" % pid)
+        if state in ("Z", "X"):
+            raise ProcessGone("process %d is a zombie: its network view is gone" % pid)
+        return comm, state
+
+    def check_net(self, pid):
+        """Fail early, with the SPEC's message, when PID's net view cannot be read."""
+        comm, _ = self.process_status(pid)
+        try:
+            os.listdir(self.path(pid, "net"))
+        except OSError as err:
+            exc = self._gone(pid, err, "net")
+            if exc is None:
+                exc = ProcessGone("process %d: cannot read net: %s" % (pid, err.strerror))
+            raise exc from err
+        return comm
+
+    def netns(self, pid):
+        """"net:[4026531840]", or None when the link cannot be read (another user's process)."""
+        try:
+            return os.readlink(self.path(pid, "ns", "net"))
+        except OSError:
+            return None
+
+    def socket_inodes(self, pid):
+        """-> (set of socket inodes PID holds open, None) or (None, reason)."""
+        fd_dir = self.path(pid, "fd")
+        try:
+            names = os.listdir(fd_dir)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM):
+                return None, ("cannot read /proc/%d/fd (permission denied: another "
+                              "user's process; run as its user or root)" % pid)
+            exc = self._gone(pid, err, "fd")
+            if exc is not None:
+                raise exc from err
+            return None, "cannot read /proc/%d/fd: %s" % (pid, err.strerror)
+        inodes = set()
+        readlink = os.readlink
+        for name in names:
+            try:
+                target = readlink(fd_dir + "/" + name)
+            except OSError:
+                continue                # closed since the listing
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+        return inodes, None
+
+
+# ---------------------------------------------------------------------------
+# Net collection: one tab's data as a JSON-ready dict
+# ---------------------------------------------------------------------------
+
+def socket_dict(sock, owned):
+    row = sock._asdict()
+    row["owned"] = owned
+    return row
+
+
+class Ownership(object):
+    """Which socket inodes PID holds; read once per snapshot."""
+
+    def __init__(self, procfs, pid):
+        self.inodes, self.reason = procfs.socket_inodes(pid)
+
+    @property
+    def known(self):
+        return self.inodes is not None
+
+    def owns(self, inode):
+        return self.inodes is not None and inode != 0 and inode in self.inodes
+
+
+def collect_sockets(procfs, pid, tab, owners):
+    sockets, skipped, missing = [], 0, []
+    for name in SOCKET_FILES[tab]:
+        text = procfs.net_read(pid, name)
+        if text is None:
+            missing.append(name)
+            continue
+        records = parse_sockets(text, name)
+        skipped += records.skipped
+        sockets.extend(socket_dict(s, owners.owns(s.inode)) for s in records)
+    data = collections.OrderedDict(sockets=sockets)
+    data["owned_known"] = owners.known
+    if not owners.known:
+        data["owned_reason"] = owners.reason
+    data["skipped_lines"] = skipped
+    data["files_missing"] = missing
+    return data
+
+
+def _read_parsed(procfs, pid, name, parser, data, empty):
+    """Read and parse one net file, noting a missing file and skipped lines in `data`."""
+    text = procfs.net_read(pid, name)
+    if text is None:
+        data.setdefault("files_missing", []).append(name)
+        return empty
+    parsed = parser(text)
+    data["skipped_lines"] = data.get("skipped_lines", 0) + parsed.skipped
+    return parsed
+
+
+def collect_icmp(procfs, pid, owners):
+    data = collect_sockets(procfs, pid, "icmp", owners)
+    snmp = _read_parsed(procfs, pid, "snmp", parse_snmp, data, Sections())
+    snmp6 = _read_parsed(procfs, pid, "snmp6", parse_snmp6, data, Sections())
+    counters = collections.OrderedDict()
+    for section in ("Icmp", "IcmpMsg"):
+        counters[section] = snmp.get(section, collections.OrderedDict())
+    if "Icmp6" in snmp6:
+        counters["Icmp6"] = snmp6["Icmp6"]
+    data["counters"] = counters
+    return data
+
+
+def collect_arp(procfs, pid):
+    data = collections.OrderedDict()
+    entries = _read_parsed(procfs, pid, "arp", parse_arp, data, Records())
+    data["entries"] = [dict(e._asdict(), state=arp_state(e.flags)) for e in entries]
+    rows = _read_parsed(procfs, pid, "stat/arp_cache", parse_hex_table, data, Records())
+    data["stats"] = sum_arp_cache(rows)
+    data["stats_available"] = bool(rows)
+    if not rows:
+        data["stats_note"] = ("stat/arp_cache exists only in the host network "
+                              "namespace")
+    return data
+
+
+def collect_traffic(procfs, pid):
+    data = collections.OrderedDict()
+    data["interfaces"] = list(_read_parsed(procfs, pid, "dev", parse_dev, data, Records()))
+    return data
+
+
+def collect_stats(procfs, pid):
+    data = collections.OrderedDict()
+    sections = _read_parsed(procfs, pid, "netstat", parse_snmp, data, Sections())
+    # Only the kernel's sections go at the top level (SPEC: {SECTION: {...}});
+    # our notes about the read ride along under names that cannot clash.
+    out = collections.OrderedDict(sections)
+    out["_skipped_lines"] = data.get("skipped_lines", 0)
+    out["_files_missing"] = data.get("files_missing", [])
+    return out
+
+
+def collect_routing(procfs, pid):
+    data = collections.OrderedDict()
+    data["ipv4"] = list(_read_parsed(procfs, pid, "route", parse_route, data, Records()))
+    data["ipv6"] = list(_read_parsed(procfs, pid, "ipv6_route", parse_ipv6_route,
+                                     data, Records()))
+    return data
+
+
+def collect_analysis(procfs, pid):
+    data = collections.OrderedDict()
+    data["snmp"] = _read_parsed(procfs, pid, "snmp", parse_snmp, data, Sections())
+    data["snmp6"] = _read_parsed(procfs, pid, "snmp6", parse_snmp6, data, Sections())
+    data["netstat"] = _read_parsed(procfs, pid, "netstat", parse_snmp, data, Sections())
+    data["softnet"] = list(_read_parsed(procfs, pid, "softnet_stat", parse_softnet,
+                                        data, Records()))
+    data["softnet_note"] = "softnet_stat is global: per CPU, the same in every namespace"
+    data["interfaces"] = list(_read_parsed(procfs, pid, "dev", parse_dev, data, Records()))
+    rows = _read_parsed(procfs, pid, "stat/arp_cache", parse_hex_table, data, Records())
+    data["arp_cache"] = sum_arp_cache(rows)
+    data["findings"] = findings(data)
+    return data
+
+
+def collect_tab(procfs, pid, tab, owners=None):
+    """One tab's data for PID, as a JSON-ready dict (the same dict the views draw)."""
+    if tab in SOCKET_FILES:
+        if owners is None:
+            owners = Ownership(procfs, pid)
+        if tab == "icmp":
+            return collect_icmp(procfs, pid, owners)
+        return collect_sockets(procfs, pid, tab, owners)
+    if tab == "procs":
+        return collect_procs(procfs, pid)
+    return {
+        "arp": collect_arp, "traffic": collect_traffic, "stats": collect_stats,
+        "routing": collect_routing, "analysis": collect_analysis,
+    }[tab](procfs, pid)
+
+
+def snapshot(procfs, pid, tabs):
+    """The SPEC's --json object for PID and the given tabs."""
+    comm = procfs.check_net(pid)
+    owners = None
+    if any(t in SOCKET_FILES for t in tabs):
+        owners = Ownership(procfs, pid)
+    out = collections.OrderedDict()
+    out["pid"] = pid
+    out["comm"] = comm
+    out["netns"] = procfs.netns(pid) or "unknown"
+    out["time"] = time.time()
+    out["tabs"] = collections.OrderedDict(
+        (tab, collect_tab(procfs, pid, tab, owners)) for tab in tabs)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Findings: plain-language anomalies from the counters
+# ---------------------------------------------------------------------------
+
+# Thresholds (documented in the README).  Ratios need a minimum of traffic
+# so that three segments on an idle box do not raise an alarm.
+RETRANS_WARN, RETRANS_ALERT, RETRANS_MIN_SEGS = 0.01, 0.05, 1000
+IFACE_DROP_WARN = 0.01
+
+
+def _delta(cur, prev, *path):
+    """Counter at `path` in cur, minus prev's when prev is given (never negative)."""
+    def get(tree):
+        for key in path:
+            if not isinstance(tree, dict):
+                return 0
+            tree = tree.get(key, 0)
+        return tree if isinstance(tree, int) else 0
+    value = get(cur)
+    if prev is not None:
+        value = max(0, value - get(prev))
+    return value
+
+
+def findings(cur, prev=None):
+    """Analysis data (snmp, netstat, softnet, interfaces, arp_cache) -> [{severity, text}].
+
+    With `prev`, counters are compared as deltas since that snapshot.
+    """
+    out = []
+    since = " since the last refresh" if prev is not None else " since boot"
+
+    def add(severity, text):
+        out.append(collections.OrderedDict(severity=severity, text=text + since))
+
+    def d(*path):
+        return _delta(cur, prev, *path)
+
+    out_segs, retrans = d("snmp", "Tcp", "OutSegs"), d("snmp", "Tcp", "RetransSegs")
+    min_segs = RETRANS_MIN_SEGS if prev is None else 100
+    if out_segs >= min_segs and retrans:
+        ratio = float(retrans) / out_segs
+        if ratio >= RETRANS_WARN:
+            add("alert" if ratio >= RETRANS_ALERT else "warn",
+                "TCP retransmitted %.1f%% of segments (%d of %d)"
+                % (100 * ratio, retrans, out_segs))
+    for name, what in (("ListenOverflows", "accept queue overflowed"),
+                       ("ListenDrops", "listening sockets dropped SYNs")):
+        n = d("netstat", "TcpExt", name)
+        if n:
+            add("alert" if n >= 100 else "warn", "%s %d times (TcpExt %s)" % (what, n, name))
+    for name, what in (("TCPAbortOnMemory", "TCP connections aborted for lack of memory"),
+                       ("TCPBacklogDrop", "TCP segments dropped from a full socket backlog"),
+                       ("PruneCalled", "TCP receive queues pruned under memory pressure")):
+        n = d("netstat", "TcpExt", name)
+        if n:
+            add("warn", "%s: %d (TcpExt %s)" % (what, n, name))
+    for name, what in (("InErrs", "TCP segments received in error"),
+                       ("InCsumErrors", "TCP segments with bad checksums")):
+        n = d("snmp", "Tcp", name)
+        if n:
+            add("warn", "%s: %d (Tcp %s)" % (what, n, name))
+    for sec in ("Udp", "UdpLite"):
+        for name, what in (("RcvbufErrors", "datagrams dropped: receive buffer full"),
+                           ("SndbufErrors", "datagrams dropped: send buffer full"),
+                           ("InErrors", "datagrams received in error"),
+                           ("MemErrors", "datagrams dropped for lack of memory")):
+            n = d("snmp", sec, name)
+            if n:
+                add("warn", "%s %s: %d (%s %s)" % (sec, what, n, sec, name))
+        n = d("snmp", sec, "NoPorts")
+        if n:
+            add("info", "%s datagrams to ports nobody listens on: %d (%s NoPorts)"
+                % (sec, n, sec))
+    for name, what, severity in (
+            ("InHdrErrors", "IP packets with header errors", "warn"),
+            ("InAddrErrors", "IP packets with invalid addresses", "info"),
+            ("InDiscards", "IP packets discarded on input", "warn"),
+            ("OutDiscards", "IP packets discarded on output", "warn"),
+            ("ReasmFails", "IP reassembly failures", "warn")):
+        n = d("snmp", "Ip", name)
+        if n:
+            add(severity, "%s: %d (Ip %s)" % (what, n, name))
+    dropped = sum(_delta(c, p, "dropped") for c, p in _pairs(cur, prev, "softnet", "cpu"))
+    squeezed = sum(_delta(c, p, "time_squeeze") for c, p in _pairs(cur, prev, "softnet", "cpu"))
+    if dropped:
+        add("alert", "softnet backlog full: %d packets dropped (softnet_stat dropped; "
+            "raise net.core.netdev_max_backlog)" % dropped)
+    if squeezed:
+        add("info", "softirq ran out of budget %d times (softnet_stat time_squeeze; "
+            "net.core.netdev_budget)" % squeezed)
+    for c, p in _pairs(cur, prev, "interfaces", "name"):
+        errs = _delta(c, p, "rx_errs") + _delta(c, p, "tx_errs")
+        drops = _delta(c, p, "rx_drop") + _delta(c, p, "tx_drop")
+        pkts = _delta(c, p, "rx_packets") + _delta(c, p, "tx_packets")
+        name = printable(c.get("name"))
+        if errs:
+            add("warn", "interface %s: %d errors (rx_errs+tx_errs)" % (name, errs))
+        if drops:
+            ratio = float(drops) / max(pkts, 1)
+            add("warn" if ratio >= IFACE_DROP_WARN else "info",
+                "interface %s: %d packets dropped (%.2f%% of %d)"
+                % (name, drops, 100 * ratio, pkts))
+    for name, what, severity in (
+            ("res_failed", "ARP resolutions failed", "info"),
+            ("unresolved_discards", "packets discarded waiting for ARP", "warn"),
+            ("table_fulls", "times the ARP table was full", "alert")):
+        n = d("arp_cache", name)
+        if n:
+            add(severity, "%s: %d (arp_cache %s)" % (what, n, name))
+    if not out:
+        out.append(collections.OrderedDict(
+            severity="info", text="no anomalies in the counters" + since))
+    return out
+
+
+def _pairs(cur, prev, key, ident):
+    """Match rows of cur[key] with prev[key] by their `ident` field."""
+    before = {}
+    if prev is not None:
+        before = {row.get(ident): row for row in prev.get(key, [])}
+    for row in cur.get(key, []):
+        yield row, (before.get(row.get(ident), row) if prev is not None else None)
+
+
+# ---------------------------------------------------------------------------
+# Process scanner (--procs): fast (C, _fastscan) and python backends
+# ---------------------------------------------------------------------------
+
+def collect_procs(procfs, pid):
+    """--once --tab procs: PID's descendants, as in the --procs feed."""
+    return collections.OrderedDict(processes=[], note="process scanner not built yet")
+
+
+def procs_tables(data):
+    return [Table("procs", [Column("PID", R), Column("PPID", R), Column("USER", L),
+                            Column("CMDLINE", L)], [], [data.get("note", "")])]
+
+
+def available_backend():
+    return "python"
+
+
+def run_procs(args, procfs):
+    raise NetsnoopError("--procs is not built yet")
+
+
+# ---------------------------------------------------------------------------
+# Views: tab data to tables of text rows (pure)
+# ---------------------------------------------------------------------------
+
+Column = collections.namedtuple("Column", "title align")     # align: "<" or ">"
+Row = collections.namedtuple("Row", "cells role key")         # role: None, owned, warn, alert, info
+Table = collections.namedtuple("Table", "title columns rows notes")
+
+L, R = "<", ">"
+CELL_LIMIT = 200        # longest cell shown; the rest is cut visibly
+
+
+def hostport(address, port):
+    """("::1", 22) -> "[::1]:22"; ("10.0.0.5", 22) -> "10.0.0.5:22"."""
+    if ":" in address:
+        return "[%s]:%s" % (address, port)
+    return "%s:%s" % (address, port)
+
+
+def _ownership_notes(data):
+    if data.get("owned_known", True):
+        return []
+    return ["ownership unknown: %s" % data.get("owned_reason", "")]
+
+
+def _read_notes(data):
+    notes = []
+    missing = data.get("files_missing") or data.get("_files_missing")
+    if missing:
+        notes.append("not present: %s" % ", ".join(missing))
+    skipped = data.get("skipped_lines") or data.get("_skipped_lines")
+    if skipped:
+        notes.append("%d damaged lines skipped" % skipped)
+    return notes
+
+
+def socket_table(tab, data):
+    port_title = {"raw": "Proto", "icmp": "Id"}.get(tab, "Port")
+    columns = [Column("Netid", L), Column("State", L), Column("Recv-Q", R),
+               Column("Send-Q", R), Column("Local Address:" + port_title, L),
+               Column("Peer Address:Port", L), Column("UID", R), Column("Inode", R),
+               Column("Own", L)]
+    rows = []
+    for s in data["sockets"]:
+        rows.append(Row(
+            [s["proto"], s["state"], str(s["rx_queue"]), str(s["tx_queue"]),
+             hostport(s["local_address"], s["local_port"]),
+             hostport(s["remote_address"], s["remote_port"]),
+             str(s["uid"]), str(s["inode"]), "*" if s["owned"] else ""],
+            "owned" if s["owned"] else None,
+            (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
+             s["remote_port"], s["inode"])))
+    notes = _ownership_notes(data) + _read_notes(data)
+    owned = sum(1 for s in data["sockets"] if s["owned"])
+    notes.insert(0, "%d sockets in the namespace, %d owned by the process (*)"
+                 % (len(rows), owned))
+    return Table(tab, columns, rows, notes)
+
+
+def counter_table(title, counters, prev=None, nonzero=True):
+    """{Counter: int} -> a two- or three-column table (with "Change" when prev is given)."""
+    columns = [Column("Counter", L), Column("Value", R)]
+    if prev is not None:
+        columns.append(Column("Change", R))
+    rows, hidden = [], 0
+    for name, value in counters.items():
+        if nonzero and not value:
+            hidden += 1
+            continue
+        cells = [name, str(value)]
+        role = None
+        if prev is not None:
+            change = value - prev.get(name, value)
+            cells.append("%+d" % change if change else "")
+            role = "changed" if change else None
+        rows.append(Row(cells, role, (title, name)))
+    notes = ["%d zero counters not shown" % hidden] if hidden else []
+    return Table(title, columns, rows, notes)
+
+
+def icmp_tables(data, prev=None):
+    tables = [socket_table("icmp", data)]
+    for section, counters in data["counters"].items():
+        before = prev["counters"].get(section) if prev else None
+        tables.append(counter_table(section, counters, before))
+    return tables
+
+
+def arp_tables(data, prev=None):
+    columns = [Column("IP address", L), Column("HW type", L), Column("Flags", L),
+               Column("HW address", L), Column("Mask", L), Column("Device", L),
+               Column("State", L)]
+    rows = [Row([e["ip_address"], "0x%x" % e["hw_type"], "0x%x" % e["flags"],
+                 e["hw_address"] or "(none)", e["mask"], e["device"], e["state"]],
+                None, (e["ip_address"], e["device"]))
+            for e in data["entries"]]
+    tables = [Table("arp", columns, rows, _read_notes(data))]
+    if data.get("stats_available"):
+        before = prev.get("stats") if prev else None
+        tables.append(counter_table("arp_cache (summed over CPUs)", data["stats"],
+                                    before, nonzero=False))
+    else:
+        tables[0].notes.append(data.get("stats_note", ""))
+    return tables
+
+
+def human_bytes(n):
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
+        n /= 1024.0
+
+
+def traffic_tables(data, prev=None, dt=None):
+    rates = prev is not None and dt
+    columns = [Column("Iface", L), Column("RX bytes", R)]
+    if rates:
+        columns.append(Column("RX/s", R))
+    columns += [Column("RX pkts", R), Column("errs", R), Column("drop", R),
+                Column("TX bytes", R)]
+    if rates:
+        columns.append(Column("TX/s", R))
+    columns += [Column("TX pkts", R), Column("errs", R), Column("drop", R)]
+    before = {i["name"]: i for i in prev["interfaces"]} if prev else {}
+    rows = []
+    for i in data["interfaces"]:
+        old = before.get(i["name"])
+        cells = [i["name"], human_bytes(i["rx_bytes"])]
+        if rates:
+            cells.append(_rate(i, old, "rx_bytes", dt))
+        cells += [str(i["rx_packets"]), str(i["rx_errs"]), str(i["rx_drop"]),
+                  human_bytes(i["tx_bytes"])]
+        if rates:
+            cells.append(_rate(i, old, "tx_bytes", dt))
+        cells += [str(i["tx_packets"]), str(i["tx_errs"]), str(i["tx_drop"])]
+        role = None
+        if i["rx_errs"] or i["tx_errs"]:
+            role = "warn"
+        elif old is not None and any(i[k] != old.get(k) for k in DEV_FIELDS):
+            role = "changed"
+        rows.append(Row(cells, role, i["name"]))
+    return [Table("traffic", columns, rows, _read_notes(data))]
+
+
+def _rate(cur, old, key, dt):
+    if old is None:
+        return ""
+    return human_bytes(max(0, cur[key] - old[key]) / dt) + "/s"
+
+
+def stats_tables(data, prev=None):
+    tables = []
+    for section, counters in data.items():
+        if section.startswith("_"):
+            continue
+        before = prev.get(section) if prev else None
+        tables.append(counter_table(section, counters, before))
+    if tables:
+        tables[0].notes.extend(_read_notes(data))
+    return tables
+
+
+def routing_tables(data, prev=None):
+    v4 = [Row([r["destination"], r["gateway"], r["mask"], r["flags"], str(r["metric"]),
+               str(r["refcnt"]), str(r["use"]), r["iface"]], None,
+              ("4", r["destination"], r["mask"], r["metric"], r["iface"]))
+          for r in data["ipv4"]]
+    v6 = [Row(["%s/%d" % (r["destination"], r["prefix_len"]), r["next_hop"], r["flags"],
+               str(r["metric"]), str(r["refcnt"]), str(r["use"]), r["iface"]], None,
+              ("6", r["destination"], r["prefix_len"], r["metric"], r["iface"]))
+          for r in data["ipv6"]]
+    return [
+        Table("IPv4 routes (main table)",
+              [Column("Destination", L), Column("Gateway", L), Column("Genmask", L),
+               Column("Flags", L), Column("Metric", R), Column("Ref", R),
+               Column("Use", R), Column("Iface", L)], v4, _read_notes(data)),
+        Table("IPv6 routes (all tables)",
+              [Column("Destination", L), Column("Next Hop", L), Column("Flag", L),
+               Column("Met", R), Column("Ref", R), Column("Use", R), Column("If", L)],
+              v6, []),
+    ]
+
+
+SOFTNET_COLUMNS = ("processed", "dropped", "time_squeeze", "cpu_collision",
+                   "received_rps", "flow_limit_count", "backlog_len")
+
+
+def analysis_tables(data, prev=None):
+    found = findings(data, prev) if prev is not None else data["findings"]
+    tables = [Table("findings", [Column("Severity", L), Column("Finding", L)],
+                    [Row([f["severity"], f["text"]], f["severity"], f["text"])
+                     for f in found], [])]
+    present = [c for c in SOFTNET_COLUMNS if any(c in r for r in data["softnet"])]
+    tables.append(Table(
+        "softnet_stat (global, per CPU)",
+        [Column("CPU", R)] + [Column(c, R) for c in present],
+        [Row([str(r["cpu"])] + [str(r.get(c, "")) for c in present],
+             "warn" if r.get("dropped") else None, ("cpu", r["cpu"]))
+         for r in data["softnet"]], []))
+    for group in ("snmp", "snmp6"):
+        for section, counters in data[group].items():
+            before = prev[group].get(section) if prev else None
+            tables.append(counter_table(section, counters, before))
+    tables[0].notes.extend(_read_notes(data))
+    return tables
+
+
+def tab_tables(tab, data, prev=None, dt=None):
+    """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too."""
+    if tab in ("tcp", "udp", "raw"):
+        return [socket_table(tab, data)]
+    if tab == "icmp":
+        return icmp_tables(data, prev)
+    if tab == "traffic":
+        return traffic_tables(data, prev, dt)
+    if tab == "procs":
+        return procs_tables(data)
+    return {"arp": arp_tables, "stats": stats_tables, "routing": routing_tables,
+            "analysis": analysis_tables}[tab](data, prev)
+
+
+def format_table(table, limit=CELL_LIMIT):
+    """A Table -> aligned text lines (title, header, rows, notes), like ss / route -n."""
+    header = [c.title for c in table.columns]
+    body = [[printable(cell, limit) for cell in row.cells] for row in table.rows]
+    widths = [len(h) for h in header]
+    for cells in body:
+        for i, cell in enumerate(cells):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells):
+        parts = []
+        for cell, col, width in zip(cells, table.columns, widths):
+            parts.append(cell.rjust(width) if col.align == R else cell.ljust(width))
+        return "  ".join(parts).rstrip()
+
+    out = ["== %s ==" % table.title, line(header)]
+    out.extend(line(cells) for cells in body)
+    out.extend("  (%s)" % printable(note) for note in table.notes if note)
+    return out
+
+
+def format_snapshot(snap):
+    """The --once text: a heading, then every tab's tables."""
+    lines = ["netsnoop %s: pid %d (%s), netns %s, %s" % (
+        __version__, snap["pid"], printable(snap["comm"]), snap["netns"],
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"])))]
+    for tab, data in snap["tabs"].items():
+        for table in tab_tables(tab, data):
+            lines.append("")
+            lines.extend(format_table(table))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Curses session
+# ---------------------------------------------------------------------------
+
+def run_session(args, procfs):
+    raise NetsnoopError("the interactive session is not built yet; use --once")
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (SPEC: status 2)."""
+
+    def error(self, message):
+        raise UsageError("%s (try --help)" % message)
+
+
+def positive_pid(text):
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError("PID must be a positive number, not %r" % text)
+    return int(text)
+
+
+def positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text)
+    if not (value > 0) or value > 86400:
+        raise argparse.ArgumentTypeError("seconds must be > 0 and <= 86400: %r" % text)
+    return value
+
+
+def build_parser():
+    p = ArgumentParser(
+        prog=PROG,
+        usage="%(prog)s PID [--tab TAB] | PID --once [--tab TAB|all] [--json] | "
+              "--procs [options]",
+        description="Network view of a process (read from /proc/PID/net, i.e. its "
+                    "network namespace) and a feed of new processes.",
+        epilog="TAB: " + " ".join(TABS) + ".  Exit status: 0 ok, 1 error, 2 usage.")
+    p.add_argument("pid", nargs="?", type=positive_pid, metavar="PID",
+                   help="process whose network namespace to show")
+    p.add_argument("--tab", choices=TABS + ("all",), metavar="TAB",
+                   help="tab to show (default tcp); with --once also 'all'")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("--procs", action="store_true", help="stream newly created processes")
+    p.add_argument("--log", metavar="FILE", help="--procs: append events to FILE (0600)")
+    p.add_argument("--filter", metavar="REGEX",
+                   help="--procs: only processes whose command line, name or user match")
+    p.add_argument("--interval", type=positive_seconds, metavar="SECONDS",
+                   help="refresh interval (session, default 2) or --procs slowest poll")
+    p.add_argument("--backend", choices=("auto", "fast", "python"), default="auto",
+                   help="--procs scanner (default auto: fast when built)")
+    p.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
+                   help="--procs: stop after SECONDS")
+    p.add_argument("--proc", default="/proc", metavar="DIR",
+                   help="read DIR instead of /proc")
+    p.add_argument("--version", action="version", version=version_text())
+    return p
+
+
+def version_text():
+    return "%s %s (process scanner: %s)" % (PROG, __version__, available_backend())
+
+
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
+    if args.procs and args.pid is not None:
+        raise UsageError("give either PID or --procs, not both (try --help)")
+    if not args.procs and args.pid is None:
+        raise UsageError("a PID or --procs is required (try --help)")
+    if args.filter is not None:
+        try:
+            args.filter_re = re.compile(args.filter)
+        except re.error as err:
+            raise UsageError("bad --filter regex: %s" % err)
+    if args.tab == "all" and not args.once:
+        raise UsageError("--tab all needs --once")
+    if args.pid is not None and (args.log or args.filter or args.duration):
+        raise UsageError("--log, --filter and --duration go with --procs")
+    return args
+
+
+def run_once(args, procfs):
+    tabs = TABS if args.tab == "all" else (args.tab or "tcp",)
+    snap = snapshot(procfs, args.pid, tabs)
+    if args.json:
+        out = json.dumps(snap) + "\n"
+    else:
+        out = format_snapshot(snap)
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def run(args):
+    procfs = ProcFS(args.proc)
+    procfs.check_root()
+    if args.procs:
+        return run_procs(args, procfs)
+    if args.once:
+        return run_once(args, procfs)
+    procfs.check_net(args.pid)
+    return run_session(args, procfs)
+
+
+def _quiet_stdout():
+    """After a closed pipe, point stdout at /dev/null so the exit flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+        return run(args)
+    except NetsnoopError as err:
+        sys.stderr.write("%s: %s\n" % (PROG, printable(str(err))))
+        return err.status
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def main_exit():
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()
