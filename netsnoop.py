@@ -143,11 +143,13 @@ SOCKET_FILES = {
 }
 
 # route(8) flag letters, include/uapi/linux/route.h and ipv6_route.h,
-# in the order net-tools prints them.
+# in the order net-tools prints them (lib/inet6_gr.c: U ! G H ... n, so the
+# IPv6 null entry reads "!n" and a local route "Un").
+RTF_UP, RTF_GATEWAY, RTF_REJECT = 0x0001, 0x0002, 0x0200
 ROUTE_FLAGS = (
-    (0x0001, "U"), (0x0002, "G"), (0x0004, "H"), (0x0008, "R"),
-    (0x0010, "D"), (0x0020, "M"), (0x40000, "A"), (0x200000, "n"),
-    (0x400000, "e"), (0x1000000, "C"), (0x0200, "!"),
+    (RTF_UP, "U"), (RTF_REJECT, "!"), (RTF_GATEWAY, "G"), (0x0004, "H"),
+    (0x0008, "R"), (0x0010, "D"), (0x0020, "M"), (0x40000, "A"),
+    (0x1000000, "C"), (0x400000, "e"), (0x200000, "n"),
 )
 
 # /proc/net/dev columns after the interface name (net/core/net-procfs.c).
@@ -464,8 +466,14 @@ def parse_softnet(text):
     return out
 
 
-def route_flags(flags):
-    """0x0003 -> "UG" (route(8) letters)."""
+def route_flags(flags, ipv4=False):
+    """0x0003 -> "UG" (route(8) letters).
+
+    route -n (lib/inet_gr.c) shows an IPv4 reject route (0x0201) as "!",
+    dropping U and G.
+    """
+    if ipv4 and flags & RTF_REJECT:
+        flags &= ~(RTF_UP | RTF_GATEWAY)
     return "".join(letter for bit, letter in ROUTE_FLAGS if flags & bit)
 
 
@@ -485,7 +493,7 @@ def parse_route(text):
                 ("destination", _hex_ipv4(f[1])),
                 ("gateway", _hex_ipv4(f[2])),
                 ("mask", _hex_ipv4(f[7])),
-                ("flags", route_flags(flags)),
+                ("flags", route_flags(flags, ipv4=True)),
                 ("flags_raw", flags),
                 ("metric", int(f[6])),
                 ("mtu", int(f[8])),
