@@ -652,6 +652,9 @@ class ProcFS(object):
             if exc is not None:
                 raise exc from err
             if err.errno == errno.ENOENT:
+                # A zombie's net/* files vanish (ENOENT) while net/ itself fails
+                # with EINVAL: tell "file absent here" from "process died".
+                self._check_net_dir(pid)
                 return None
             raise ProcessGone("process %d: cannot read net/%s: %s"
                               % (pid, name, err.strerror)) from err
@@ -671,6 +674,10 @@ class ProcFS(object):
     def check_net(self, pid):
         """Fail early, with the SPEC's message, when PID's net view cannot be read."""
         comm, _ = self.process_status(pid)
+        self._check_net_dir(pid)
+        return comm
+
+    def _check_net_dir(self, pid):
         try:
             os.listdir(self.path(pid, "net"))
         except OSError as err:
@@ -678,7 +685,6 @@ class ProcFS(object):
             if exc is None:
                 exc = ProcessGone("process %d: cannot read net: %s" % (pid, err.strerror))
             raise exc from err
-        return comm
 
     def netns(self, pid):
         """"net:[4026531840]", or None when the link cannot be read (another user's process)."""
@@ -1286,7 +1292,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def positive_pid(text):
-    if not text.isdigit() or int(text) <= 0:
+    # ASCII digits only: str.isdigit() and int() also take "١٢" or "²".
+    if not re.match(r"[0-9]+\Z", text) or int(text) <= 0:
         raise argparse.ArgumentTypeError("PID must be a positive number, not %r" % text)
     return int(text)
 
