@@ -48,7 +48,8 @@ DEFAULT_OUT = os.path.join(os.path.dirname(HERE), "fixtures")
 V4_ADDR, V4_GW, V4_ROUTE = "192.0.2.1", "192.0.2.254", "198.51.100.0/24"
 V6_ADDR = "2001:db8::1"
 GW_LLADDR = "02:00:00:00:00:fe"
-PORTS = {"tcp4": 40001, "tcp6": 40002, "udp4": 40003, "udp6": 40004, "pair": 40005}
+PORTS = {"tcp4": 40001, "tcp6": 40002, "udp4": 40003, "udp6": 40004, "pair": 40005,
+         "tcp6only": 40006, "udpconn": 40007, "closed": 40009}
 
 
 def read_whole(path):
@@ -144,11 +145,16 @@ def write_meta(out_dir, meta):
         f.write("\n")
 
 
-def capture(out, name, pids, extra=None, proc="/proc"):
-    """Capture PIDs into out/name/proc; the first PID is the one the tests look at."""
+def capture(out, name, pids, extra=None, proc="/proc", tool_prefix=()):
+    """Capture PIDs into out/name/proc; the first PID is the one the tests look at.
+
+    ss/ip/nstat run just before ("views") and just after ("views_after") the copy:
+    a counter in the copied files lies between the two.
+    """
     out_dir = os.path.join(out, name)
     dest = os.path.join(out_dir, "proc")
     os.makedirs(dest, exist_ok=True)
+    before = independent_views(tool_prefix)
     owned, seen_ns = {}, {}
     for pid in pids:
         netns = os.readlink(os.path.join(proc, str(pid), "ns", "net"))
@@ -156,7 +162,8 @@ def capture(out, name, pids, extra=None, proc="/proc"):
         seen_ns.setdefault(netns, pid)
     meta = {"pid": pids[0], "pids": pids, "owned_inodes": owned,
             "kernel": platform.release(), "time": time.time(),
-            "tool": "tools/capture_fixtures.py"}
+            "tool": "tools/capture_fixtures.py",
+            "views": before, "views_after": independent_views(tool_prefix)}
     meta.update(extra or {})
     write_meta(out_dir, meta)
     return out_dir
@@ -183,30 +190,55 @@ def build_links():
 
 
 def open_sockets():
-    """Known sockets of every kind; -> list kept alive by the caller."""
-    socks = []
+    """Known sockets of every kind, with a little traffic; -> {name: socket}.
 
-    def bound(family, kind, addr, proto=0):
+    The caller keeps the dict alive.  Names say what each one is; the tests
+    compare them with ss and with netsnoop.
+    """
+    socks = {}
+
+    def make(name, family, kind, proto=0, bind=None):
         s = socket.socket(family, kind, proto)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(addr)
-        socks.append(s)
+        if bind is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(bind)
+        socks[name] = s
         return s
 
-    bound(socket.AF_INET, socket.SOCK_STREAM, (V4_ADDR, PORTS["tcp4"])).listen(8)
-    bound(socket.AF_INET6, socket.SOCK_STREAM, ("::", PORTS["tcp6"])).listen(8)
-    bound(socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", PORTS["udp4"]))
-    bound(socket.AF_INET6, socket.SOCK_DGRAM, (V6_ADDR, PORTS["udp6"]))
-    server = bound(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", PORTS["pair"]))
-    server.listen(1)
-    client = socket.create_connection(("127.0.0.1", PORTS["pair"]))
-    socks.append(client)
-    socks.append(server.accept()[0])
-    socks.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
-    socks.append(socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6))
-    ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-    ping.bind(("127.0.0.1", 0))
-    socks.append(ping)
+    make("tcp4_listen", socket.AF_INET, socket.SOCK_STREAM, bind=(V4_ADDR, PORTS["tcp4"])
+         ).listen(8)
+    make("tcp6_listen_dual", socket.AF_INET6, socket.SOCK_STREAM, bind=("::", PORTS["tcp6"])
+         ).listen(8)
+    make("tcp6_listen_v6only", socket.AF_INET6, socket.SOCK_STREAM,
+         bind=(V6_ADDR, PORTS["tcp6only"])).listen(8)
+    make("udp4", socket.AF_INET, socket.SOCK_DGRAM, bind=("127.0.0.1", PORTS["udp4"]))
+    make("udp6", socket.AF_INET6, socket.SOCK_DGRAM, bind=(V6_ADDR, PORTS["udp6"]))
+    udp_conn = make("udp4_connected", socket.AF_INET, socket.SOCK_DGRAM,
+                    bind=("127.0.0.1", PORTS["udpconn"]))
+    udp_conn.connect(("127.0.0.1", PORTS["udp4"]))
+    server = make("tcp_pair_listen", socket.AF_INET, socket.SOCK_STREAM,
+                  bind=("127.0.0.1", PORTS["pair"]))
+    server.listen(4)
+    socks["tcp_pair_client"] = socket.create_connection(("127.0.0.1", PORTS["pair"]))
+    socks["tcp_pair_server"] = server.accept()[0]
+    # 100 bytes the server never reads: Recv-Q 100 on its end
+    socks["tcp_pair_client"].sendall(b"x" * 100)
+    # a closed connection whose active closer stays in TIME_WAIT (inode 0, owned by nobody)
+    closer = socket.create_connection(("127.0.0.1", PORTS["pair"]))
+    peer = server.accept()[0]
+    closer.close()
+    peer.close()
+    make("raw4_icmp", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    make("raw6_icmpv6", socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    ping = make("ping4", socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP,
+                bind=("127.0.0.1", 0))
+    make("ping6", socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6, bind=("::1", 0))
+    # counters: datagrams in, a datagram to a closed port (UdpNoPorts, ICMP type 3 out),
+    # an echo request on the ping socket (ICMP type 8 out, type 0 in)
+    udp_conn.send(b"hello")
+    socks["udp4"].sendto(b"nobody", ("127.0.0.1", PORTS["closed"]))
+    ping.sendto(b"\x08\x00\x00\x00\x00\x00\x00\x01ping", ("127.0.0.1", 0))
+    time.sleep(0.05)
     return socks
 
 
@@ -229,13 +261,12 @@ def inside_netns(out, name):
     try:
         wait_for_link_local_routes()
         extra = {"namespace": "private (unshare -n), built by capture_fixtures.py --netns",
-                 "other_pid_owns_nothing": other.pid, "ports": PORTS,
-                 "views": independent_views()}
+                 "other_pid_owns_nothing": other.pid, "ports": PORTS}
         out_dir = capture(out, name, [os.getpid(), other.pid], extra)
     finally:
         other.kill()
         other.wait()
-        for s in socks:
+        for s in socks.values():
             s.close()
     print(out_dir)
 
@@ -261,8 +292,7 @@ def main(argv=None):
     if args.pid is None:
         p.error("give --pid PID or --netns")
     print(capture(args.out, args.name or "pid_%d" % args.pid, [args.pid],
-                  {"views": independent_views(
-                      ["nsenter", "--net=/proc/%d/ns/net" % args.pid])}))
+                  tool_prefix=["nsenter", "--net=/proc/%d/ns/net" % args.pid]))
     return 0
 
 
