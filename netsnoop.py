@@ -713,7 +713,8 @@ class ProcFS(object):
                 target = readlink(fd_dir + "/" + name)
             except OSError:
                 continue                # closed since the listing
-            if target.startswith("socket:["):
+            # a --proc tree may hold anything: only well-formed links count
+            if target.startswith("socket:[") and target[8:-1].isdigit():
                 inodes.add(int(target[8:-1]))
         return inodes, None
 
@@ -1367,9 +1368,28 @@ def run_once(args, procfs):
         out = json.dumps(snap) + "\n"
     else:
         out = format_snapshot(snap)
-    sys.stdout.write(out)
-    sys.stdout.flush()
+    write_stdout(out)
     return EXIT_OK
+
+
+def write_stdout(text):
+    """Write and flush; a closed stdout or a full disk is a one-line error (a closed
+    pipe is not: BrokenPipeError goes up to main, which ends quietly)."""
+    if sys.stdout is None:
+        raise NetsnoopError("standard output is closed")
+    try:
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:
+            # an ASCII-only stdout (PYTHONIOENCODING=ascii): escape what it cannot take
+            encoding = sys.stdout.encoding or "ascii"
+            sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        _quiet_stdout()             # the exit-time flush would fail the same way
+        raise NetsnoopError("cannot write output: %s" % (err.strerror or err))
 
 
 def run(args):
