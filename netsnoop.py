@@ -1050,15 +1050,15 @@ def socket_table(tab, data):
         rows.append(Row(
             [s["proto"], s["state"], str(s["rx_queue"]), str(s["tx_queue"]),
              hostport(s["local_address"], s["local_port"]),
-             hostport(s["remote_address"], s["remote_port"]),
+             hostport(s["remote_address"], s["remote_port"] or "*"),
              str(s["uid"]), str(s["inode"]), "*" if s["owned"] else ""],
             "owned" if s["owned"] else None,
             (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
              s["remote_port"], s["inode"])))
     notes = _ownership_notes(data) + _read_notes(data)
     owned = sum(1 for s in data["sockets"] if s["owned"])
-    notes.insert(0, "%d sockets in the namespace, %d owned by the process (*)"
-                 % (len(rows), owned))
+    notes.insert(0, "%d socket%s in the namespace, %d owned by the process (*)"
+                 % (len(rows), "" if len(rows) == 1 else "s", owned))
     return Table(tab, columns, rows, notes)
 
 
