@@ -63,6 +63,10 @@ class ProcessGone(NetsnoopError):
     """The process does not exist (any more), or is a zombie."""
 
 
+class ZombieError(ProcessGone):
+    """The process has exited but was not reaped: only its name is left."""
+
+
 class AccessDenied(NetsnoopError):
     """The process exists but its files cannot be read."""
 
@@ -598,7 +602,7 @@ class ProcFS(object):
             return AccessDenied("process %d: cannot read %s: permission denied"
                                 % (pid, what))
         if err.errno == errno.EINVAL:
-            return ProcessGone("process %d is a zombie: its %s is unavailable"
+            return ZombieError("process %d is a zombie: its %s is unavailable"
                                % (pid, what))
         if not os.path.exists(self.path(pid)):
             return ProcessGone(self._missing_reason(pid))
@@ -657,7 +661,7 @@ class ProcFS(object):
         except (ValueError, IndexError):
             raise ProcessGone("process %d: unreadable stat" % pid)
         if state in ("Z", "X"):
-            raise ProcessGone("process %d is a zombie: its network view is gone" % pid)
+            raise ZombieError("process %d is a zombie: its network view is gone" % pid)
         return comm, state
 
     def check_net(self, pid):
@@ -851,8 +855,13 @@ def snapshot(procfs, pid, tabs):
     out["comm"] = comm
     out["netns"] = procfs.netns(pid) or "unknown"
     out["time"] = time.time()
-    out["tabs"] = collections.OrderedDict(
-        (tab, collect_tab(procfs, pid, tab, owners)) for tab in tabs)
+    try:
+        out["tabs"] = collections.OrderedDict(
+            (tab, collect_tab(procfs, pid, tab, owners)) for tab in tabs)
+    except ProcessGone as err:
+        if os.path.exists(procfs.path(pid)) and not isinstance(err, ZombieError):
+            raise
+        raise ProcessGone("process %d exited while being read" % pid) from err
     return out
 
 
