@@ -147,11 +147,13 @@ SOCKET_FILES = {
 }
 
 # route(8) flag letters, include/uapi/linux/route.h and ipv6_route.h,
-# in the order net-tools prints them.
+# in the order net-tools prints them (lib/inet6_gr.c: U ! G H ... n, so the
+# IPv6 null entry reads "!n" and a local route "Un").
+RTF_UP, RTF_GATEWAY, RTF_REJECT = 0x0001, 0x0002, 0x0200
 ROUTE_FLAGS = (
-    (0x0001, "U"), (0x0002, "G"), (0x0004, "H"), (0x0008, "R"),
-    (0x0010, "D"), (0x0020, "M"), (0x40000, "A"), (0x200000, "n"),
-    (0x400000, "e"), (0x1000000, "C"), (0x0200, "!"),
+    (RTF_UP, "U"), (RTF_REJECT, "!"), (RTF_GATEWAY, "G"), (0x0004, "H"),
+    (0x0008, "R"), (0x0010, "D"), (0x0020, "M"), (0x40000, "A"),
+    (0x1000000, "C"), (0x400000, "e"), (0x200000, "n"),
 )
 
 # /proc/net/dev columns after the interface name (net/core/net-procfs.c).
@@ -468,8 +470,14 @@ def parse_softnet(text):
     return out
 
 
-def route_flags(flags):
-    """0x0003 -> "UG" (route(8) letters)."""
+def route_flags(flags, ipv4=False):
+    """0x0003 -> "UG" (route(8) letters).
+
+    route -n (lib/inet_gr.c) shows an IPv4 reject route (0x0201) as "!",
+    dropping U and G.
+    """
+    if ipv4 and flags & RTF_REJECT:
+        flags &= ~(RTF_UP | RTF_GATEWAY)
     return "".join(letter for bit, letter in ROUTE_FLAGS if flags & bit)
 
 
@@ -489,7 +497,7 @@ def parse_route(text):
                 ("destination", _hex_ipv4(f[1])),
                 ("gateway", _hex_ipv4(f[2])),
                 ("mask", _hex_ipv4(f[7])),
-                ("flags", route_flags(flags)),
+                ("flags", route_flags(flags, ipv4=True)),
                 ("flags_raw", flags),
                 ("metric", int(f[6])),
                 ("mtu", int(f[8])),
@@ -648,6 +656,9 @@ class ProcFS(object):
             if exc is not None:
                 raise exc from err
             if err.errno == errno.ENOENT:
+                # A zombie's net/* files vanish (ENOENT) while net/ itself fails
+                # with EINVAL: tell "file absent here" from "process died".
+                self._check_net_dir(pid)
                 return None
             raise ProcessGone("process %d: cannot read net/%s: %s"
                               % (pid, name, err.strerror)) from err
@@ -667,6 +678,10 @@ class ProcFS(object):
     def check_net(self, pid):
         """Fail early, with the SPEC's message, when PID's net view cannot be read."""
         comm, _ = self.process_status(pid)
+        self._check_net_dir(pid)
+        return comm
+
+    def _check_net_dir(self, pid):
         try:
             os.listdir(self.path(pid, "net"))
         except OSError as err:
@@ -674,7 +689,6 @@ class ProcFS(object):
             if exc is None:
                 exc = ProcessGone("process %d: cannot read net: %s" % (pid, err.strerror))
             raise exc from err
-        return comm
 
     def netns(self, pid):
         """"net:[4026531840]", or None when the link cannot be read (another user's process)."""
@@ -1287,7 +1301,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def positive_pid(text):
-    if not text.isdigit() or int(text) <= 0:
+    # ASCII digits only: str.isdigit() and int() also take "١٢" or "²".
+    if not re.match(r"[0-9]+\Z", text) or int(text) <= 0:
         raise argparse.ArgumentTypeError("PID must be a positive number, not %r" % text)
     return int(text)
 

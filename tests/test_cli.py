@@ -1,0 +1,450 @@
+"""The SPEC's error table and --once output, through the real program (a subprocess).
+
+Real processes are spawned for the live cases (a zombie, a vanished PID, another user's
+process seen through setpriv); fake /proc trees are built under tmp_path with real
+socket:[N] symlinks for the output cases."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import netsnoop as ns
+from conftest import NETSNOOP, run_netsnoop
+
+NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def assert_one_line_error(res, status, *words):
+    """SPEC: one line `netsnoop: ...` on stderr, the right status, never a traceback."""
+    assert res.returncode == status, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("netsnoop: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def pid_max():
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read())
+
+
+@pytest.fixture
+def public_tmp():
+    """A directory user 65534 can traverse (pytest's tmp_path sits under a 0700 dir)."""
+    path = tempfile.mkdtemp(prefix="netsnoop-test-")
+    os.chmod(path, 0o755)
+    yield pathlib.Path(path)
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of our own (root-owned when we are root)."""
+    proc = subprocess.Popen(["sleep", "30"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def wait_state(pid, letters, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open("/proc/%d/stat" % pid) as f:
+            if ns.parse_stat_line(f.read())[1][0] in letters:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Usage errors: status 2
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [[], ["--once"], ["--json"], ["--tab", "tcp"]],
+                         ids=["nothing", "once", "json", "tab"])
+def test_no_pid(args):
+    assert_one_line_error(run_netsnoop(*args), 2, "PID")
+
+
+@pytest.mark.parametrize("pid", ["abc", "-5", "0", "12x", "1.5", "", " 7", "\u0661\u0662"])
+def test_bad_pid(pid):
+    line = assert_one_line_error(run_netsnoop(pid, "--once"), 2)
+    assert "PID" in line or "argument" in line
+
+
+def test_unknown_tab():
+    assert_one_line_error(run_netsnoop(os.getpid(), "--once", "--tab", "nosuch"), 2, "nosuch")
+
+
+def test_unknown_option():
+    assert_one_line_error(run_netsnoop(os.getpid(), "--bogus"), 2, "--bogus")
+
+
+def test_tab_all_needs_once():
+    assert_one_line_error(run_netsnoop(os.getpid(), "--tab", "all"), 2, "--once")
+
+
+def test_pid_and_procs_together():
+    assert_one_line_error(run_netsnoop(os.getpid(), "--procs"), 2)
+
+
+def test_control_characters_in_bad_arguments_are_escaped():
+    res = run_netsnoop("1\x1b[2J", "--once")
+    line = assert_one_line_error(res, 2)
+    assert "\x1b" not in line
+
+
+# ---------------------------------------------------------------------------
+# The PID: status 1, the message names the PID and the reason
+# ---------------------------------------------------------------------------
+
+def test_pid_beyond_pid_max_does_not_exist():
+    pid = pid_max() + 1
+    assert_one_line_error(run_netsnoop(pid, "--once"), 1, str(pid), "does not exist")
+
+
+def test_reaped_child_does_not_exist():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    if os.path.exists("/proc/%d" % proc.pid):
+        pytest.skip("PID %d was reused at once" % proc.pid)
+    assert_one_line_error(run_netsnoop(proc.pid, "--once", "--json"), 1, str(proc.pid),
+                          "does not exist")
+
+
+def test_zombie():
+    proc = subprocess.Popen(["true"])     # never waited for until the end: a zombie
+    try:
+        assert wait_state(proc.pid, "Z"), "child did not become a zombie"
+        with pytest.raises(OSError) as err:
+            os.listdir("/proc/%d/net" % proc.pid)
+        assert err.value.errno == 22      # EINVAL: what makes a zombie's net view unreadable
+        for args in (["--once"], ["--once", "--json", "--tab", "all"], []):
+            assert_one_line_error(run_netsnoop(proc.pid, *args), 1, str(proc.pid), "zombie")
+    finally:
+        proc.wait()
+
+
+def test_procfs_net_read_on_zombie_raises():
+    """The net/* files of a zombie fail with ENOENT, not EINVAL: they must not read as
+    "file absent" (which would give an empty, successful snapshot)."""
+    proc = subprocess.Popen(["true"])
+    try:
+        assert wait_state(proc.pid, "Z")
+        procfs = ns.ProcFS()
+        with pytest.raises(ns.ProcessGone, match="zombie"):
+            procfs.net_read(proc.pid, "tcp")
+        with pytest.raises(ns.ProcessGone):
+            ns.collect_tab(procfs, proc.pid, "routing")
+    finally:
+        proc.wait()
+
+
+def test_procfs_on_vanished_pid(sleeper):
+    """A PID that exits after netsnoop started on it: every read reports it gone."""
+    procfs = ns.ProcFS()
+    pid = sleeper.pid
+    assert procfs.check_net(pid) == "sleep"
+    sleeper.kill()
+    sleeper.wait()
+    for call in (lambda: ns.snapshot(procfs, pid, ["tcp"]),
+                 lambda: ns.collect_tab(procfs, pid, "udp"),
+                 lambda: ns.collect_tab(procfs, pid, "arp"),
+                 lambda: procfs.net_read(pid, "dev"),
+                 lambda: procfs.socket_inodes(pid),
+                 lambda: procfs.pid_read(pid, "stat")):
+        with pytest.raises(ns.ProcessGone, match=str(pid)):
+            call()
+
+
+def test_pid_exiting_during_the_read():
+    """Best effort at the race: processes that die while netsnoop reads them.  Each run
+    must end either with a full snapshot (0) or one `netsnoop:` line naming the PID (1)."""
+    outcomes = set()
+    for delay in ("0.02", "0.04", "0.06", "0.08", "0.1", "0.12"):
+        proc = subprocess.Popen(["sleep", delay])
+        res = run_netsnoop(proc.pid, "--once", "--json", "--tab", "all")
+        proc.wait()
+        if res.returncode == 0:
+            assert json.loads(res.stdout)["pid"] == proc.pid
+            assert res.stderr == ""
+            outcomes.add("read")
+        else:
+            assert_one_line_error(res, 1, str(proc.pid))
+            outcomes.add("gone")
+    assert outcomes
+
+
+# ---------------------------------------------------------------------------
+# --proc DIR
+# ---------------------------------------------------------------------------
+
+def test_proc_dir_missing(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    assert_one_line_error(run_netsnoop("--proc", missing, "1", "--once"), 1, missing)
+
+
+def test_proc_dir_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    assert_one_line_error(run_netsnoop("--proc", str(path), "1", "--once"), 1, str(path))
+
+
+def python_for_nobody():
+    """An interpreter user 65534 can run (ours may live under /root)."""
+    if not shutil.which("setpriv") or os.geteuid() != 0:
+        return None
+    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(python) and subprocess.run(
+                ["setpriv"] + NOBODY + [python, "-c", "import json, curses"],
+                stderr=subprocess.DEVNULL).returncode == 0:
+            return python
+    return None
+
+
+def run_as_nobody(*args):
+    python = python_for_nobody()
+    if python is None:
+        pytest.skip("needs root, setpriv and a python that user 65534 can run")
+    if subprocess.run(["setpriv"] + NOBODY + ["test", "-r", NETSNOOP]).returncode != 0:
+        pytest.skip("netsnoop.py is not readable by user 65534 here")
+    return subprocess.run(["setpriv"] + NOBODY + [python, NETSNOOP] + [str(a) for a in args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60)
+
+
+def test_proc_dir_unreadable(public_tmp):
+    locked = public_tmp / "locked"
+    locked.mkdir()
+    os.chmod(str(locked), 0)
+    res = run_as_nobody("--proc", str(locked), "1", "--once")
+    assert_one_line_error(res, 1, str(locked), "ermission denied")
+
+
+# ---------------------------------------------------------------------------
+# Closed pipes, --version, --help
+# ---------------------------------------------------------------------------
+
+def test_output_into_a_closed_pipe():
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                  # nobody will ever read
+    try:
+        res = subprocess.run([sys.executable, NETSNOOP, str(os.getpid()), "--once",
+                              "--tab", "all"], stdout=write_end, stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert res.returncode == 0
+    assert res.stderr == ""
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]], ids=["text", "json"])
+def test_head_closes_the_pipe_early(fmt, tmp_path):
+    """`netsnoop ... | head -1`: the reader takes one line and goes away.  The output is
+    made larger than a pipe's buffer (64 KiB) so that the writer really hits EPIPE."""
+    root = build_tree(tmp_path, extra_tcp=3000)
+    proc = subprocess.Popen([sys.executable, NETSNOOP, "--proc", root, str(FAKE_PID),
+                             "--once", "--tab", "all"] + fmt,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert first
+    assert err == ""
+
+
+def test_version():
+    res = run_netsnoop("--version")
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout.startswith("netsnoop %s" % ns.__version__)
+
+
+def test_help():
+    res = run_netsnoop("--help")
+    assert res.returncode == 0 and res.stderr == ""
+    assert "usage:" in res.stdout
+    for word in ("--once", "--json", "--procs", "--proc", "--tab") + ns.TABS:
+        assert word in res.stdout
+
+
+# ---------------------------------------------------------------------------
+# --once text and --json on a fake tree with real socket:[N] links
+# ---------------------------------------------------------------------------
+
+FAKE_PID = 4242
+TCP_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+              "   uid  timeout inode")
+UDP_HEADER = TCP_HEADER + " ref pointer drops"
+
+
+def tcp_line(sl, local, remote, state, inode, uid=1000):
+    return ("%4d: %s %s %s 00000000:00000000 00:00000000 00000000 %5d        0 %d 1 "
+            "0000000000000000 100 0 0 10 0" % (sl, local, remote, state, uid, inode))
+
+
+def build_tree(root, comm="fake", fd_links=None, extra_tcp=0):
+    """root/PID/{stat,net/*,fd/N -> socket:[..],ns/net}; tcp6 deliberately absent."""
+    pid_dir = root / str(FAKE_PID)
+    (pid_dir / "net").mkdir(parents=True)
+    (pid_dir / "fd").mkdir()
+    (pid_dir / "ns").mkdir()
+    (pid_dir / "stat").write_text(
+        "%d (%s) S 1 %d %d 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n"
+        % (FAKE_PID, comm, FAKE_PID, FAKE_PID))
+    (pid_dir / "net" / "tcp").write_text("\n".join([
+        TCP_HEADER,
+        tcp_line(0, "0100007F:1F90", "00000000:0000", "0A", 1001),
+        tcp_line(1, "0100007F:1F90", "0100007F:C350", "01", 1002),
+        tcp_line(2, "0100007F:C350", "0100007F:1F90", "01", 1004),
+        "   3: 0100007F:1F90 0100007F:C352 06 00000000:00000000 03:00001770 00000000"
+        "     0        0 0 3 0000000000000000",
+        "   4: damaged line",
+    ] + [tcp_line(5 + i, "0100007F:%04X" % (10000 + i), "0100007F:1F90", "01", 20000 + i)
+         for i in range(extra_tcp)]) + "\n")
+    (pid_dir / "net" / "udp").write_text(
+        UDP_HEADER + "\n" + " 8749: 0100007F:0035 00000000:0000 07 00000000:00000000 "
+        "00:00000000 00000000     0        0 1003 2 0000000000000000 0\n")
+    links = fd_links if fd_links is not None else {
+        "0": "/dev/null", "3": "socket:[1001]", "4": "pipe:[77]", "5": "socket:[1003]",
+        "6": "socket:[99999]"}
+    for fd, target in links.items():
+        os.symlink(target, str(pid_dir / "fd" / fd))
+    os.symlink("net:[4026530000]", str(pid_dir / "ns" / "net"))
+    return str(root)
+
+
+def by_inode(sockets):
+    return {s["inode"]: s for s in sockets}
+
+
+def test_once_json_on_fake_tree(tmp_path):
+    root = build_tree(tmp_path)
+    res = run_netsnoop("--proc", root, FAKE_PID, "--once", "--json", "--tab", "all")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    snap = json.loads(res.stdout)
+    assert (snap["pid"], snap["comm"], snap["netns"]) == (FAKE_PID, "fake", "net:[4026530000]")
+    assert isinstance(snap["time"], float) and abs(snap["time"] - time.time()) < 60
+    assert list(snap["tabs"]) == list(ns.TABS)
+    tcp = snap["tabs"]["tcp"]
+    assert tcp["owned_known"] is True
+    socks = by_inode(tcp["sockets"])
+    assert sorted(socks) == [0, 1001, 1002, 1004]
+    assert {i: s["owned"] for i, s in socks.items()} == \
+        {0: False, 1001: True, 1002: False, 1004: False}
+    listen = socks[1001]
+    assert (listen["proto"], listen["local_address"], listen["local_port"], listen["state"],
+            listen["remote_address"], listen["remote_port"], listen["uid"]) == \
+        ("tcp", "127.0.0.1", 8080, "LISTEN", "0.0.0.0", 0, 1000)
+    assert socks[0]["state"] == "TIME_WAIT"
+    assert tcp["skipped_lines"] == 1
+    assert tcp["files_missing"] == ["tcp6"]
+    udp = snap["tabs"]["udp"]
+    assert [(s["inode"], s["owned"], s["state"], s["local_port"]) for s in udp["sockets"]] == \
+        [(1003, True, "CLOSE", 53)]
+    for key in ("proto", "local_address", "local_port", "remote_address", "remote_port",
+                "state", "tx_queue", "rx_queue", "uid", "inode", "owned"):
+        assert key in listen
+    # every net file of the other tabs is missing from this tree: reported, not fatal
+    assert snap["tabs"]["traffic"]["interfaces"] == []
+    assert "dev" in snap["tabs"]["traffic"]["files_missing"]
+    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [],
+                                       "files_missing": ["route", "ipv6_route"]}
+
+
+def test_once_text_on_fake_tree(tmp_path):
+    root = build_tree(tmp_path, comm="fa\x1bke")
+    res = run_netsnoop("--proc", root, FAKE_PID, "--once")
+    assert res.returncode == 0 and res.stderr == ""
+    out = res.stdout
+    assert "\x1b" not in out                               # comm escaped for the terminal
+    assert "pid %d (fa\\eke)" % FAKE_PID in out
+    rows = {line.split()[-2] if line.rstrip().endswith("*") else line.split()[-1]: line
+            for line in out.splitlines() if line.startswith("tcp ")}
+    assert rows["1001"].rstrip().endswith("*")
+    assert not rows["1002"].rstrip().endswith("*")
+    assert "127.0.0.1:8080" in rows["1001"] and "LISTEN" in rows["1001"]
+    assert "1 owned by the process" in out
+    assert "not present: tcp6" in out
+    assert "1 damaged lines skipped" in out
+
+
+def test_json_comm_with_control_characters_stays_valid(tmp_path):
+    root = build_tree(tmp_path, comm="a\x07\u202eb")
+    res = run_netsnoop("--proc", root, FAKE_PID, "--once", "--json")
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["comm"] == "a\x07\u202eb"
+    assert "\x07" not in res.stdout                        # json escapes it
+
+
+def test_fake_tree_pid_missing_says_so(tmp_path):
+    root = build_tree(tmp_path)
+    assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+                          str(FAKE_PID + 1), "does not exist")
+
+
+def test_fake_tree_hidepid_named_in_message(tmp_path):
+    root = build_tree(tmp_path)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "mountinfo").write_text(
+        "22 1 0:21 / %s rw,nosuid,nodev,noexec,relatime shared:12 - proc proc "
+        "rw,hidepid=invisible\n" % os.path.realpath(root))
+    assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+                          str(FAKE_PID + 1), "hidepid")
+
+
+def test_fake_tree_zombie_state(tmp_path):
+    root = build_tree(tmp_path)
+    stat = tmp_path / str(FAKE_PID) / "stat"
+    stat.write_text(stat.read_text().replace(") S ", ") Z "))
+    assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID, "--once"), 1,
+                          str(FAKE_PID), "zombie")
+
+
+def test_fake_tree_unreadable_stat_is_access_denied(public_tmp):
+    root = build_tree(public_tmp)
+    os.chmod(str(public_tmp / str(FAKE_PID) / "stat"), 0)
+    res = run_as_nobody("--proc", root, FAKE_PID, "--once")
+    assert_one_line_error(res, 1, str(FAKE_PID), "permission denied")
+
+
+def test_another_users_process_ownership_unknown(sleeper):
+    """As nobody, /proc/PID/fd of a root process cannot be listed: the sockets are still
+    shown (net/* is world-readable) but `owned` cannot be known, and JSON says why."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own the target while the viewer is nobody")
+    res = run_as_nobody(sleeper.pid, "--once", "--json", "--tab", "all")
+    assert res.returncode == 0, res.stderr
+    snap = json.loads(res.stdout)
+    for tab in ("tcp", "udp", "raw", "icmp"):
+        data = snap["tabs"][tab]
+        assert data["owned_known"] is False
+        assert "permission denied" in data["owned_reason"]
+        assert str(sleeper.pid) in data["owned_reason"]
+        assert all(s["owned"] is False for s in data["sockets"])
+    text = run_as_nobody(sleeper.pid, "--once")
+    assert text.returncode == 0
+    assert "ownership unknown" in text.stdout
+
+
+def test_sigterm_like_interrupt_is_quiet(sleeper):
+    """Ctrl+C during --once ends without a traceback (status 130 or 0 if it finished)."""
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(sleeper.pid), "--once", "--tab",
+                             "all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err
+    assert b"Traceback" not in err
