@@ -286,7 +286,7 @@ def parse_sockets(text, proto):
             continue
         try:
             out.append(parse_socket_line(line, proto))
-        except (ValueError, IndexError, OSError):
+        except (ValueError, IndexError, OSError, struct.error):    # "-500000A": int() takes a sign
             out.skipped += 1
     return out
 
