@@ -80,9 +80,10 @@ class UsageError(NetsnoopError):
 # Safe text: nothing from a monitored process reaches the terminal raw
 # ---------------------------------------------------------------------------
 
-# C0, DEL, C1, bidi overrides/isolates and marks, line/paragraph separators,
+# C0, DEL, C1, bidi controls (Unicode Bidi_Control: the ALM, LRM and RLM
+# marks, embeddings, overrides, isolates), line/paragraph separators, BOM,
 # lone surrogates (undecodable bytes kept by surrogateescape).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029"
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
                      "\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 _NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x1b": "\\e"}
 
@@ -95,7 +96,7 @@ def _escape_char(match):
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:        # a byte that was not UTF-8
         return "\\x%02x" % (code - 0xDC00)
-    if code <= 0xFF:
+    if code <= 0x7F:        # C0 and DEL; C1 shows as \u0080.., never as a raw byte's \x80
         return "\\x%02x" % code
     return "\\u%04x" % code
 
@@ -230,6 +231,23 @@ def decode_address(text):
     return host, int(port, 16)
 
 
+# Files that carry interface names (arp, dev, route, ipv6_route) are split
+# on what the kernel writes: '\n' and ASCII blanks.  A name may hold any byte
+# but NUL, '/', ':' and ASCII whitespace (net/core/dev.c dev_valid_name),
+# while str.split()/splitlines() also break at \x1c-\x1f, \x85, \u2028...
+_ASCII_BLANKS = re.compile("[ \t\n\r\x0b\x0c]+")
+ASCII_BLANK_CHARS = " \t\n\r\x0b\x0c"
+
+
+def _lines(text):
+    return text.split("\n")
+
+
+def _fields(line):
+    """"eth0\t0100A8C0 ..." -> ["eth0", "0100A8C0", ...], split on ASCII blanks only."""
+    return [f for f in _ASCII_BLANKS.split(line) if f]
+
+
 def state_name(number):
     return TCP_STATES.get(number, "UNKNOWN_%02X" % number)
 
@@ -274,7 +292,7 @@ def parse_sockets(text, proto):
             continue
         try:
             out.append(parse_socket_line(line, proto))
-        except (ValueError, IndexError, OSError):
+        except (ValueError, IndexError, OSError, struct.error):    # "-500000A": int() takes a sign
             out.skipped += 1
     return out
 
@@ -296,8 +314,8 @@ def parse_arp(text):
     may split into five fields.
     """
     out = Records()
-    for line in text.splitlines()[1:]:
-        f = line.split()
+    for line in _lines(text)[1:]:
+        f = _fields(line)
         if not f:
             continue
         try:
@@ -355,18 +373,19 @@ def parse_dev(text):
     after the two header lines.  Names may hold ':' (eth0:1): split on the last.
     """
     out = Records()
-    for line in text.splitlines()[2:]:
-        if not line.strip():
+    for line in _lines(text)[2:]:
+        if not line.strip(ASCII_BLANK_CHARS):
             continue
         name, sep, rest = line.rpartition(":")
         try:
-            values = [int(v) for v in rest.split()]
-            if not sep or len(values) != len(DEV_FIELDS) or not name.strip():
+            values = [int(v) for v in _fields(rest)]
+            name = name.strip(ASCII_BLANK_CHARS)
+            if not sep or len(values) != len(DEV_FIELDS) or not name:
                 raise ValueError(line)
         except ValueError:
             out.skipped += 1
             continue
-        row = collections.OrderedDict(name=name.strip())
+        row = collections.OrderedDict(name=name)
         row.update(zip(DEV_FIELDS, values))
         out.append(row)
     return out
@@ -484,8 +503,8 @@ def route_flags(flags, ipv4=False):
 def parse_route(text):
     """/proc/net/route (tab separated, host-order hex addresses, HEX flags) -> Records of dicts."""
     out = Records()
-    for line in text.splitlines()[1:]:
-        f = line.split()
+    for line in _lines(text)[1:]:
+        f = _fields(line)
         if not f:
             continue
         try:
@@ -521,8 +540,8 @@ def _net_ipv6(hex32):
 def parse_ipv6_route(text):
     """/proc/net/ipv6_route -> Records of dicts (all tables; plen and metric are hex)."""
     out = Records()
-    for line in text.splitlines():
-        f = line.split()
+    for line in _lines(text):
+        f = _fields(line)
         if not f:
             continue
         try:
