@@ -63,6 +63,10 @@ class ProcessGone(NetsnoopError):
     """The process does not exist (any more), or is a zombie."""
 
 
+class ZombieError(ProcessGone):
+    """The process has exited but was not reaped: only its name is left."""
+
+
 class AccessDenied(NetsnoopError):
     """The process exists but its files cannot be read."""
 
@@ -76,9 +80,10 @@ class UsageError(NetsnoopError):
 # Safe text: nothing from a monitored process reaches the terminal raw
 # ---------------------------------------------------------------------------
 
-# C0, DEL, C1, bidi overrides/isolates and marks, line/paragraph separators,
+# C0, DEL, C1, bidi controls (Unicode Bidi_Control: the ALM, LRM and RLM
+# marks, embeddings, overrides, isolates), line/paragraph separators, BOM,
 # lone surrogates (undecodable bytes kept by surrogateescape).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029"
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
                      "\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 _NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x1b": "\\e"}
 
@@ -91,7 +96,7 @@ def _escape_char(match):
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:        # a byte that was not UTF-8
         return "\\x%02x" % (code - 0xDC00)
-    if code <= 0xFF:
+    if code <= 0x7F:        # C0 and DEL; C1 shows as \u0080.., never as a raw byte's \x80
         return "\\x%02x" % code
     return "\\u%04x" % code
 
@@ -226,6 +231,23 @@ def decode_address(text):
     return host, int(port, 16)
 
 
+# Files that carry interface names (arp, dev, route, ipv6_route) are split
+# on what the kernel writes: '\n' and ASCII blanks.  A name may hold any byte
+# but NUL, '/', ':' and ASCII whitespace (net/core/dev.c dev_valid_name),
+# while str.split()/splitlines() also break at \x1c-\x1f, \x85, \u2028...
+_ASCII_BLANKS = re.compile("[ \t\n\r\x0b\x0c]+")
+ASCII_BLANK_CHARS = " \t\n\r\x0b\x0c"
+
+
+def _lines(text):
+    return text.split("\n")
+
+
+def _fields(line):
+    """"eth0\t0100A8C0 ..." -> ["eth0", "0100A8C0", ...], split on ASCII blanks only."""
+    return [f for f in _ASCII_BLANKS.split(line) if f]
+
+
 def state_name(number):
     return TCP_STATES.get(number, "UNKNOWN_%02X" % number)
 
@@ -270,7 +292,7 @@ def parse_sockets(text, proto):
             continue
         try:
             out.append(parse_socket_line(line, proto))
-        except (ValueError, IndexError, OSError):
+        except (ValueError, IndexError, OSError, struct.error):    # "-500000A": int() takes a sign
             out.skipped += 1
     return out
 
@@ -292,8 +314,8 @@ def parse_arp(text):
     may split into five fields.
     """
     out = Records()
-    for line in text.splitlines()[1:]:
-        f = line.split()
+    for line in _lines(text)[1:]:
+        f = _fields(line)
         if not f:
             continue
         try:
@@ -351,18 +373,19 @@ def parse_dev(text):
     after the two header lines.  Names may hold ':' (eth0:1): split on the last.
     """
     out = Records()
-    for line in text.splitlines()[2:]:
-        if not line.strip():
+    for line in _lines(text)[2:]:
+        if not line.strip(ASCII_BLANK_CHARS):
             continue
         name, sep, rest = line.rpartition(":")
         try:
-            values = [int(v) for v in rest.split()]
-            if not sep or len(values) != len(DEV_FIELDS) or not name.strip():
+            values = [int(v) for v in _fields(rest)]
+            name = name.strip(ASCII_BLANK_CHARS)
+            if not sep or len(values) != len(DEV_FIELDS) or not name:
                 raise ValueError(line)
         except ValueError:
             out.skipped += 1
             continue
-        row = collections.OrderedDict(name=name.strip())
+        row = collections.OrderedDict(name=name)
         row.update(zip(DEV_FIELDS, values))
         out.append(row)
     return out
@@ -480,8 +503,8 @@ def route_flags(flags, ipv4=False):
 def parse_route(text):
     """/proc/net/route (tab separated, host-order hex addresses, HEX flags) -> Records of dicts."""
     out = Records()
-    for line in text.splitlines()[1:]:
-        f = line.split()
+    for line in _lines(text)[1:]:
+        f = _fields(line)
         if not f:
             continue
         try:
@@ -517,8 +540,8 @@ def _net_ipv6(hex32):
 def parse_ipv6_route(text):
     """/proc/net/ipv6_route -> Records of dicts (all tables; plen and metric are hex)."""
     out = Records()
-    for line in text.splitlines():
-        f = line.split()
+    for line in _lines(text):
+        f = _fields(line)
         if not f:
             continue
         try:
@@ -606,7 +629,7 @@ class ProcFS(object):
             return AccessDenied("process %d: cannot read %s: permission denied"
                                 % (pid, what))
         if err.errno == errno.EINVAL:
-            return ProcessGone("process %d is a zombie: its %s is unavailable"
+            return ZombieError("process %d is a zombie: its %s is unavailable"
                                % (pid, what))
         if not os.path.exists(self.path(pid)):
             return ProcessGone(self._missing_reason(pid))
@@ -668,7 +691,7 @@ class ProcFS(object):
         except (ValueError, IndexError):
             raise ProcessGone("process %d: unreadable stat" % pid)
         if state in ("Z", "X"):
-            raise ProcessGone("process %d is a zombie: its network view is gone" % pid)
+            raise ZombieError("process %d is a zombie: its network view is gone" % pid)
         return comm, state
 
     def check_net(self, pid):
@@ -866,8 +889,13 @@ def snapshot(procfs, pid, tabs):
     out["comm"] = comm
     out["netns"] = procfs.netns(pid) or "unknown"
     out["time"] = time.time()
-    out["tabs"] = collections.OrderedDict(
-        (tab, collect_tab(procfs, pid, tab, owners)) for tab in tabs)
+    try:
+        out["tabs"] = collections.OrderedDict(
+            (tab, collect_tab(procfs, pid, tab, owners)) for tab in tabs)
+    except ProcessGone as err:
+        if os.path.exists(procfs.path(pid)) and not isinstance(err, ZombieError):
+            raise
+        raise ProcessGone("process %d exited while being read" % pid) from err
     return out
 
 
@@ -1065,15 +1093,15 @@ def socket_table(tab, data):
         rows.append(Row(
             [s["proto"], s["state"], str(s["rx_queue"]), str(s["tx_queue"]),
              hostport(s["local_address"], s["local_port"]),
-             hostport(s["remote_address"], s["remote_port"]),
+             hostport(s["remote_address"], s["remote_port"] or "*"),
              str(s["uid"]), str(s["inode"]), "*" if s["owned"] else ""],
             "owned" if s["owned"] else None,
             (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
              s["remote_port"], s["inode"])))
     notes = _ownership_notes(data) + _read_notes(data)
     owned = sum(1 for s in data["sockets"] if s["owned"])
-    notes.insert(0, "%d sockets in the namespace, %d owned by the process (*)"
-                 % (len(rows), owned))
+    notes.insert(0, "%d socket%s in the namespace, %d owned by the process (*)"
+                 % (len(rows), "" if len(rows) == 1 else "s", owned))
     return Table(tab, columns, rows, notes)
 
 
