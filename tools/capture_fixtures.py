@@ -87,6 +87,9 @@ def copy_fd_links(src_dir, dst_dir):
             os.symlink(target, os.path.join(dst_dir, name))
             if target.startswith("socket:["):
                 sockets.append(int(target[8:-1]))
+    if not os.listdir(dst_dir):
+        # git keeps no empty directory; without fd/ the tree would say "cannot read fd"
+        open(os.path.join(dst_dir, ".gitkeep"), "w").close()
     return sockets
 
 
