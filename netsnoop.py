@@ -881,15 +881,15 @@ def collect_tab(procfs, pid, tab, owners=None):
 def snapshot(procfs, pid, tabs):
     """The SPEC's --json object for PID and the given tabs."""
     comm = procfs.check_net(pid)
-    owners = None
-    if any(t in SOCKET_FILES for t in tabs):
-        owners = Ownership(procfs, pid)
     out = collections.OrderedDict()
     out["pid"] = pid
     out["comm"] = comm
     out["netns"] = procfs.netns(pid) or "unknown"
     out["time"] = time.time()
     try:
+        owners = None
+        if any(t in SOCKET_FILES for t in tabs):
+            owners = Ownership(procfs, pid)     # fd/ too can vanish mid-snapshot
         out["tabs"] = collections.OrderedDict(
             (tab, collect_tab(procfs, pid, tab, owners)) for tab in tabs)
     except ProcessGone as err:
