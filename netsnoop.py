@@ -910,16 +910,21 @@ IFACE_DROP_WARN = 0.01
 
 
 def _delta(cur, prev, *path):
-    """Counter at `path` in cur, minus prev's when prev is given (never negative)."""
+    """Counter at `path` in cur, minus prev's when prev is given (never negative).
+
+    A counter prev lacks (file missing at the last refresh) has no baseline:
+    its whole value is not "since the last refresh", so it counts 0.
+    """
     def get(tree):
         for key in path:
             if not isinstance(tree, dict):
-                return 0
-            tree = tree.get(key, 0)
-        return tree if isinstance(tree, int) else 0
-    value = get(cur)
+                return None
+            tree = tree.get(key)
+        return tree if isinstance(tree, int) else None
+    value = get(cur) or 0
     if prev is not None:
-        value = max(0, value - get(prev))
+        before = get(prev)
+        value = 0 if before is None else max(0, value - before)
     return value
 
 
@@ -961,15 +966,16 @@ def findings(cur, prev=None):
         n = d("snmp", "Tcp", name)
         if n:
             add("warn", "%s: %d (Tcp %s)" % (what, n, name))
-    for sec in ("Udp", "UdpLite"):
+    for group, sec in (("snmp", "Udp"), ("snmp", "UdpLite"),
+                       ("snmp6", "Udp6"), ("snmp6", "UdpLite6")):
         for name, what in (("RcvbufErrors", "datagrams dropped: receive buffer full"),
                            ("SndbufErrors", "datagrams dropped: send buffer full"),
                            ("InErrors", "datagrams received in error"),
                            ("MemErrors", "datagrams dropped for lack of memory")):
-            n = d("snmp", sec, name)
+            n = d(group, sec, name)
             if n:
                 add("warn", "%s %s: %d (%s %s)" % (sec, what, n, sec, name))
-        n = d("snmp", sec, "NoPorts")
+        n = d(group, sec, "NoPorts")
         if n:
             add("info", "%s datagrams to ports nobody listens on: %d (%s NoPorts)"
                 % (sec, n, sec))
@@ -979,9 +985,11 @@ def findings(cur, prev=None):
             ("InDiscards", "IP packets discarded on input", "warn"),
             ("OutDiscards", "IP packets discarded on output", "warn"),
             ("ReasmFails", "IP reassembly failures", "warn")):
-        n = d("snmp", "Ip", name)
-        if n:
-            add(severity, "%s: %d (Ip %s)" % (what, n, name))
+        for group, sec in (("snmp", "Ip"), ("snmp6", "Ip6")):
+            n = d(group, sec, name)
+            if n:
+                family = "IPv6" if sec == "Ip6" else "IP"
+                add(severity, "%s: %d (%s %s)" % (what.replace("IP", family, 1), n, sec, name))
     dropped = sum(_delta(c, p, "dropped") for c, p in _pairs(cur, prev, "softnet", "cpu"))
     squeezed = sum(_delta(c, p, "time_squeeze") for c, p in _pairs(cur, prev, "softnet", "cpu"))
     if dropped:
@@ -991,10 +999,12 @@ def findings(cur, prev=None):
         add("info", "softirq ran out of budget %d times (softnet_stat time_squeeze; "
             "net.core.netdev_budget)" % squeezed)
     for c, p in _pairs(cur, prev, "interfaces", "name"):
+        if p is not None and any(c.get(k, 0) < p.get(k, 0) for k in DEV_FIELDS):
+            continue        # recreated since the last refresh: no baseline for the ratio
         errs = _delta(c, p, "rx_errs") + _delta(c, p, "tx_errs")
         drops = _delta(c, p, "rx_drop") + _delta(c, p, "tx_drop")
         pkts = _delta(c, p, "rx_packets") + _delta(c, p, "tx_packets")
-        name = printable(c.get("name"))
+        name = c.get("name")        # raw like every string in the data; the views escape it
         if errs:
             add("warn", "interface %s: %d errors (rx_errs+tx_errs)" % (name, errs))
         if drops:
