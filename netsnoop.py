@@ -31,6 +31,7 @@ import stat
 import struct
 import sys
 import time
+import unicodedata
 
 __version__ = "0.1.0"
 
@@ -1170,7 +1171,7 @@ def human_bytes(n):
 
 
 def traffic_tables(data, prev=None, dt=None):
-    rates = prev is not None and dt
+    rates = prev is not None and dt is not None and dt > 0     # a clock step gives no rate
     columns = [Column("Iface", L), Column("RX bytes", R)]
     if rates:
         columns.append(Column("RX/s", R))
@@ -1277,6 +1278,26 @@ def tab_tables(tab, data, prev=None, dt=None):
             "analysis": analysis_tables}[tab](data, prev)
 
 
+def _char_width(ch):
+    if ch == "\xad":                    # soft hyphen: terminals draw it
+        return 1
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def text_width(text):
+    """Terminal columns of (already printable) text: CJK takes two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_width(ch) for ch in text)
+
+
+def _pad(cell, width, align):
+    fill = " " * (width - text_width(cell))
+    return fill + cell if align == R else cell + fill
+
+
 def format_table(table, limit=CELL_LIMIT):
     """A Table -> aligned text lines (title, header, rows, notes), like ss / route -n."""
     header = [c.title for c in table.columns]
@@ -1284,15 +1305,14 @@ def format_table(table, limit=CELL_LIMIT):
     widths = [len(h) for h in header]
     for cells in body:
         for i, cell in enumerate(cells):
-            widths[i] = max(widths[i], len(cell))
+            widths[i] = max(widths[i], text_width(cell))
 
     def line(cells):
-        parts = []
-        for cell, col, width in zip(cells, table.columns, widths):
-            parts.append(cell.rjust(width) if col.align == R else cell.ljust(width))
+        parts = [_pad(cell, width, col.align)
+                 for cell, col, width in zip(cells, table.columns, widths)]
         return "  ".join(parts).rstrip()
 
-    out = ["== %s ==" % table.title, line(header)]
+    out = ["== %s ==" % printable(table.title, limit), line(header)]
     out.extend(line(cells) for cells in body)
     out.extend("  (%s)" % printable(note) for note in table.notes if note)
     return out
@@ -1301,7 +1321,7 @@ def format_table(table, limit=CELL_LIMIT):
 def format_snapshot(snap):
     """The --once text: a heading, then every tab's tables."""
     lines = ["netsnoop %s: pid %d (%s), netns %s, %s" % (
-        __version__, snap["pid"], printable(snap["comm"]), snap["netns"],
+        __version__, snap["pid"], printable(snap["comm"]), printable(snap["netns"]),
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"])))]
     for tab, data in snap["tabs"].items():
         for table in tab_tables(tab, data):
