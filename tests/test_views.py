@@ -471,3 +471,16 @@ def test_wide_and_combining_cells_align():
                            [])
     lines = check_aligned(table)
     assert len({netsnoop.text_width(ln) for ln in lines[2:]}) == 1, lines
+
+
+def test_v4_mapped_and_v6_endpoints_like_ss():
+    with open(os.path.join(FIXTURES, "crafted", "tcp6_v4mapped")) as f:
+        socks = netsnoop.parse_sockets(f.read(), "tcp6")
+    data = {"sockets": [netsnoop.socket_dict(s, s.inode % 2 == 1) for s in socks],
+            "owned_known": True}
+    table = netsnoop.tab_tables("tcp", data)[0]
+    assert [(r.cells[4], r.cells[5]) for r in table.rows] == [
+        ("[::]:8080", "[::]:*"), ("[::ffff:127.0.0.1]:8080", "[::ffff:127.0.0.1]:50000"),
+        ("[::1]:22", "[::1]:54321"), ("[2001:db8::1]:443", "[2001:db8::2]:40000")]
+    assert [r.cells[-1] == "*" for r in table.rows] == [s.inode % 2 == 1 for s in socks]
+    check_aligned(table)
