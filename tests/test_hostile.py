@@ -7,6 +7,7 @@ value: json.loads(...).encode("utf-8", "surrogateescape") gives back the bytes.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -242,6 +243,7 @@ def run_in_netns(flags):
 
 
 @needs_root_netns
+@pytest.mark.skipif(not shutil.which("ip"), reason="needs ip (iproute2)")
 def test_real_interfaces_with_hostile_names():
     r = run_in_netns("")
     if r.returncode == 3:
