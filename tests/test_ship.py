@@ -100,7 +100,8 @@ needs_packaging = pytest.mark.skipif(
 def source_copy(tmp_path):
     """The repository without .git or build leftovers, so pip writes nothing into it."""
     dest = tmp_path / "src"
-    shutil.copytree(ROOT, str(dest), ignore=shutil.ignore_patterns(
+    # symlinks=True: fixture trees hold dangling links (socket:[N], net:[...]).
+    shutil.copytree(ROOT, str(dest), symlinks=True, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
         ".hypothesis", "_fastscan*.so", "_fastscan_cffi*"))
     return dest
