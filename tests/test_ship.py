@@ -1,12 +1,16 @@
 """Ship it anywhere: the Python 3.7 syntax check, netsnoop.py alone under the
 oldest Python, `pip install .` into a fresh venv (with and without a
-compiler), and a quick run of the load bench."""
+compiler), a quick run of the load bench, and nothing lost: --log through
+SIGTERM/SIGINT/SIGHUP and a full disk, and log paths it must refuse."""
 import json
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 import venv
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
@@ -96,7 +100,8 @@ needs_packaging = pytest.mark.skipif(
 def source_copy(tmp_path):
     """The repository without .git or build leftovers, so pip writes nothing into it."""
     dest = tmp_path / "src"
-    shutil.copytree(ROOT, str(dest), ignore=shutil.ignore_patterns(
+    # symlinks=True: fixture trees hold dangling links (socket:[N], net:[...]).
+    shutil.copytree(ROOT, str(dest), symlinks=True, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
         ".hypothesis", "_fastscan*.so", "_fastscan_cffi*"))
     return dest
@@ -130,9 +135,10 @@ def pip_install(tmp_path, env_extra=None):
     isolated = os.environ.get("NETSNOOP_PIP_ISOLATED") == "1" or not offline_build_possible()
     venv.EnvBuilder(with_pip=True, system_site_packages=not isolated).create(str(env_dir))
     bindir = env_dir / "bin"
-    cmd = [str(bindir / "python"), "-m", "pip", "install", "-q", "--no-deps"]
+    cmd = [str(bindir / "python"), "-m", "pip", "install", "-q"]
     if not isolated:
-        cmd.append("--no-build-isolation")
+        # The venv sees this interpreter's cffi (the C scanner imports _cffi_backend).
+        cmd += ["--no-build-isolation", "--no-deps"]
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", **(env_extra or {}))
     r = subprocess.run(cmd + [str(source_copy(tmp_path))], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, universal_newlines=True, env=env,
@@ -202,3 +208,147 @@ def test_fork_storm_quick():
     assert r["summary"] is not None, "no summary line: %r" % r
     assert r["summary"]["seen"] + r["summary"]["missed"] >= r["forks"] * 0.5, r
     assert r["events_new"] >= 1, r
+
+
+# --- nothing lost: --log through signals and a full disk -------------------------------
+
+def procs_or_skip():
+    built, why = bench.procs_built()
+    if not built:
+        pytest.skip("--procs not landed yet: " + why)
+
+
+def spawn_marked(marker, pad=0, life=0.5):
+    """A short-lived process whose command line carries `marker` (and `pad` bytes)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(%s)" % life,
+                             marker, "p" * pad])
+
+
+def log_events(path):
+    """-> (complete JSON events, unterminated tail bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    return [json.loads(line.decode("ascii")) for line in lines[:-1]], lines[-1]
+
+
+def wait_for(predicate, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def logged(path, marker):
+    try:
+        with open(path, "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_log_survives_signal(tmp_path, sig):
+    procs_or_skip()
+    log = tmp_path / "events.log"
+    marker = "netsnoop-log-%d-%d" % (os.getpid(), sig)
+    ns = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--json", "--interval", "0.1",
+                           "--log", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    try:
+        time.sleep(1)
+        child = spawn_marked(marker)
+        assert wait_for(lambda: logged(log, marker), 10), "event not in the log before the signal"
+        child.wait()
+        ns.send_signal(sig)
+        _, err = ns.communicate(timeout=15)
+    finally:
+        if ns.poll() is None:
+            ns.kill()
+            ns.wait()
+    assert "Traceback" not in err, err
+    events, tail = log_events(log)
+    assert tail == b"", "a half-written line was left: %r" % tail[:200]
+    assert any(marker in e.get("cmdline", []) for e in events)
+    assert stat.S_IMODE(os.stat(str(log)).st_mode) == 0o600
+    if sig == signal.SIGINT:
+        assert ns.returncode in (0, 130), err
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs root and unshare -m (private tmpfs)")
+def test_log_disk_full(tmp_path):
+    """64k tmpfs nearly full: one clear line, status 1, the events before it kept."""
+    procs_or_skip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    keep = tmp_path / "kept.log"
+    shell = ('mount -t tmpfs -o size=64k tmpfs "$1" || exit 97; '
+             'dd if=/dev/zero of="$1/filler" bs=4k count=13 2>/dev/null; '
+             '"$3" "$4" --procs --json --interval 0.1 --log "$1/events.log" >/dev/null; rc=$?; '
+             'cp "$1/events.log" "$2" 2>/dev/null; exit $rc')
+    ns = subprocess.Popen(["unshare", "-m", "sh", "-c", shell, "sh", str(mnt), str(keep),
+                           sys.executable, NETSNOOP], stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    try:
+        time.sleep(1)
+        deadline = time.time() + 30
+        while ns.poll() is None and time.time() < deadline:
+            spawn_marked("netsnoop-fill", pad=1500, life=0.3)
+            time.sleep(0.05)
+        _, err = ns.communicate(timeout=15)
+    finally:
+        if ns.poll() is None:
+            ns.kill()
+            ns.wait()
+    if ns.returncode == 97:
+        pytest.skip("cannot mount a tmpfs here: " + err)
+    assert ns.returncode == 1, err
+    assert "Traceback" not in err, err
+    # One line says it (a banner may come before it, nothing after it).
+    errors = [ln for ln in err.splitlines() if re.search(r"space|full", ln, re.I)]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    assert errors[0].startswith("netsnoop: "), errors
+    # Any process may fill it (the machine is shared): events, whole and parseable.
+    events, _ = log_events(keep)
+    assert [e for e in events if e.get("event") in ("new", "exec")], \
+        "the events written before the disk filled are gone"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling_symlink", "directory"])
+def test_log_path_refused_without_touching_target(tmp_path, kind):
+    procs_or_skip()
+    target = tmp_path / "target"
+    path = tmp_path / "log"
+    if kind == "symlink":
+        target.write_text("precious\n")
+        os.utime(str(target), (1000000000, 1000000000))
+        path.symlink_to(target)
+    elif kind == "dangling_symlink":
+        path.symlink_to(target)
+    else:
+        path.mkdir()
+    r = subprocess.run([sys.executable, NETSNOOP, "--procs", "--log", str(path),
+                        "--duration", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=60)
+    assert r.returncode == 1, r
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("netsnoop: "), r.stderr
+    if kind == "symlink":
+        assert target.read_text() == "precious\n"
+        assert os.stat(str(target)).st_mtime == 1000000000
+    elif kind == "dangling_symlink":
+        assert not target.exists()
+    else:
+        assert os.listdir(str(path)) == []
+
+
+def test_new_log_is_private(tmp_path):
+    procs_or_skip()
+    log = tmp_path / "new.log"
+    r = subprocess.run([sys.executable, NETSNOOP, "--procs", "--log", str(log),
+                        "--duration", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(str(log)).st_mode) == 0o600
