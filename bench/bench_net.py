@@ -147,23 +147,31 @@ def helper_main(total):
 # ---------------------------------------------------------------------------
 
 def timed(argv):
-    """Run argv with stdout drained from a pipe -> (seconds, output bytes)."""
+    """Run argv with stdout drained from a pipe -> (seconds, output bytes, cpu seconds).
+
+    cpu is the child's user + system time: less disturbed than wall time
+    when other work shares the machine.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError("%s failed (%d): %s" % (argv[0], proc.returncode,
                                                     err.decode(errors="replace").strip()))
-    return elapsed, out
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, out, cpu
 
 
 def runner_main():
     """Inside the namespace: run each JSON argv read from stdin, reply with its time."""
     for line in sys.stdin:
         argv = json.loads(line)
-        elapsed, out = timed(argv)
-        sys.stdout.write(json.dumps({"seconds": elapsed, "lines": out.count(b"\n")}) + "\n")
+        elapsed, out, cpu = timed(argv)
+        sys.stdout.write(json.dumps({"seconds": elapsed, "cpu": cpu,
+                                     "lines": out.count(b"\n")}) + "\n")
         sys.stdout.flush()
     return 0
 
@@ -187,14 +195,14 @@ class Namespace(object):
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
 
     def run_inside(self, argv):
-        """-> (seconds, output lines) of argv run by the runner in the namespace."""
+        """-> (seconds, output lines, cpu seconds) of argv run by the runner in the namespace."""
         self.runner.stdin.write(json.dumps(argv) + "\n")
         self.runner.stdin.flush()
         reply = self.runner.stdout.readline()
         if not reply:
             raise RuntimeError("the in-namespace runner died (did %s fail?)" % argv[0])
         reply = json.loads(reply)
-        return reply["seconds"], reply["lines"]
+        return reply["seconds"], reply["lines"], reply["cpu"]
 
     def close(self):
         for proc in (getattr(self, "runner", None), self.helper):
@@ -214,27 +222,37 @@ def netsnoop_argv(pid, *extra):
 
 def count_sockets(ns):
     """Sockets in the namespace as netsnoop and as ss count them, taken back to back."""
-    _, out = timed(netsnoop_argv(ns.pid))
+    out = timed(netsnoop_argv(ns.pid))[1]
     tab = json.loads(out.decode())["tabs"]["tcp"]
     owned = sum(1 for s in tab["sockets"] if s["owned"])
-    _, ss_lines = ns.run_inside(["ss", "-tanH"])
+    ss_lines = ns.run_inside(["ss", "-tanH"])[1]
     return len(tab["sockets"]), ss_lines, owned
 
 
 def time_rounds(ns, runs):
-    """Alternating rounds (the order rotates each round) -> {name: [seconds]}."""
+    """Alternating rounds (the order rotates each round) -> ({name: [seconds]}, {name: [cpu]})."""
+    def local(argv):
+        return lambda: (lambda r: (r[0], r[2]))(timed(argv))
+
+    def inside(argv):
+        return lambda: (lambda r: (r[0], r[2]))(ns.run_inside(argv))
+
     cmds = [
-        ("netsnoop", lambda: timed(netsnoop_argv(ns.pid))[0]),
-        ("ss+nsenter", lambda: timed(["nsenter", ns.netns, "ss", "-tanp"])[0]),
-        ("nsenter", lambda: timed(["nsenter", ns.netns, "true"])[0]),
-        ("ss", lambda: ns.run_inside(["ss", "-tanp"])[0]),
+        ("netsnoop", local(netsnoop_argv(ns.pid))),
+        ("ss+nsenter", local(["nsenter", ns.netns, "ss", "-tanp"])),
+        ("nsenter", local(["nsenter", ns.netns, "true"])),
+        ("ss", inside(["ss", "-tanp"])),
+        ("netsnoop -I -S", local(netsnoop_argv(ns.pid, "-I", "-S"))),
     ]
     times = {name: [] for name, _ in cmds}
+    cpus = {name: [] for name, _ in cmds}
     for r in range(runs):
         for k in range(len(cmds)):
             name, fn = cmds[(r + k) % len(cmds)]
-            times[name].append(fn())
-    return times
+            elapsed, cpu = fn()
+            times[name].append(elapsed)
+            cpus[name].append(cpu)
+    return times, cpus
 
 
 # ---------------------------------------------------------------------------
@@ -272,7 +290,7 @@ def startup_costs(repeat):
                                 for _ in range(repeat))
     compiles, bodies = [], []
     for _ in range(repeat):
-        _, out = timed([PYTHON, "-c", PROBE, NETSNOOP])
+        out = timed([PYTHON, "-c", PROBE, NETSNOOP])[1]
         c, b = out.split()
         compiles.append(float(c))
         bodies.append(float(b))
@@ -280,22 +298,28 @@ def startup_costs(repeat):
 
 
 def in_process_costs(pid, repeat):
-    """Time netsnoop's own functions on the namespace (imported from the repo)."""
+    """Time netsnoop's own functions on the namespace (imported from the repo).
+
+    The parts are timed one by one; run_once runs them as the command does
+    (the fd scan in a thread, overlapping the reads), so it can be less
+    than their sum.
+    """
     sys.path.insert(0, REPO)
     import netsnoop
     procfs = netsnoop.ProcFS("/proc")
+    names = netsnoop.SOCKET_FILES["tcp"]
     costs = {}
-    costs["read tcp+tcp6"], texts = best_of(
-        lambda: [procfs.net_read(pid, n) for n in ("tcp", "tcp6")], repeat)
-    costs["parse"], _ = best_of(
-        lambda: [netsnoop.parse_sockets(t, n) for t, n in zip(texts, ("tcp", "tcp6"))],
-        repeat)
-    costs["fd scan (socket_inodes)"], _ = best_of(lambda: procfs.socket_inodes(pid), repeat)
-    owners = netsnoop.Ownership(procfs, pid)
-    costs["collect_sockets"], _ = best_of(
-        lambda: netsnoop.collect_sockets(procfs, pid, "tcp", owners), repeat)
-    costs["snapshot"], snap = best_of(lambda: netsnoop.snapshot(procfs, pid, ("tcp",)),
-                                      repeat)
+    costs["read"], texts = best_of(lambda: [procfs.net_read(pid, n) for n in names], repeat)
+    costs["parse"], parsed = best_of(
+        lambda: [netsnoop.parse_sockets(t, n) for t, n in zip(texts, names)], repeat)
+    costs["fd scan"], (held, _) = best_of(lambda: procfs.socket_inodes(pid), repeat)
+    records = [s for recs in parsed for s in recs]
+    if hasattr(netsnoop, "SocketRows"):
+        costs["json rows"], _ = best_of(
+            lambda: netsnoop.SocketRows(records, held).json_text(), repeat)
+    else:                               # the code before SocketRows: dicts, then json
+        costs["json rows"], _ = best_of(lambda: json.dumps(
+            [netsnoop.socket_dict(s, s.inode in held) for s in records]), repeat)
     costs["run_once"], _ = best_of(lambda: run_once_quiet(netsnoop, pid), repeat)
     return costs
 
@@ -320,46 +344,55 @@ def ms(seconds):
     return "%7.1f ms" % (seconds * 1000)
 
 
-def ratios(times, other, minus=None):
-    """Median of per-round netsnoop / other (optionally other minus `minus` of that round)."""
+def ratios(times, other, minus=None, name="netsnoop"):
+    """Median of per-round name / other (optionally other minus `minus` of that round)."""
     out = []
-    for i, t in enumerate(times["netsnoop"]):
+    for i, t in enumerate(times[name]):
         base = times[other][i] - (times[minus][i] if minus else 0)
         if base > 0:
             out.append(t / base)
     return statistics.median(out) if out else float("nan")
 
 
-def report(times, ns, counts, startup, inproc, out=sys.stdout):
+def report(times, cpus, ns, counts, startup, inproc, out=sys.stdout):
     w = out.write
     med = {name: statistics.median(v) for name, v in times.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
     w("sockets: netsnoop %d, ss %d (%s); owned by the helper: %d\n"
       % (counts[0], counts[1], "equal" if counts[0] == counts[1] else "DIFFERENT",
          counts[2]))
     w("plan: %s\n" % json.dumps(ns.plan, sort_keys=True))
-    w("median of %d alternating runs (shared 2-core machine: noisy):\n"
+    w("python: %s\n" % PYTHON)
+    w("median of %d alternating runs (shared 2-core machine: noisy)     wall       cpu\n"
       % len(times["netsnoop"]))
-    w("  netsnoop --once --tab tcp --json  %s\n" % ms(med["netsnoop"]))
-    w("  nsenter ... ss -tanp              %s\n" % ms(med["ss+nsenter"]))
-    w("  nsenter ... true                  %s\n" % ms(med["nsenter"]))
-    w("  ss+nsenter - nsenter              %s\n" % ms(med["ss+nsenter"] - med["nsenter"]))
-    w("  ss -tanp (run inside the netns)   %s\n" % ms(med["ss"]))
+    for label, name in (("netsnoop --once --tab tcp --json", "netsnoop"),
+                        ("  the same with python3 -I -S", "netsnoop -I -S"),
+                        ("nsenter --net=... ss -tanp", "ss+nsenter"),
+                        ("nsenter --net=... true", "nsenter"),
+                        ("ss -tanp (run inside the netns)", "ss")):
+        w("  %-40s %s %s\n" % (label, ms(med[name]), ms(cpu[name])))
+    w("  %-40s %s\n" % ("nsenter+ss minus nsenter true", ms(med["ss+nsenter"] - med["nsenter"])))
     w("ratio netsnoop/ss (median of per-round ratios):\n")
-    w("  vs ss in the netns                %.2f\n" % ratios(times, "ss"))
-    w("  vs nsenter+ss                     %.2f\n" % ratios(times, "ss+nsenter"))
-    w("  vs nsenter+ss minus nsenter true  %.2f\n" % ratios(times, "ss+nsenter", "nsenter"))
+    w("  vs ss run inside the netns            %.2f\n" % ratios(times, "ss"))
+    w("  vs nsenter+ss                         %.2f\n" % ratios(times, "ss+nsenter"))
+    w("  vs nsenter+ss minus nsenter true      %.2f\n"
+      % ratios(times, "ss+nsenter", "nsenter"))
+    w("  netsnoop -I -S vs ss inside           %.2f\n"
+      % ratios(times, "ss", name="netsnoop -I -S"))
+    w("  cpu time, median netsnoop / ss        %.2f\n" % (cpu["netsnoop"] / cpu["ss"]))
     bare, bare_is, comp, body = startup
-    w("where netsnoop's time goes (medians):\n")
-    w("  interpreter start-up (-c pass)    %s   (-I -S: %s)\n" % (ms(bare), ms(bare_is)))
-    w("  compile netsnoop.py               %s\n" % ms(comp))
-    w("  module body (stdlib imports)      %s\n" % ms(body))
-    w("  read /proc/PID/net/tcp+tcp6       %s\n" % ms(inproc["read tcp+tcp6"]))
-    w("  parse_sockets tcp+tcp6            %s\n" % ms(inproc["parse"]))
-    w("  fd scan (socket_inodes)           %s\n" % ms(inproc["fd scan (socket_inodes)"]))
-    w("  collect_sockets (read+parse+rows) %s\n" % ms(inproc["collect_sockets"]))
-    w("  snapshot (+fd scan, stat, netns)  %s\n" % ms(inproc["snapshot"]))
-    w("  JSON out (run_once - snapshot)    %s\n" % ms(inproc["run_once"] - inproc["snapshot"]))
-    w("  run_once in-process               %s\n" % ms(inproc["run_once"]))
+    w("where netsnoop's time goes (medians, in-process parts timed one by one):\n")
+    w("  interpreter start-up (-c pass)        %s   (-I -S: %s)\n" % (ms(bare), ms(bare_is)))
+    w("  compile netsnoop.py (every run)       %s\n" % ms(comp))
+    w("  module body (stdlib imports)          %s\n" % ms(body))
+    w("  read /proc/PID/net/tcp+tcp6           %s\n" % ms(inproc["read"]))
+    w("  parse_sockets tcp+tcp6                %s\n" % ms(inproc["parse"]))
+    w("  fd scan (socket_inodes)               %s\n" % ms(inproc["fd scan"]))
+    w("  JSON out (rows to JSON text)          %s\n" % ms(inproc["json rows"]))
+    w("  run_once in-process (all of it)       %s\n" % ms(inproc["run_once"]))
+    parts = inproc["read"] + inproc["parse"] + inproc["fd scan"] + inproc["json rows"]
+    w("  sum of the four parts                 %s   (run_once - sum: overlap/other %+.1f ms)\n"
+      % (ms(parts), (inproc["run_once"] - parts) * 1000))
     w("RATIO %.2f\n" % ratios(times, "ss"))
 
 
@@ -392,10 +425,10 @@ def main(argv=None):
     ns = Namespace(args.sockets)
     try:
         counts = count_sockets(ns)
-        times_ = time_rounds(ns, args.runs)
+        times_, cpus = time_rounds(ns, args.runs)
         startup = startup_costs(max(3, args.runs // 2))
         inproc = in_process_costs(ns.pid, max(3, args.runs // 2))
-        report(times_, ns, counts, startup, inproc)
+        report(times_, cpus, ns, counts, startup, inproc)
     finally:
         ns.close()
     return 0 if counts[0] == counts[1] else 1
