@@ -314,10 +314,10 @@ def _parse_other_lines(text, proto, out):
 def parse_sockets(text, proto):
     """/proc/net/tcp (or udp, raw, icmp and their "6" twins) -> Records of Socket."""
     out = Records()
-    header, _, body = text.partition("\n")
-    _parse_other_lines("\n".join(header.splitlines()[1:]), proto, out)
+    body = text.find("\n") + 1 or len(text)    # where the lines after the header start
+    _parse_other_lines("\n".join(text[:body].splitlines()[1:]), proto, out)
     with_drops = proto.startswith(("udp", "raw", "icmp"))
-    rows = (_SOCKET_ROW_WITH_TAIL if with_drops else _SOCKET_ROW).findall(body)
+    rows = (_SOCKET_ROW_WITH_TAIL if with_drops else _SOCKET_ROW).findall(text, body)
     new, hosts, middles = tuple.__new__, _ADDR_CACHE, _MIDDLE_CACHE
     for laddr, lport, raddr, rport, mid, uid, timeout, inode, tail, other in rows:
         if not laddr:
@@ -942,10 +942,15 @@ class SocketRows(object):
             return json.dumps(self.dicts(), check_circular=False)
         held, full, no_drops = self.held, self.TEMPLATE, self.TEMPLATE_NO_DROPS
         flag = ("false", "true")
-        return "[" + ", ".join([
-            full % (s + (flag[s.inode in held],)) if s[14] is not None
-            else no_drops % (s[:14] + (flag[s.inode in held],))
-            for s in self.records]) + "]"
+        rows = [full % (s + (flag[s.inode in held],)) if s[14] is not None
+                else no_drops % (s[:14] + (flag[s.inode in held],))
+                for s in self.records]
+        if not rows:
+            return "[]"
+        # Brackets on the end rows: one copy of the megabytes, not three.
+        rows[0] = "[" + rows[0]
+        rows[-1] += "]"
+        return ", ".join(rows)
 
 
 _PLAIN_JSON_TEXT = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*\Z')

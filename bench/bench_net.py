@@ -13,11 +13,18 @@ alternating rounds:
   nsenter    nsenter --net=/proc/PID/ns/net true             (its exec cost)
   ss         ss -tanp, started by a runner already in the namespace
 
+  netsnoop -I -S   the same as netsnoop, without site start-up
+
 Every command's output goes to a pipe that is drained.  It prints the
-median times, the median per-round ratios netsnoop/ss (the target is
-<= 1.0 against ss run inside the namespace) and where netsnoop's time goes,
-measured in-process around netsnoop's own functions.  The machine is
-shared: figures are noisy, hence medians of alternating runs.
+median wall and CPU times, the median per-round ratios netsnoop/ss (the
+target is <= 1.0 against ss run inside the namespace) and where netsnoop's
+time goes, measured in-process around netsnoop's own functions.  The
+machine is shared: figures are noisy, hence medians of alternating runs.
+
+ss -p reads the fd links of every process on the host, so other processes
+holding many fds (another run of this benchmark) slow ss down: run it alone.
+netsnoop is started with this interpreter (sys.executable), not through a
+`python3` shim (pyenv's costs ~50 ms a run).
 """
 
 import argparse
@@ -231,18 +238,24 @@ def count_sockets(ns):
 
 def time_rounds(ns, runs):
     """Alternating rounds (the order rotates each round) -> ({name: [seconds]}, {name: [cpu]})."""
-    def local(argv):
-        return lambda: (lambda r: (r[0], r[2]))(timed(argv))
+    def here(argv):
+        def run():
+            elapsed, _, cpu = timed(argv)
+            return elapsed, cpu
+        return run
 
     def inside(argv):
-        return lambda: (lambda r: (r[0], r[2]))(ns.run_inside(argv))
+        def run():
+            elapsed, _, cpu = ns.run_inside(argv)
+            return elapsed, cpu
+        return run
 
     cmds = [
-        ("netsnoop", local(netsnoop_argv(ns.pid))),
-        ("ss+nsenter", local(["nsenter", ns.netns, "ss", "-tanp"])),
-        ("nsenter", local(["nsenter", ns.netns, "true"])),
+        ("netsnoop", here(netsnoop_argv(ns.pid))),
+        ("ss+nsenter", here(["nsenter", ns.netns, "ss", "-tanp"])),
+        ("nsenter", here(["nsenter", ns.netns, "true"])),
         ("ss", inside(["ss", "-tanp"])),
-        ("netsnoop -I -S", local(netsnoop_argv(ns.pid, "-I", "-S"))),
+        ("netsnoop -I -S", here(netsnoop_argv(ns.pid, "-I", "-S"))),
     ]
     times = {name: [] for name, _ in cmds}
     cpus = {name: [] for name, _ in cmds}
@@ -422,7 +435,11 @@ def main(argv=None):
         sys.stderr.write("bench_net: needs root (unshare -n, nsenter, ss -p on "
                          "another process); run it with sudo\n")
         return 1
-    ns = Namespace(args.sockets)
+    try:
+        ns = Namespace(args.sockets)
+    except (OSError, RuntimeError) as err:
+        sys.stderr.write("bench_net: cannot build the namespace: %s\n" % err)
+        return 1
     try:
         counts = count_sockets(ns)
         times_, cpus = time_rounds(ns, args.runs)
