@@ -787,8 +787,9 @@ def fd_socket_inodes(dir_fd):
             gaps_left -= 1
         fd += 1
     if len(targets) < count or count <= 0:
+        probed = set(map(str, range(fd)))
         for name in os.listdir(dir_fd):
-            if not (name.isdigit() and name.isascii() and int(name) < fd):
+            if name not in probed:
                 try:
                     targets.append(readlink(name, dir_fd=dir_fd))
                 except OSError:
@@ -909,6 +910,10 @@ def _socket_json_template(drops):
     return "{" + ", ".join(parts) + "}"
 
 
+# Text json.dumps writes as it is (ensure_ascii): no quote, backslash, control or non-ASCII.
+_PLAIN_JSON_TEXT = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*\Z')
+
+
 class SocketRows(object):
     """Socket records and the inodes PID holds: rows as dicts, or as JSON text.
 
@@ -951,9 +956,6 @@ class SocketRows(object):
         rows[0] = "[" + rows[0]
         rows[-1] += "]"
         return ", ".join(rows)
-
-
-_PLAIN_JSON_TEXT = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*\Z')
 
 
 def _read_parsed(procfs, pid, name, parser, data, empty):
