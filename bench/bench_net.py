@@ -236,6 +236,22 @@ def count_sockets(ns):
     return len(tab["sockets"]), ss_lines, owned
 
 
+def host_fds():
+    """-> (open fds of all processes, processes): what ss -p reads besides the helper's."""
+    total = procs = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fd_dir = "/proc/%s/fd" % name
+        try:
+            count = os.stat(fd_dir).st_size or len(os.listdir(fd_dir))   # size: Linux 6.2+
+        except OSError:
+            continue                # gone, or a kernel thread
+        total += count
+        procs += 1
+    return total, procs
+
+
 def time_rounds(ns, runs):
     """Alternating rounds (the order rotates each round) -> ({name: [seconds]}, {name: [cpu]})."""
     def here(argv):
@@ -367,7 +383,7 @@ def ratios(times, other, minus=None, name="netsnoop"):
     return statistics.median(out) if out else float("nan")
 
 
-def report(times, cpus, ns, counts, startup, inproc, out=sys.stdout):
+def report(times, cpus, ns, counts, fds, startup, inproc, out=sys.stdout):
     w = out.write
     med = {name: statistics.median(v) for name, v in times.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
@@ -376,6 +392,9 @@ def report(times, cpus, ns, counts, startup, inproc, out=sys.stdout):
          counts[2]))
     w("plan: %s\n" % json.dumps(ns.plan, sort_keys=True))
     w("python: %s\n" % PYTHON)
+    w("host: %d / %d open fds in %d processes before / after the rounds "
+      "(ss -p reads them all; the helper holds %d)\n"
+      % (fds[0][0], fds[1][0], fds[1][1], len(os.listdir("/proc/%d/fd" % ns.pid))))
     w("median of %d alternating runs (shared 2-core machine: noisy)     wall       cpu\n"
       % len(times["netsnoop"]))
     for label, name in (("netsnoop --once --tab tcp --json", "netsnoop"),
@@ -442,10 +461,12 @@ def main(argv=None):
         return 1
     try:
         counts = count_sockets(ns)
+        fds_before = host_fds()
         times_, cpus = time_rounds(ns, args.runs)
+        fds_after = host_fds()
         startup = startup_costs(max(3, args.runs // 2))
         inproc = in_process_costs(ns.pid, max(3, args.runs // 2))
-        report(times_, cpus, ns, counts, startup, inproc)
+        report(times_, cpus, ns, counts, (fds_before, fds_after), startup, inproc)
     finally:
         ns.close()
     return 0 if counts[0] == counts[1] else 1
