@@ -126,8 +126,8 @@ int fs_read_counter(int fd)
         len--;
     for (i = len; i > 0 && text[i - 1] >= '0' && text[i - 1] <= '9'; i--)
         ;
-    if (i == len)
-        return -EINVAL;
+    if (i == len || (i > 0 && text[i - 1] != ' '))
+        return -EINVAL;         /* the last field must be a plain number */
     for (; i < len; i++) {
         value = value * 10 + (text[i] - '0');
         if (value > INT_MAX)

@@ -1614,16 +1614,20 @@ class ProcScanner(object):
             self._newborn_died(watch, st, events)
             return
         cmdline = watch.read_cmdline(self.procfs)
-        if not cmdline:
-            if cmdline is None:
-                return self._newborn_died(watch, None, events)
-            if now - watch.born < FORK_WAIT:
-                return              # inside execve (trap 1): arguments not copied yet
+        if cmdline is None:
+            return self._newborn_died(watch, None, events)
+        if not cmdline and now - watch.born < FORK_WAIT:
+            return                  # inside execve (trap 1): arguments not copied yet
         if watch.fork_cmdline is None:
             watch.fork_cmdline = cmdline
+        new_args = cmdline != watch.fork_cmdline
+        if new_args and st.comm == watch.fork_comm and cmdline != watch.cmdline:
+            watch.cmdline = cmdline     # execve sets the arguments before the name:
+            return                      # look again next tick
         watch.cmdline = cmdline
-        watch.opens = self._exec_hints()
-        execed = st.comm != watch.fork_comm or cmdline != watch.fork_cmdline
+        execed = new_args or st.comm != watch.fork_comm
+        if not execed:
+            watch.opens = self._exec_hints()
         if execed or now - watch.born >= FORK_WAIT:
             watch.forked_only = not execed
             self._report(watch, cmdline, events)
@@ -1646,8 +1650,9 @@ class ProcScanner(object):
     def _newborn_died(self, watch, st, events):
         """Gone before it was reported: a fork-only child is reported, else missed."""
         del self.newborns[watch.pid]
-        if watch.cmdline and self._never_execed(watch, st):
-            watch.forked_only = True
+        new_args = watch.cmdline != watch.fork_cmdline
+        if watch.cmdline and (new_args or self._never_execed(watch, st)):
+            watch.forked_only = not new_args
             self._report(watch, watch.cmdline, events)
         else:
             self.lost_cmdline += 1
