@@ -117,15 +117,13 @@ def test_both_backends_report_the_same_events(tmp_path):
 
 
 THREADS = r'''
-import sys, threading, time
-tids = []
-def work():
-    tids.append(threading.get_native_id())
-    time.sleep(0.3)
-threads = [threading.Thread(target=work) for _ in range(8)]
+import os, sys, threading, time
+threads = [threading.Thread(target=time.sleep, args=(0.4,)) for _ in range(8)]
 for t in threads: t.start()
+time.sleep(0.1)
+tids = [t for t in os.listdir("/proc/self/task") if int(t) != os.getpid()]
 for t in threads: t.join()
-print(" ".join(map(str, tids)))
+print(" ".join(tids))
 '''
 
 
@@ -170,13 +168,11 @@ feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=
 feed.stderr.readline()
 first = subprocess.Popen([tag + "-first", "0.1"], executable=sleep)
 first.wait()
-time.sleep(1.3)             # a reconciliation forgets the first one
-subprocess.run(["true"])
-time.sleep(1.3)
+subprocess.run(["true"])     # takes the next PID: the counter is past the first one
+time.sleep(0.3)
 with open("/proc/sys/kernel/ns_last_pid", "w") as f:
     f.write(str(first.pid - 1))
-second = subprocess.Popen([tag + "-second", "2"], executable=sleep)
-subprocess.run(["true"])     # moves the counter past the reused PID
+second = subprocess.Popen([tag + "-second", "0.5"], executable=sleep)
 second.wait()
 feed.terminate()
 feed.wait()
