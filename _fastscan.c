@@ -23,7 +23,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdint.h>
 #include <sys/inotify.h>
 #include <sys/syscall.h>
@@ -70,7 +69,7 @@ static int fs_parse_pid(const char *name)
  */
 int fs_list_pids(const char *dir, int *out, int cap)
 {
-    /* getdents64 needs an 8-byte aligned buffer. */
+    /* getdents64 needs an 8-byte aligned buffer; per thread, as the GIL is released. */
     static __thread uint64_t buf[4096];
     char *bytes = (char *)buf;
     int count = 0;

@@ -1243,14 +1243,15 @@ def make_backend(name="auto"):
 class Notifier(object):
     """inotify IN_OPEN on ld.so.cache and the PATH directories: an early wake-up on exec."""
 
-    def __init__(self, backend, dirs):
+    def __init__(self, backend, dirs, cache=LD_CACHE):
         self.backend = backend
         self.fd = backend.inotify_init()
         self.paths = {}          # wd -> path
+        self.cache = cache
         self.cache_lost = False
         self.opens = 0           # IN_OPEN events so far: any exec of a dynamic program adds some
         if self.fd >= 0:
-            self.add(LD_CACHE)
+            self.add(cache)
             for path in dirs:
                 self.add(path)
 
@@ -1262,7 +1263,7 @@ class Notifier(object):
 
     def drain(self):
         """Read every queued event; ldconfig replaces the cache, so its watch is re-added."""
-        while True:
+        while self.fd >= 0:
             try:
                 data = os.read(self.fd, 65536)
             except (BlockingIOError, InterruptedError):
@@ -1274,10 +1275,14 @@ class Notifier(object):
                 wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
                 offset += 16 + size
                 self.opens += 1
-                if mask & IN_IGNORED and self.paths.pop(wd, None) == LD_CACHE:
+                if mask & IN_IGNORED and self.paths.pop(wd, None) == self.cache:
                     self.cache_lost = True
-            if self.cache_lost:
-                self.cache_lost = not self.add(LD_CACHE)
+            self.watch_cache_again()
+
+    def watch_cache_again(self):
+        """After the cache was replaced (its watch dropped), watch the new file."""
+        if self.cache_lost:
+            self.cache_lost = not self.add(self.cache)
 
     def close(self):
         _close(self.fd)
@@ -1734,8 +1739,8 @@ class ProcScanner(object):
                 continue
             if pid not in self.known or verify:
                 self._probe(pid, now, events, verify=True)
-        if self.notifier is not None and self.notifier.cache_lost:
-            self.notifier.cache_lost = not self.notifier.add(LD_CACHE)
+        if self.notifier is not None:
+            self.notifier.watch_cache_again()
 
 
 def _raise_fd_limit():
@@ -1778,8 +1783,8 @@ class ProcFeed(object):
         try:
             while not self._stop.is_set():
                 self._queue.extend(self._scanner.step(0.1))
-        except (OSError, NetsnoopError) as err:
-            self.error = str(err)
+        except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
+            self.error = "process feed stopped: %s" % (err,)
 
     @property
     def seen(self):

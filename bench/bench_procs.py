@@ -77,10 +77,11 @@ def cpu_seconds(pid):
     return (int(rest[11]) + int(rest[12])) / float(TICKS)
 
 
-def peak_rss_mb(pid):
+def memory_mb(pid, field):
+    """VmHWM (peak RSS) or VmRSS of /proc/PID/status, in MB."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -170,7 +171,7 @@ def run_one(name, tag, lone_dir, per_lifetime, idle_seconds, workdir):
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(idle_seconds)
         idle_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-        rss = peak_rss_mb(proc.pid)
+        rss, rss_now = memory_mb(proc.pid, "VmHWM"), memory_mb(proc.pid, "VmRSS")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -181,7 +182,7 @@ def run_one(name, tag, lone_dir, per_lifetime, idle_seconds, workdir):
     caught, latencies = score(out_path, spawned)
     return {"caught": caught, "p50": percentile(latencies, 50),
             "p99": percentile(latencies, 99), "load_cpu": 100 * load_cpu,
-            "idle_cpu": 100 * idle_cpu, "rss": rss}
+            "idle_cpu": 100 * idle_cpu, "rss": rss, "rss_now": rss_now}
 
 
 def median_of(results, key, sub=None):
@@ -194,7 +195,8 @@ def print_table(by_scanner, rounds, per_lifetime, idle_seconds):
           "1,000 idle extra processes, idle %.0f s; medians" % (
               rounds, per_lifetime, RATE, idle_seconds))
     head = "%-22s" % "scanner" + "".join("%8s" % ("%dms" % ms) for ms in LIFETIMES_MS) + \
-        "%9s%9s%10s%10s%9s" % ("p50 ms", "p99 ms", "CPU load", "CPU idle", "RSS MB")
+        "%9s%9s%10s%10s%9s%9s" % ("p50 ms", "p99 ms", "CPU load", "CPU idle", "peakRSS",
+                                  "RSS end")
     print(head)
     print("-" * len(head))
     labels = {"fast": "fast (C, cffi)", "python": "python (-I lone copy)",
@@ -202,12 +204,12 @@ def print_table(by_scanner, rounds, per_lifetime, idle_seconds):
     for name, results in by_scanner.items():
         cells = "".join("%7.1f%%" % (100 * median_of(results, "caught", ms))
                         for ms in LIFETIMES_MS)
-        print("%-22s%s%9.1f%9.1f%9.2f%%%9.2f%%%9.1f" % (
+        print("%-22s%s%9.1f%9.1f%9.2f%%%9.2f%%%9.1f%9.1f" % (
             labels[name], cells, median_of(results, "p50"), median_of(results, "p99"),
             median_of(results, "load_cpu"), median_of(results, "idle_cpu"),
-            median_of(results, "rss")))
+            median_of(results, "rss"), median_of(results, "rss_now")))
     print("caught = reported with the full command line; CPU = utime+stime of the "
-          "scanner (%% of one core)" % ())
+          "scanner (% of one core); RSS in MB: peak (VmHWM) and at the end (VmRSS)")
 
 
 def main():

@@ -130,3 +130,24 @@ def test_wait_wakes_on_inotify(tmp_path, backend):
     finally:
         os.close(fd)
         notifier.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_watch_survives_replacement_by_rename(tmp_path, backend):
+    """ldconfig writes ld.so.cache~ and renames it over the cache: the watch follows."""
+    cache = tmp_path / "ld.so.cache"
+    cache.write_text("old")
+    notifier = netsnoop.Notifier(netsnoop.make_backend(backend), [], cache=str(cache))
+    try:
+        assert list(notifier.paths.values()) == [str(cache)]
+        fresh = tmp_path / "ld.so.cache~"
+        fresh.write_text("new")
+        os.rename(str(fresh), str(cache))
+        notifier.drain()
+        assert not notifier.cache_lost and list(notifier.paths.values()) == [str(cache)]
+        before = notifier.opens
+        open(str(cache)).close()
+        notifier.drain()
+        assert notifier.opens == before + 1
+    finally:
+        notifier.close()
