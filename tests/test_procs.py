@@ -399,3 +399,25 @@ def test_kernel_thread_shown_as_its_name_in_brackets():
     event = {"event": "new", "time": time.time(), "pid": 2, "ppid": 0, "user": "root",
              "comm": "kthreadd", "cmdline": []}
     assert netsnoop.format_event(event).endswith(" [kthreadd]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_polling_alone_still_catches_processes(backend):
+    """Without inotify (no libc symbols, other mount namespace) the counter poll remains."""
+    scanner = netsnoop.ProcScanner(netsnoop.ProcFS("/proc"), backend)
+    scanner.start()
+    scanner.notifier.close()            # as if inotify were unavailable
+    specs = [(marker(), 0.05) for _ in range(5)]
+    spawner = threading.Thread(target=spawn_and_wait, args=(specs, 0.05))
+    try:
+        spawner.start()
+        events = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            events.extend(scanner.step(0.05))
+        spawner.join()
+    finally:
+        scanner.close()
+    found = by_marker(events, {m for m, _ in specs})
+    assert sorted(found) == sorted(m for m, _ in specs)
+    assert all(ev["cmdline"] == [m, "0.05"] for m, ev in found.items())
