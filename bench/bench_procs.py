@@ -86,13 +86,16 @@ def memory_mb(pid, field):
     return float("nan")
 
 
+PYTHON = [sys.executable]      # the interpreter that runs the scanners (--python)
+
+
 def scanner_command(name, lone_dir):
     if name == "fast":
-        return [sys.executable, NETSNOOP, "--procs", "--json", "--backend", "fast"]
+        return PYTHON + [NETSNOOP, "--procs", "--json", "--backend", "fast"]
     if name == "python":
-        return [sys.executable, "-I", os.path.join(lone_dir, "netsnoop.py"), "--procs",
-                "--json", "--backend", "python"]
-    return [sys.executable, "-I", "-c", NAIVE]
+        return PYTHON + ["-I", os.path.join(lone_dir, "netsnoop.py"), "--procs",
+                         "--json", "--backend", "python"]
+    return PYTHON + ["-I", "-c", NAIVE]
 
 
 def start_scanner(name, lone_dir, out_path):
@@ -192,8 +195,8 @@ def median_of(results, key, sub=None):
 
 def print_table(by_scanner, rounds, per_lifetime, idle_seconds):
     print("\nnetsnoop --procs bench: %d round(s), %d spawns per lifetime at %d/s, "
-          "1,000 idle extra processes, idle %.0f s; medians" % (
-              rounds, per_lifetime, RATE, idle_seconds))
+          "1,000 idle extra processes, idle %.0f s; medians; scanners run by %s" % (
+              rounds, per_lifetime, RATE, idle_seconds, PYTHON[0]))
     head = "%-22s" % "scanner" + "".join("%8s" % ("%dms" % ms) for ms in LIFETIMES_MS) + \
         "%9s%9s%10s%10s%9s%9s" % ("p50 ms", "p99 ms", "CPU load", "CPU idle", "peakRSS",
                                   "RSS end")
@@ -220,7 +223,10 @@ def main():
     parser.add_argument("--isolated", action="store_true",
                         help="as root: run in a private PID namespace (unshare -p -f "
                              "--mount-proc) so other users of the machine do not count")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter for the scanners (default: this one)")
     args = parser.parse_args()
+    PYTHON[:] = [args.python]
     if args.isolated and os.environ.get("NSBENCH_IN_NS") != "1":
         os.environ["NSBENCH_IN_NS"] = "1"
         os.execvp("unshare", ["unshare", "-p", "-f", "--mount-proc", sys.executable,
