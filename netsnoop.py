@@ -1063,6 +1063,22 @@ def parse_cgroup(text):
     return first
 
 
+def read_proc_stat(procfs, pid):
+    """/proc/PID/stat -> ProcStat, or None when the process is gone or the line damaged."""
+    try:
+        return parse_proc_stat(procfs.read_bytes(pid, "stat"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_proc_cmdline(procfs, pid):
+    """/proc/PID/cmdline -> [args], or None when the process is gone."""
+    try:
+        return parse_cmdline(procfs.read_bytes(pid, "cmdline"))
+    except OSError:
+        return None
+
+
 def _pread_all(fd):
     """The whole content of a kept-open /proc file, regenerated (trap 5)."""
     data = os.pread(fd, 4096, 0)
@@ -1410,13 +1426,13 @@ class ProcContext(object):
 class Watch(object):
     """A newborn under watch: its stat and cmdline held open, immune to PID reuse."""
     __slots__ = ("pid", "stat_fd", "cmd_fd", "born", "st", "fork_comm", "fork_cmdline",
-                 "cmdline", "reported", "forked_only", "next_check", "opens")
+                 "cmdline", "forked_only", "next_check", "opens")
 
     def __init__(self, pid, stat_fd, born):
         self.pid, self.stat_fd, self.born = pid, stat_fd, born
         self.st = self.cmd_fd = None
         self.fork_comm = self.fork_cmdline = self.cmdline = None
-        self.reported = self.forked_only = False
+        self.forked_only = False
         self.next_check = born
         self.opens = -1         # Notifier.opens when last seen alive, not exec'd
 
@@ -1481,9 +1497,9 @@ class ProcScanner(object):
         _raise_fd_limit()
         now = time.monotonic()
         for pid in self.io.list_pids(self.procfs.root):
-            start = self._start_ticks(pid)
-            if start is not None:
-                self.known[pid] = start
+            st = read_proc_stat(self.procfs, pid)
+            if st is not None:
+                self.known[pid] = st.start
         self.last_listing = now
         self.notifier = Notifier(self.io, wake_dirs())
         return len(self.known)
@@ -1497,12 +1513,6 @@ class ProcScanner(object):
             self.notifier.close()
         _close(self.counter_fd)
         self.counter_fd = None
-
-    def _start_ticks(self, pid):
-        try:
-            return parse_proc_stat(self.procfs.read_bytes(pid, "stat")).start
-        except (OSError, ValueError, IndexError):
-            return None
 
     # -- the loop --
 
@@ -1589,24 +1599,12 @@ class ProcScanner(object):
         if parent is not None:
             watch.fork_comm, watch.fork_cmdline = parent.st.comm, parent.cmdline
         else:
-            parent_stat = self._parent_stat(st.ppid)
+            parent_stat = read_proc_stat(self.procfs, st.ppid)
             if parent_stat is not None:
                 watch.fork_comm = parent_stat.comm
-                watch.fork_cmdline = self._read_cmdline(st.ppid)
+                watch.fork_cmdline = read_proc_cmdline(self.procfs, st.ppid)
         self.newborns[pid] = watch
         self._check_newborn(watch, time.monotonic(), events)
-
-    def _parent_stat(self, ppid):
-        try:
-            return parse_proc_stat(self.procfs.read_bytes(ppid, "stat"))
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def _read_cmdline(self, pid):
-        try:
-            return parse_cmdline(self.procfs.read_bytes(pid, "cmdline"))
-        except OSError:
-            return None
 
     def _check_newborns(self, now, events):
         for watch in list(self.newborns.values()):
@@ -1713,7 +1711,6 @@ class ProcScanner(object):
     def _report(self, watch, cmdline, events):
         self.seen += 1
         self.known[watch.pid] = watch.st.start
-        watch.reported = True
         watch.fork_comm = watch.st.comm
         events.append(self._event("new", watch, cmdline))
 
@@ -1963,10 +1960,9 @@ def collect_procs(procfs, pid):
     ctx = ProcContext(procfs)
     stats = {}
     for child in PythonBackend().list_pids(procfs.root):
-        try:
-            stats[child] = parse_proc_stat(procfs.read_bytes(child, "stat"))
-        except (OSError, ValueError, IndexError):
-            continue            # exited since the listing
+        st = read_proc_stat(procfs, child)
+        if st is not None:      # else exited since the listing
+            stats[child] = st
     children = collections.defaultdict(list)
     for child, st in stats.items():
         children[st.ppid].append(child)
@@ -1974,19 +1970,11 @@ def collect_procs(procfs, pid):
     todo = [(child, 1) for child in sorted(children.get(pid, ()), reverse=True)]
     while todo:
         child, depth = todo.pop()
-        cmdline = _cmdline_or_empty(procfs, child)
-        rec = ctx.record(child, stats[child], cmdline)
+        rec = ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or [])
         rec["depth"] = depth
         processes.append(rec)
         todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))
     return collections.OrderedDict(processes=processes)
-
-
-def _cmdline_or_empty(procfs, pid):
-    try:
-        return parse_cmdline(procfs.read_bytes(pid, "cmdline"))
-    except OSError:
-        return []
 
 
 def procs_tables(data):
