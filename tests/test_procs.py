@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from conftest import NETSNOOP, run_netsnoop
+from conftest import NETSNOOP, needs_root_netns, run_netsnoop
 
 import netsnoop
 
@@ -421,3 +421,23 @@ def test_polling_alone_still_catches_processes(backend):
     found = by_marker(events, {m for m, _ in specs})
     assert sorted(found) == sorted(m for m, _ in specs)
     assert all(ev["cmdline"] == [m, "0.05"] for m, ev in found.items())
+
+
+@needs_root_netns
+def test_process_in_another_namespace_is_marked(tmp_path):
+    argv0 = marker()
+    text_feed = Feed(tmp_path)
+    json_feed = Feed(tmp_path, "--json")
+    subprocess.run(["unshare", "-n", "--", SLEEP, "0.1"], check=True)    # not marked
+    subprocess.run(["unshare", "-n", "--", sys.executable, "-c",
+                    "import os; os.execv(%r, [%r, '0.1'])" % (SLEEP, argv0)], check=True)
+    spawn_and_wait([(argv0 + "-host", 0.1)])
+    text_feed.stop()
+    json_feed.stop()
+    found = by_marker(json_feed.events(), {argv0, argv0 + "-host"})
+    assert found[argv0]["container"] is True
+    assert found[argv0]["net_ns"] != found[argv0 + "-host"]["net_ns"]
+    assert found[argv0 + "-host"]["container"] is False
+    lines = {ln.split()[-2]: ln for ln in text_feed.stdout.splitlines() if argv0 in ln}
+    assert "[ct] " in lines[argv0] and lines[argv0].endswith(" %s 0.1" % argv0)
+    assert "[ct]" not in lines[argv0 + "-host"]
