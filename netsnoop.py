@@ -1005,7 +1005,9 @@ FAST_PERIOD = 0.001     # poll period while a newborn has not exec'd yet
 ACTIVE_PERIOD = 0.005   # ... for ACTIVE_FOR seconds after a birth
 ACTIVE_FOR = 2.0
 SLOW_PERIOD = 0.05      # when quiet (--interval overrides)
-MAX_WAIT = 1.0          # longest single wait (signals, --duration, sweeps)
+MAX_WAIT = 1.0          # longest single wait (--duration, sweeps)
+STOP_CHECK = 0.25       # --procs looks at its stop flag at least this often: a signal
+                        # interrupts the C wait, but Python's poll resumes after it
 VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (trap 4)
 FORK_WAIT = 0.03        # a child that has not exec'd by then is reported as is
 SWEEP_PERIOD = 0.02     # how often reported newborns are re-checked for exec
@@ -1943,7 +1945,7 @@ def run_procs(args, procfs):
                 left = MAX_WAIT if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     break
-                for event in scanner.step(min(left, MAX_WAIT)):
+                for event in scanner.step(min(left, STOP_CHECK)):
                     output.emit(event)
         output.summary(scanner)
     finally:

@@ -441,3 +441,20 @@ def test_process_in_another_namespace_is_marked(tmp_path):
     lines = {ln.split()[-2]: ln for ln in text_feed.stdout.splitlines() if argv0 in ln}
     assert "[ct] " in lines[argv0] and lines[argv0].endswith(" %s 0.1" % argv0)
     assert "[ct]" not in lines[argv0 + "-host"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fork_burst_is_accounted_for(tmp_path, backend):
+    """A burst of short processes: every one is either reported or counted as missed."""
+    feed = Feed(tmp_path, "--json", "--backend", backend)
+    tag = marker()
+    children = [subprocess.Popen(["%s-%d" % (tag, i), "0"], executable=SLEEP)
+                for i in range(150)]
+    for child in children:
+        child.wait()
+    feed.stop()
+    events = feed.events()
+    reported = {ev["cmdline"][0] for ev in events[:-1] if ev["cmdline"][:1]
+                and ev["cmdline"][0].startswith(tag)}
+    assert len(reported) + events[-1]["missed"] >= len(children)
+    assert len(reported) >= len(children) // 2
