@@ -151,3 +151,10 @@ def test_cache_watch_survives_replacement_by_rename(tmp_path, backend):
         assert notifier.opens == before + 1
     finally:
         notifier.close()
+
+
+def test_wait_results_mean_the_same_in_c_and_python(fast):
+    lib = module.lib
+    assert (lib.FS_TIMEOUT, lib.FS_MOVED, lib.FS_NOTIFY, lib.FS_INTERRUPTED) == (
+        netsnoop.WAIT_TIMEOUT, netsnoop.WAIT_MOVED, netsnoop.WAIT_NOTIFY,
+        netsnoop.WAIT_INTERRUPTED)
