@@ -1280,23 +1280,1020 @@ def _pairs(cur, prev, key, ident):
 # ---------------------------------------------------------------------------
 # Process scanner (--procs): fast (C, _fastscan) and python backends
 # ---------------------------------------------------------------------------
+#
+# How new processes are caught without root (measured in PROCS-NOTES):
+# - the last field of /proc/loadavg is the last PID allocated; a pread() of a
+#   kept-open fd costs ~0.6 us, so it is polled: every 1 ms while a newborn has
+#   not exec'd yet, every 5 ms for 2 s after a birth, every 50 ms (--interval)
+#   when quiet;
+# - inotify IN_OPEN on /etc/ld.so.cache and the PATH directories wakes the loop
+#   early: a dynamically linked program opens the cache right after execve,
+#   when its new command line is already readable;
+# - every PID the counter passed over is probed directly (/proc/N/stat and
+#   cmdline, held open), without listing /proc; threads (exit_signal -1) are
+#   skipped; a child still showing its parent's name and arguments has not
+#   exec'd yet and stays under watch until it does (or for FORK_WAIT);
+# - a full listing reconciles now and then, only when the counter moved.
+# The two backends share all of this; they differ only in the listing and the
+# wait (C: getdents64 and a poll loop run without the GIL).
 
-def collect_procs(procfs, pid):
-    """--once --tab procs: PID's descendants, as in the --procs feed."""
-    return collections.OrderedDict(processes=[], note="process scanner not built yet")
+FAST_PERIOD = 0.001     # poll period while a newborn has not exec'd yet
+ACTIVE_PERIOD = 0.005   # ... for ACTIVE_FOR seconds after a birth
+ACTIVE_FOR = 2.0
+SLOW_PERIOD = 0.05      # when quiet (--interval overrides)
+MAX_WAIT = 1.0          # longest single wait (--duration, sweeps)
+STOP_CHECK = 0.25       # --procs looks at its stop flag at least this often: a signal
+                        # interrupts the C wait, but Python's poll resumes after it
+VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (trap 4)
+FORK_WAIT = 0.03        # a child that has not exec'd by then is reported as is
+SWEEP_PERIOD = 0.02     # how often reported newborns are re-checked for exec
+EXEC_WATCH = 0.5        # how long an exec'd newborn is watched for another exec
+FORKED_WATCH = 30.0     # ... and a fork-only child (trap 8)
+MAX_WATCHED = 1000      # cap on reported processes under watch (fds)
+RECONCILE_EVERY = 1.0   # full listing at most this often, when the counter moved
+MAX_SPAN = 4096         # more new PIDs than this at once: list /proc instead
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+IN_OPEN, IN_IGNORED = 0x20, 0x8000    # include/uapi/linux/inotify.h
+LD_CACHE = "/etc/ld.so.cache"
+WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY, WAIT_INTERRUPTED = 0, 1, 2, 3
+
+# One /proc/N/stat line, the fields the scanner uses (man 5 proc: state 3,
+# ppid 4, flags 9, starttime 22, exit_signal 38).
+ProcStat = collections.namedtuple("ProcStat", "comm state ppid flags start exit_signal")
 
 
-def procs_tables(data):
-    return [Table("procs", [Column("PID", R), Column("PPID", R), Column("USER", L),
-                            Column("CMDLINE", L)], [], [data.get("note", "")])]
+def parse_proc_stat(data):
+    """b"42 (a) b) S 1 ..." -> ProcStat(comm="a) b", state="S", ppid=1, ...); ValueError if damaged."""
+    comm, rest = parse_stat_line(decode(data))
+    exit_signal = int(rest[35]) if len(rest) > 35 else 0
+    return ProcStat(comm, rest[0], int(rest[1]), int(rest[6]), int(rest[19]), exit_signal)
+
+
+def parse_cmdline(data):
+    """b"ls\\0-l\\0" -> ["ls", "-l"]; b"" -> [] (kernel thread, zombie, or inside execve)."""
+    if not data:
+        return []
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return [decode(arg) for arg in data.split(b"\0")]
+
+
+def parse_uid(status_text):
+    """/proc/N/status -> real uid (the first number of the Uid: line), or None."""
+    for line in status_text.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return None
+
+
+def parse_cgroup(text):
+    """/proc/N/cgroup -> the cgroup v2 path ("0::/x"), else the first hierarchy's path."""
+    first = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            return parts[2]
+        if first is None:
+            first = parts[2]
+    return first
+
+
+def read_proc_stat(procfs, pid):
+    """/proc/PID/stat -> ProcStat, or None when the process is gone or the line damaged."""
+    try:
+        return parse_proc_stat(procfs.read_bytes(pid, "stat"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_proc_cmdline(procfs, pid):
+    """/proc/PID/cmdline -> [args], or None when the process is gone."""
+    try:
+        return parse_cmdline(procfs.read_bytes(pid, "cmdline"))
+    except OSError:
+        return None
+
+
+def _pread_all(fd):
+    """The whole content of a kept-open /proc file, regenerated (trap 5)."""
+    data = os.pread(fd, 4096, 0)
+    if len(data) < 4096:
+        return data
+    parts = [data]
+    offset = len(data)
+    while True:
+        chunk = os.pread(fd, READ_CHUNK, offset)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        offset += len(chunk)
+
+
+def _open_ro(path):
+    return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+
+def _close(fd):
+    if fd is not None and fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def read_counter(fd):
+    """Last-PID field of a kept-open /proc/loadavg ("0.00 0.01 0.05 1/80 4242")."""
+    return int(os.pread(fd, 128, 0).rsplit(None, 1)[-1])
+
+
+# --- backends: the listing and the wait ------------------------------------
+
+_FASTSCAN = []      # [module or None, why not] once looked for
+
+
+def _load_fastscan():
+    """The built C scanner (_fastscan_cffi*.so beside this file, or installed) or None."""
+    if not _FASTSCAN:
+        import importlib.machinery
+        import importlib.util
+        module, reason = None, ""
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            spec = importlib.machinery.PathFinder.find_spec("_fastscan_cffi", [here])
+            if spec is not None:
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module("_fastscan_cffi")
+        except ImportError as err:
+            module, reason = None, str(err) or "not built"
+        _FASTSCAN[:] = [module, reason]
+    return _FASTSCAN[0], _FASTSCAN[1]
+
+
+class PythonBackend(object):
+    """Listing with os.scandir, waiting with select.poll / time.sleep, inotify via ctypes."""
+    name = "python"
+
+    def __init__(self):
+        self._libc = None
+        self._pollers = {}
+
+    def list_pids(self, root):
+        pids = []
+        for entry in os.scandir(root):
+            name = entry.name
+            if name.isdigit() and name.isascii() and entry.is_dir(follow_symlinks=False):
+                pid = int(name)
+                if 0 < pid <= 0x7FFFFFFF:
+                    pids.append(pid)
+        return pids
+
+    def _poller(self, fd):
+        import select
+        poller = self._pollers.get(fd)
+        if poller is None:
+            poller = self._pollers[fd] = select.poll()
+            poller.register(fd, select.POLLIN)
+        return poller
+
+    def wait(self, counter_fd, notify_fd, last, timeout, step):
+        """-> (WAIT_*, counter): the same loop as fs_wait() in _fastscan.c."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cur = read_counter(counter_fd)
+            if cur != last:
+                return WAIT_MOVED, cur
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return WAIT_TIMEOUT, cur
+            nap = min(step, left)
+            if notify_fd >= 0:
+                if self._poller(notify_fd).poll(max(1, int(nap * 1000 + 0.5))):
+                    return WAIT_NOTIFY, cur
+            else:
+                time.sleep(nap)
+
+    def _inotify(self):
+        if self._libc is None:
+            try:
+                import ctypes
+                libc = ctypes.CDLL(None, use_errno=True)
+                if hasattr(libc, "inotify_init1") and hasattr(libc, "inotify_add_watch"):
+                    self._libc = libc
+                else:
+                    self._libc = False
+            except (OSError, AttributeError, ImportError):
+                self._libc = False
+        return self._libc
+
+    def inotify_init(self):
+        libc = self._inotify()
+        if not libc:
+            return -errno.ENOSYS
+        fd = libc.inotify_init1(os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return fd if fd >= 0 else -1
+
+    def inotify_add(self, fd, path, mask):
+        return self._inotify().inotify_add_watch(fd, os.fsencode(path), mask)
+
+
+class FastBackend(object):
+    """The C scanner: getdents64 listing, and a wait loop that runs without the GIL."""
+    name = "fast"
+
+    def __init__(self, module):
+        self.ffi, self.lib = module.ffi, module.lib
+        self._cap = 4096
+        self._buf = self.ffi.new("int[]", self._cap)
+        self._counter = self.ffi.new("int *")
+
+    def list_pids(self, root):
+        path = os.fsencode(root)
+        while True:
+            n = self.lib.fs_list_pids(path, self._buf, self._cap)
+            if n < 0:
+                raise OSError(-n, os.strerror(-n), root)
+            if n <= self._cap:
+                return list(self.ffi.unpack(self._buf, n))
+            self._cap = n * 2       # /proc grew: retry with room to spare
+            self._buf = self.ffi.new("int[]", self._cap)
+
+    def wait(self, counter_fd, notify_fd, last, timeout, step):
+        got = self.lib.fs_wait(counter_fd, notify_fd, last, int(timeout * 1e6),
+                               max(1, int(step * 1e6)), self._counter)
+        if got < 0:
+            raise OSError(-got, os.strerror(-got), "/proc/loadavg")
+        return got, self._counter[0]
+
+    def inotify_init(self):
+        return self.lib.fs_inotify_init()
+
+    def inotify_add(self, fd, path, mask):
+        return self.lib.fs_inotify_add(fd, os.fsencode(path), mask)
 
 
 def available_backend():
-    return "python"
+    """"fast" when the C scanner imports, else "python" (what --backend auto takes)."""
+    return "fast" if _load_fastscan()[0] is not None else "python"
+
+
+def make_backend(name="auto"):
+    """--backend NAME -> a backend object; NetsnoopError when "fast" is asked but not built."""
+    if name == "python":
+        return PythonBackend()
+    module, reason = _load_fastscan()
+    if module is not None:
+        return FastBackend(module)
+    if name == "fast":
+        raise NetsnoopError("the fast backend is not available (%s): build it with "
+                            "python3 build_fastscan.py" % reason)
+    return PythonBackend()
+
+
+class Notifier(object):
+    """inotify IN_OPEN on ld.so.cache and the PATH directories: an early wake-up on exec."""
+
+    def __init__(self, backend, dirs, cache=LD_CACHE):
+        self.backend = backend
+        self.fd = backend.inotify_init()
+        self.paths = {}          # wd -> path
+        self.cache = cache
+        self.cache_lost = False
+        self.opens = 0           # IN_OPEN events so far: any exec of a dynamic program adds some
+        if self.fd >= 0:
+            self.add(cache)
+            for path in dirs:
+                self.add(path)
+
+    def add(self, path):
+        wd = self.backend.inotify_add(self.fd, path, IN_OPEN)
+        if wd >= 0:
+            self.paths[wd] = path
+        return wd >= 0
+
+    def drain(self):
+        """Read every queued event; ldconfig replaces the cache, so its watch is re-added."""
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            offset = 0
+            while offset + 16 <= len(data):
+                wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+                offset += 16 + size
+                self.opens += 1
+                if mask & IN_IGNORED and self.paths.pop(wd, None) == self.cache:
+                    self.cache_lost = True
+            self.watch_cache_again()
+
+    def watch_cache_again(self):
+        """After the cache was replaced (its watch dropped), watch the new file."""
+        if self.cache_lost:
+            self.cache_lost = not self.add(self.cache)
+
+    def close(self):
+        _close(self.fd)
+        self.fd = -1
+
+
+def wake_dirs():
+    """PATH directories and the usual bin dirs, each real directory once (at most 16)."""
+    seen, out = set(), []
+    for path in os.environ.get("PATH", "").split(os.pathsep) + list(WAKE_DIRS):
+        if not path.startswith("/"):
+            continue
+        real = os.path.realpath(path)
+        if real not in seen and os.path.isdir(real):
+            seen.add(real)
+            out.append(real)
+    return out[:16]
+
+
+# --- describing a process ----------------------------------------------------
+
+class ProcContext(object):
+    """What every record needs: boot time, clock ticks, user names, our own namespaces."""
+
+    def __init__(self, procfs):
+        self.procfs = procfs
+        self.ticks = float(os.sysconf("SC_CLK_TCK"))
+        self.boot = self._boot_time()
+        self.users = {}
+        self.own_ns = (self.ns("self", "pid"), self.ns("self", "net"))
+
+    def _boot_time(self):
+        """btime of /proc/stat; refined from CLOCK_BOOTTIME (btime is whole seconds)."""
+        btime = None
+        try:
+            for line in self.procfs.read("stat").splitlines():
+                if line.startswith("btime "):
+                    btime = float(line.split()[1])
+        except OSError:
+            pass
+        clock = getattr(time, "CLOCK_BOOTTIME", None)
+        if clock is not None and os.path.realpath(self.procfs.root) == "/proc":
+            precise = time.time() - time.clock_gettime(clock)
+            if btime is None or abs(precise - btime) < 2:
+                return precise
+        return btime if btime is not None else 0.0
+
+    def start_time(self, ticks):
+        return round(self.boot + ticks / self.ticks, 3)
+
+    def user(self, uid):
+        """uid -> login name, cached; an unknown uid -> the number as a string."""
+        if uid is None:
+            return "?"
+        name = self.users.get(uid)
+        if name is None:
+            import pwd
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except (KeyError, OverflowError):
+                name = str(uid)
+            if len(self.users) < 4096:
+                self.users[uid] = name
+        return name
+
+    def ns(self, pid, kind):
+        """"pid:[4026531836]" or None when unreadable (another user's process)."""
+        try:
+            return os.readlink(self.procfs.path(pid, "ns", kind))
+        except OSError:
+            return None
+
+    def read(self, pid, name):
+        try:
+            return self.procfs.read(pid, name)
+        except OSError:
+            return None
+
+    def uid(self, pid, stat_fd=None):
+        text = self.read(pid, "status")
+        if text:
+            try:
+                return parse_uid(text)
+            except (ValueError, IndexError):
+                pass
+        try:        # the /proc/N inode belongs to the effective uid
+            return os.fstat(stat_fd).st_uid if stat_fd is not None \
+                else os.stat(self.procfs.path(pid)).st_uid
+        except OSError:
+            return None
+
+    def record(self, pid, st, cmdline, stat_fd=None):
+        """The fields the feed and the procs tab share, as an ordered dict."""
+        rec = collections.OrderedDict()
+        rec["start_time"] = self.start_time(st.start)
+        rec["pid"] = pid
+        rec["ppid"] = st.ppid
+        rec["uid"] = self.uid(pid, stat_fd)
+        rec["user"] = self.user(rec["uid"])
+        rec["comm"] = st.comm
+        rec["cmdline"] = cmdline
+        try:
+            rec["exe"] = os.readlink(self.procfs.path(pid, "exe"))
+        except OSError:
+            rec["exe"] = None
+        rec["kernel_thread"] = bool(st.flags & PF_KTHREAD)
+        cgroup = self.read(pid, "cgroup")
+        rec["cgroup"] = parse_cgroup(cgroup) if cgroup else None
+        rec["pid_ns"] = self.ns(pid, "pid")
+        rec["net_ns"] = self.ns(pid, "net")
+        rec["container"] = self.in_container(rec["pid_ns"], rec["net_ns"])
+        return rec
+
+    def in_container(self, pid_ns, net_ns):
+        """True when a readable pid or net namespace differs from netsnoop's own."""
+        known = [(theirs, ours) for theirs, ours in zip((pid_ns, net_ns), self.own_ns)
+                 if theirs is not None and ours is not None]
+        if not known:
+            return None
+        return any(theirs != ours for theirs, ours in known)
+
+
+# --- the scanner ---------------------------------------------------------------
+
+class Watch(object):
+    """A newborn under watch: its stat and cmdline held open, immune to PID reuse."""
+    __slots__ = ("pid", "stat_fd", "cmd_fd", "born", "st", "fork_comm", "fork_cmdline",
+                 "cmdline", "forked_only", "next_check", "opens")
+
+    def __init__(self, pid, stat_fd, born):
+        self.pid, self.stat_fd, self.born = pid, stat_fd, born
+        self.st = self.cmd_fd = None
+        self.fork_comm = self.fork_cmdline = self.cmdline = None
+        self.forked_only = False
+        self.next_check = born
+        self.opens = -1         # Notifier.opens when last seen alive, not exec'd
+
+    def read_stat(self):
+        """Fresh ProcStat, or None once the process has been reaped."""
+        try:
+            self.st = parse_proc_stat(os.pread(self.stat_fd, 2048, 0))
+        except (OSError, ValueError, IndexError):
+            return None
+        return self.st
+
+    def read_cmdline(self, procfs):
+        try:
+            if self.cmd_fd is None:
+                self.cmd_fd = _open_ro(procfs.path(self.pid, "cmdline"))
+            return parse_cmdline(_pread_all(self.cmd_fd))
+        except OSError:
+            return None
+
+    def close(self):
+        _close(self.stat_fd)
+        _close(self.cmd_fd)
+        self.stat_fd = self.cmd_fd = None
+
+
+class ProcScanner(object):
+    """Finds new processes; step() waits for activity and returns event dicts.
+
+    seen: processes reported; missed = vanished (PIDs allocated but gone before
+    /proc/N could be read: very short processes, threads or failed forks) +
+    lost_cmdline (exec'd, but gone before the new command line could be read).
+    """
+
+    def __init__(self, procfs, backend="auto", slowest=None):
+        self.procfs = procfs
+        self.io = make_backend(backend)
+        self.backend = self.io.name
+        self.slowest = slowest or SLOW_PERIOD
+        self.seen = self.vanished = self.lost_cmdline = self.threads = 0
+        self.known = {}         # pid -> start ticks: present at start, or reported
+        self.newborns = {}      # pid -> Watch, not reported yet
+        self.watched = {}       # pid -> Watch, reported, watched for a later exec
+        self.pending = {}       # pid -> when the counter showed it (not visible yet)
+        self.counter_fd = self.notifier = self.ctx = None
+        self.last = 0
+        self.last_birth = self.last_listing = self.next_sweep = 0.0
+        self.moved = self.full_listing = False
+
+    @property
+    def missed(self):
+        return self.vanished + self.lost_cmdline
+
+    def start(self):
+        """Open the counter, note the processes already present, set up inotify."""
+        self.ctx = ProcContext(self.procfs)
+        try:
+            self.counter_fd = _open_ro(self.procfs.path("loadavg"))
+            self.last = read_counter(self.counter_fd)
+        except (OSError, ValueError, IndexError) as err:
+            raise NetsnoopError("cannot read the last-PID counter %s: %s" % (
+                self.procfs.path("loadavg"), getattr(err, "strerror", None) or err))
+        _raise_fd_limit()
+        now = time.monotonic()
+        for pid in self.io.list_pids(self.procfs.root):
+            st = read_proc_stat(self.procfs, pid)
+            if st is not None:
+                self.known[pid] = st.start
+        self.last_listing = now
+        self.notifier = Notifier(self.io, wake_dirs())
+        return len(self.known)
+
+    def close(self):
+        for watch in list(self.newborns.values()) + list(self.watched.values()):
+            watch.close()
+        self.newborns.clear()
+        self.watched.clear()
+        if self.notifier is not None:
+            self.notifier.close()
+        _close(self.counter_fd)
+        self.counter_fd = None
+
+    # -- the loop --
+
+    def step(self, limit=MAX_WAIT):
+        """Wait for activity (at most `limit` seconds) and return the new events."""
+        timeout, step = self._pace(time.monotonic(), limit)
+        notify_fd = self.notifier.fd if self.notifier is not None else -1
+        woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step)
+        now = time.monotonic()
+        if woke == WAIT_NOTIFY:
+            self.notifier.drain()
+        events = []
+        if cur != self.last:
+            self._counter_moved(cur, now)
+        self._probe_pending(now, events)
+        self._check_newborns(now, events)
+        if self.watched and (now >= self.next_sweep or woke == WAIT_NOTIFY):
+            self._sweep(now, events, full=now >= self.next_sweep)
+        if self.full_listing or (self.moved and now - self.last_listing >= RECONCILE_EVERY):
+            self._reconcile(now, events)
+        return events
+
+    def _pace(self, now, limit):
+        """-> (timeout, poll step): fast while something is happening, relaxed when quiet."""
+        if self.pending or self.newborns:
+            return min(FAST_PERIOD, limit), FAST_PERIOD
+        step = ACTIVE_PERIOD if now - self.last_birth < ACTIVE_FOR else self.slowest
+        timeout = min(limit, MAX_WAIT)
+        if self.watched:
+            timeout = min(timeout, max(self.next_sweep - now, 0.0))
+        return max(timeout, 0.0), step
+
+    def _counter_moved(self, cur, now):
+        """Queue the PIDs allocated since the last read (a wrap or a flood: list /proc)."""
+        last, self.last = self.last, cur
+        self.moved = True
+        self.last_birth = now
+        if cur < last or cur - last > MAX_SPAN:
+            self.full_listing = True        # wrapped at pid_max, or too many to probe
+            return
+        for pid in range(last + 1, cur + 1):
+            self.pending.setdefault(pid, now)
+
+    def _probe_pending(self, now, events):
+        for pid, since in list(self.pending.items()):
+            found = self._probe(pid, since, events)
+            if found or now - since > VISIBLE_GRACE:
+                del self.pending[pid]
+                if not found:
+                    self.vanished += 1
+
+    def _probe(self, pid, born, events, verify=False):
+        """Start watching a new PID; False when /proc/N does not exist (yet)."""
+        try:
+            fd = _open_ro(self.procfs.path(pid, "stat"))
+        except OSError:
+            return False
+        watch = Watch(pid, fd, born)
+        st = watch.read_stat()
+        if st is None:
+            watch.close()
+            return False
+        if st.exit_signal == -1:            # a thread (trap 3): not a process
+            self.threads += 1
+            watch.close()
+            return True
+        if (verify and self.known.get(pid) == st.start) or pid in self.newborns \
+                or pid in self.watched:
+            watch.close()                   # already known: not new
+            return True
+        self._adopt(watch, st, events)
+        return True
+
+    def _adopt(self, watch, st, events):
+        """Note what the child looked like at fork: its parent's name and arguments."""
+        pid = watch.pid
+        self.known.pop(pid, None)
+        if st.flags & PF_KTHREAD:
+            self._report(watch, [], events)
+            watch.close()
+            return
+        watch.fork_comm = st.comm
+        parent = self.newborns.get(st.ppid) or self.watched.get(st.ppid)
+        if parent is not None:
+            watch.fork_comm, watch.fork_cmdline = parent.st.comm, parent.cmdline
+        else:
+            parent_stat = read_proc_stat(self.procfs, st.ppid)
+            if parent_stat is not None:
+                watch.fork_comm = parent_stat.comm
+                watch.fork_cmdline = read_proc_cmdline(self.procfs, st.ppid)
+        self.newborns[pid] = watch
+        self._check_newborn(watch, time.monotonic(), events)
+
+    def _check_newborns(self, now, events):
+        for watch in list(self.newborns.values()):
+            self._check_newborn(watch, now, events)
+
+    def _check_newborn(self, watch, now, events):
+        """Report a newborn once it has exec'd (its own command line is readable)."""
+        st = watch.read_stat()
+        if st is None or st.state in ("Z", "X"):
+            self._newborn_died(watch, st, events)
+            return
+        cmdline = watch.read_cmdline(self.procfs)
+        if cmdline is None:
+            return self._newborn_died(watch, None, events)
+        if not cmdline and now - watch.born < FORK_WAIT:
+            return                  # inside execve (trap 1): arguments not copied yet
+        if watch.fork_cmdline is None:
+            watch.fork_cmdline = cmdline
+        new_args = cmdline != watch.fork_cmdline
+        if new_args and st.comm == watch.fork_comm and cmdline != watch.cmdline:
+            watch.cmdline = cmdline     # execve sets the arguments before the name:
+            return                      # look again next tick
+        watch.cmdline = cmdline
+        execed = new_args or st.comm != watch.fork_comm
+        if not execed:
+            watch.opens = self._exec_hints()
+        if execed or now - watch.born >= FORK_WAIT:
+            watch.forked_only = not execed
+            self._report(watch, cmdline, events)
+            self._move_to_watched(watch, now)
+
+    def _exec_hints(self):
+        """How many exec hints (inotify opens) so far; -1 without inotify."""
+        if self.notifier is None or self.notifier.fd < 0:
+            return -1
+        self.notifier.drain()
+        return self.notifier.opens
+
+    def _never_execed(self, watch, st):
+        """A zombie keeps its name (trap 2); a reaped child did not exec if nothing
+        was exec'd anywhere since it was last seen unchanged (no inotify open)."""
+        if st is not None:
+            return st.comm == watch.fork_comm
+        return watch.opens >= 0 and self._exec_hints() == watch.opens
+
+    def _newborn_died(self, watch, st, events):
+        """Gone before it was reported: a fork-only child is reported, else missed."""
+        del self.newborns[watch.pid]
+        new_args = watch.cmdline != watch.fork_cmdline
+        if watch.cmdline and (new_args or self._never_execed(watch, st)):
+            watch.forked_only = not new_args
+            self._report(watch, watch.cmdline, events)
+        else:
+            self.lost_cmdline += 1
+            if st is not None:          # a zombie stays listed: do not count it twice
+                self.known[watch.pid] = st.start
+        watch.close()
+
+    def _move_to_watched(self, watch, now):
+        del self.newborns[watch.pid]
+        if len(self.watched) >= MAX_WATCHED:
+            watch.close()
+            return
+        _close(watch.cmd_fd)
+        watch.cmd_fd = None
+        watch.next_check = now + SWEEP_PERIOD
+        self.watched[watch.pid] = watch
+        if len(self.watched) == 1 or watch.next_check < self.next_sweep:
+            self.next_sweep = watch.next_check
+
+    def _sweep(self, now, events, full):
+        """Re-check reported processes for a later exec; young ones on every inotify wake."""
+        next_sweep = now + MAX_WAIT
+        for watch in list(self.watched.values()):
+            age = now - watch.born
+            limit = FORKED_WATCH if watch.forked_only else EXEC_WATCH
+            if age > limit:
+                del self.watched[watch.pid]
+                watch.close()
+                continue
+            if now >= watch.next_check or (not full and age < SWEEP_PERIOD):
+                self._recheck(watch, events)
+                watch.next_check = now + max(SWEEP_PERIOD, min(age / 4.0, MAX_WAIT))
+            if watch.pid in self.watched:
+                next_sweep = min(next_sweep, watch.next_check)
+        self.next_sweep = next_sweep
+
+    def _recheck(self, watch, events):
+        st = watch.read_stat()
+        if st is None or st.state in ("Z", "X"):
+            del self.watched[watch.pid]
+            watch.close()
+            return
+        if st.comm == watch.fork_comm and not watch.forked_only:
+            return
+        cmdline = watch.read_cmdline(self.procfs)
+        _close(watch.cmd_fd)
+        watch.cmd_fd = None
+        if cmdline and (cmdline != watch.cmdline or st.comm != watch.fork_comm):
+            watch.fork_comm, watch.cmdline, watch.forked_only = st.comm, cmdline, False
+            watch.born = time.monotonic()       # watch the new program afresh
+            events.append(self._event("exec", watch, cmdline))
+
+    def _report(self, watch, cmdline, events):
+        self.seen += 1
+        self.known[watch.pid] = watch.st.start
+        watch.fork_comm = watch.st.comm
+        events.append(self._event("new", watch, cmdline))
+
+    def _event(self, kind, watch, cmdline):
+        event = collections.OrderedDict(event=kind, time=round(time.time(), 6))
+        event.update(self.ctx.record(watch.pid, watch.st, cmdline, watch.stat_fd))
+        return event
+
+    def _reconcile(self, now, events):
+        """List /proc: report what the counter missed, forget what is gone."""
+        verify, self.full_listing = self.full_listing, False
+        self.moved = False
+        self.last_listing = now
+        try:
+            pids = self.io.list_pids(self.procfs.root)
+        except OSError:
+            return
+        alive = set(pids)
+        for pid in [p for p in self.known if p not in alive]:
+            del self.known[pid]
+        for pid in pids:
+            if pid in self.newborns or pid in self.watched or pid in self.pending:
+                continue
+            if pid not in self.known or verify:
+                self._probe(pid, now, events, verify=True)
+        if self.notifier is not None:
+            self.notifier.watch_cache_again()
+
+
+def _raise_fd_limit():
+    """Newborns are held open: allow up to 4096 fds when the hard limit permits."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+# --- the feed for the curses session -------------------------------------------
+
+class ProcFeed(object):
+    """Non-blocking feed of new-process events for the curses session.
+
+    A daemon thread runs ProcScanner.step() (the C wait releases the GIL; the
+    Python one sleeps in select.poll) and queues the events; poll() only
+    drains that queue, so it never blocks.  Call close() when done.
+    .seen / .missed / .backend as in the --procs summary; .error holds the
+    message if the scanner stopped on an error.
+    """
+
+    def __init__(self, procfs, backend="auto"):
+        import threading
+        self._scanner = ProcScanner(procfs, backend)
+        self.backend = self._scanner.backend
+        self._scanner.start()
+        self._queue = collections.deque(maxlen=10000)
+        self._stop = threading.Event()
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="netsnoop-procs")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                self._queue.extend(self._scanner.step(0.1))
+        except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
+            self.error = "process feed stopped: %s" % (err,)
+
+    @property
+    def seen(self):
+        return self._scanner.seen
+
+    @property
+    def missed(self):
+        return self._scanner.missed
+
+    def poll(self):
+        """The events found since the last call (a list of --json event dicts)."""
+        out = []
+        while self._queue:
+            out.append(self._queue.popleft())
+        return out
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(0.5)
+        if not self._thread.is_alive():
+            self._scanner.close()
+
+
+# --- output ---------------------------------------------------------------------
+
+def cmdline_text(rec):
+    """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
+    import shlex
+    if not rec.get("cmdline"):
+        return "[%s]" % rec.get("comm")
+    return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
+
+
+def format_event(event):
+    """An event -> "HH:MM:SS.mmm PID PPID USER CMDLINE" ("[ct]" marks another container)."""
+    when = time.localtime(event["time"])
+    marks = ""
+    if event.get("container"):
+        marks += "[ct] "
+    if event["event"] == "exec":
+        marks += "exec> "
+    return "%s.%03d %7d %7d %-8s %s%s" % (
+        time.strftime("%H:%M:%S", when), int(event["time"] * 1000) % 1000,
+        event["pid"], event["ppid"], printable(event["user"], 32), marks,
+        printable(cmdline_text(event), CELL_LIMIT * 10))
+
+
+def event_matches(event, regex):
+    """--filter: the regex searched in the command line, the name and the user."""
+    if regex is None:
+        return True
+    return bool(regex.search(" ".join(event["cmdline"])) or regex.search(event["comm"])
+                or regex.search(event["user"]))
+
+
+def open_log(path):
+    """--log FILE: append-only fd, created 0600, never through a symlink, never a directory."""
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise NetsnoopError("cannot log to %s: it is a directory" % path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise NetsnoopError("cannot log to %s: %s" % (path, err.strerror))
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NetsnoopError("cannot log to %s: it is a symbolic link (refused)" % path)
+        raise NetsnoopError("cannot log to %s: %s" % (path, err.strerror))
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NetsnoopError("cannot log to %s: it is a directory" % path)
+    os.set_blocking(fd, True)
+    return fd
+
+
+class FeedOutput(object):
+    """Where --procs events go: stdout (text or JSON lines) and the --log file."""
+
+    def __init__(self, args):
+        self.json = args.json
+        self.regex = getattr(args, "filter_re", None)
+        self.log_path = args.log
+        self.log_fd = open_log(args.log) if args.log else None
+
+    def emit(self, event):
+        if not event_matches(event, self.regex):
+            return
+        self.write(json.dumps(event) if self.json else format_event(event))
+
+    def write(self, line):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if self.log_fd is not None:
+            self._log(line + "\n")
+
+    def _log(self, text):
+        data = text.encode("utf-8", "surrogateescape")
+        try:
+            while data:
+                data = data[os.write(self.log_fd, data):]
+        except OSError as err:
+            raise NetsnoopError("cannot write to log %s: %s (events before this one "
+                                "were kept)" % (self.log_path, err.strerror))
+
+    def summary(self, scanner):
+        sys.stderr.write("%s: %d new processes seen, %d missed (%d gone before they could "
+                         "be read, %d exec'd but gone before their command line could be "
+                         "read); %d threads skipped; backend %s\n" % (
+                             PROG, scanner.seen, scanner.missed, scanner.vanished,
+                             scanner.lost_cmdline, scanner.threads, scanner.backend))
+        if self.json:
+            self.write(json.dumps(collections.OrderedDict((
+                ("event", "summary"), ("seen", scanner.seen), ("missed", scanner.missed),
+                ("backend", scanner.backend), ("missed_unreadable", scanner.vanished),
+                ("missed_cmdline", scanner.lost_cmdline), ("threads", scanner.threads)))))
+
+    def close(self):
+        _close(self.log_fd)
+        self.log_fd = None
+
+
+class _StopFlag(object):
+    """SIGINT, SIGTERM and SIGHUP end the feed cleanly, with the summary."""
+
+    def __init__(self):
+        self.stopped = False
+        self.saved = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.stopped = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
 
 
 def run_procs(args, procfs):
-    raise NetsnoopError("--procs is not built yet")
+    """--procs: stream new processes until Ctrl+C, SIGTERM/SIGHUP or --duration."""
+    output = FeedOutput(args)
+    scanner = None
+    try:
+        scanner = ProcScanner(procfs, args.backend, args.interval)
+        with _StopFlag() as stop:
+            present = scanner.start()
+            sys.stderr.write("%s: watching for new processes (backend %s, %d present); "
+                             "Ctrl+C ends\n" % (PROG, scanner.backend, present))
+            sys.stderr.flush()
+            deadline = time.monotonic() + args.duration if args.duration else None
+            while not stop.stopped:
+                left = MAX_WAIT if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for event in scanner.step(min(left, STOP_CHECK)):
+                    output.emit(event)
+        output.summary(scanner)
+    finally:
+        if scanner is not None:
+            scanner.close()
+        output.close()
+    return EXIT_OK
+
+
+# --- the procs tab (--once --tab procs) -------------------------------------------
+
+def collect_procs(procfs, pid):
+    """--once --tab procs: PID's descendants (depth-first), with the feed's fields."""
+    ctx = ProcContext(procfs)
+    stats = {}
+    for child in PythonBackend().list_pids(procfs.root):
+        st = read_proc_stat(procfs, child)
+        if st is not None:      # else exited since the listing
+            stats[child] = st
+    children = collections.defaultdict(list)
+    for child, st in stats.items():
+        children[st.ppid].append(child)
+    processes = []
+    todo = [(child, 1) for child in sorted(children.get(pid, ()), reverse=True)]
+    while todo:
+        child, depth = todo.pop()
+        rec = ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or [])
+        rec["depth"] = depth
+        processes.append(rec)
+        todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))
+    return collections.OrderedDict(processes=processes)
+
+
+def procs_tables(data):
+    """{"processes": [record or event, ...]} -> [Table]; "depth" indents the tree."""
+    columns = [Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
+               Column("CMDLINE", L)]
+    rows = []
+    for rec in data.get("processes", []):
+        when = rec.get("time", rec.get("start_time"))
+        stamp = time.strftime("%H:%M:%S", time.localtime(when)) if when else "?"
+        marks = ("[ct] " if rec.get("container") else "") + (
+            "exec> " if rec.get("event") == "exec" else "")
+        indent = "  " * max(0, rec.get("depth", 1) - 1)
+        rows.append(Row([stamp, str(rec["pid"]), str(rec["ppid"]), rec["user"],
+                         indent + marks + cmdline_text(rec)],
+                        "new" if rec.get("event") == "new" else None,
+                        (rec["pid"], rec.get("start_time"))))
+    notes = ["%d processes" % len(rows)]
+    if data.get("note"):
+        notes.append(data["note"])
+    return [Table("procs", columns, rows, notes)]
 
 
 # ---------------------------------------------------------------------------

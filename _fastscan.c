@@ -1,0 +1,218 @@
+/*
+ * _fastscan.c: the C half of netsnoop's process scanner (--procs).
+ *
+ * Built by build_fastscan.py through cffi (API mode, out of line) into the
+ * extension module _fastscan_cffi.  netsnoop.py keeps the whole detection
+ * algorithm; this file only does the two things that are hot:
+ *
+ *   fs_list_pids()   list the numeric directories of /proc with getdents64
+ *                    straight into an int array (no Python objects per entry);
+ *   fs_wait()        poll the last-PID counter of /proc/loadavg and an
+ *                    inotify fd until something happens.  cffi releases the
+ *                    GIL for the call, so the wait costs Python nothing and
+ *                    returns to it only when there is work.
+ *
+ * Every function returns a negative errno on failure.
+ */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE     /* ppoll() */
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdint.h>
+#include <sys/inotify.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* fs_wait() results (the counter is returned through *counter). */
+#define FS_TIMEOUT 0        /* nothing happened before the timeout */
+#define FS_MOVED 1          /* the last-PID counter changed */
+#define FS_NOTIFY 2         /* the inotify fd is readable */
+#define FS_INTERRUPTED 3    /* a signal arrived: let Python run its handlers */
+
+/* The record getdents64(2) fills; glibc declares no such type. */
+struct fs_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* "1234" -> 1234; anything but plain ASCII digits fitting an int -> -1. */
+static int fs_parse_pid(const char *name)
+{
+    long value = 0;
+
+    if (*name == '\0')
+        return -1;
+    for (; *name; name++) {
+        if (*name < '0' || *name > '9')
+            return -1;
+        value = value * 10 + (*name - '0');
+        if (value > INT_MAX)
+            return -1;
+    }
+    return (int)value;
+}
+
+/*
+ * The PIDs in directory `dir` (normally /proc): numeric directories only
+ * (DT_UNKNOWN is accepted, as a filesystem may not fill d_type).  Writes at
+ * most `cap` of them to `out` and returns how many there are, which may be
+ * more than `cap`: the caller then retries with a larger array.
+ */
+int fs_list_pids(const char *dir, int *out, int cap)
+{
+    /* getdents64 needs an 8-byte aligned buffer; per thread, as the GIL is released. */
+    static __thread uint64_t buf[4096];
+    char *bytes = (char *)buf;
+    int count = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd < 0)
+        return -errno;
+    for (;;) {
+        long got = syscall(SYS_getdents64, fd, buf, sizeof(buf));
+        long off;
+
+        if (got < 0) {
+            int err = errno;
+            close(fd);
+            return -err;
+        }
+        if (got == 0)
+            break;
+        for (off = 0; off < got;) {
+            struct fs_dirent64 *d = (struct fs_dirent64 *)(bytes + off);
+            int pid;
+
+            off += d->d_reclen;
+            if (d->d_type != DT_DIR && d->d_type != DT_UNKNOWN)
+                continue;
+            pid = fs_parse_pid(d->d_name);
+            if (pid <= 0)
+                continue;
+            if (count < cap)
+                out[count] = pid;
+            count++;
+        }
+    }
+    close(fd);
+    return count;
+}
+
+/*
+ * The last field of /proc/loadavg, "0.00 0.01 0.05 1/80 4242": the last PID
+ * allocated in the reader's PID namespace.  pread() at offset 0 makes the
+ * kernel regenerate the seq file, so one kept-open fd serves every call.
+ */
+int fs_read_counter(int fd)
+{
+    char text[128];
+    ssize_t len = pread(fd, text, sizeof(text) - 1, 0);
+    long value = 0;
+    ssize_t i;
+
+    if (len < 0)
+        return -errno;
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
+        len--;
+    for (i = len; i > 0 && text[i - 1] >= '0' && text[i - 1] <= '9'; i--)
+        ;
+    if (i == len || (i > 0 && text[i - 1] != ' '))
+        return -EINVAL;         /* the last field must be a plain number */
+    for (; i < len; i++) {
+        value = value * 10 + (text[i] - '0');
+        if (value > INT_MAX)
+            return -EINVAL;
+    }
+    return (int)value;
+}
+
+static long fs_elapsed_us(const struct timespec *start)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1000000L
+        + (now.tv_nsec - start->tv_nsec) / 1000L;
+}
+
+/*
+ * Sleep `us` microseconds, or less if notify_fd (when >= 0) becomes readable.
+ * Returns FS_TIMEOUT, FS_NOTIFY, FS_INTERRUPTED or -errno.
+ */
+static int fs_nap(int notify_fd, long us)
+{
+    struct timespec ts = { us / 1000000L, (us % 1000000L) * 1000L };
+    struct pollfd pfd = { notify_fd, POLLIN, 0 };
+    int ready;
+
+    if (notify_fd < 0) {
+        if (nanosleep(&ts, NULL) == 0)
+            return FS_TIMEOUT;
+        return errno == EINTR ? FS_INTERRUPTED : -errno;
+    }
+    ready = ppoll(&pfd, 1, &ts, NULL);
+    if (ready > 0)
+        return FS_NOTIFY;
+    if (ready == 0)
+        return FS_TIMEOUT;
+    return errno == EINTR ? FS_INTERRUPTED : -errno;
+}
+
+/*
+ * Wait up to `timeout_us` for the counter to differ from `last`, checking it
+ * every `step_us`, and for notify_fd (-1: none) to become readable.  Stores
+ * the counter last read in *counter and returns FS_MOVED, FS_NOTIFY,
+ * FS_TIMEOUT, FS_INTERRUPTED (a signal: Python must run its handlers), or
+ * -errno.  The inotify events are left unread for Python to parse.
+ */
+int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us,
+            int *counter)
+{
+    struct timespec start;
+
+    if (step_us <= 0)
+        step_us = 1000;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int cur = fs_read_counter(counter_fd);
+        long left;
+        int woke;
+
+        if (cur < 0)
+            return cur;
+        *counter = cur;
+        if (cur != last)
+            return FS_MOVED;
+        left = timeout_us - fs_elapsed_us(&start);
+        if (left <= 0)
+            return FS_TIMEOUT;
+        woke = fs_nap(notify_fd, left < step_us ? left : step_us);
+        if (woke != FS_TIMEOUT)
+            return woke;
+    }
+}
+
+/* A non-blocking, close-on-exec inotify fd. */
+int fs_inotify_init(void)
+{
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+
+    return fd < 0 ? -errno : fd;
+}
+
+/* Watch `path` for the events in `mask`; returns the watch descriptor. */
+int fs_inotify_add(int fd, const char *path, unsigned int mask)
+{
+    int wd = inotify_add_watch(fd, path, mask);
+
+    return wd < 0 ? -errno : wd;
+}

@@ -1,0 +1,37 @@
+"""Build netsnoop's C process scanner (_fastscan.c) with cffi, in API mode, out of line.
+
+    python3 build_fastscan.py      builds _fastscan_cffi*.so beside this file
+
+`pip install .` builds it too (setup.py passes cffi_modules=["build_fastscan.py:ffibuilder"]).
+The cffi module is named _fastscan_cffi, not _fastscan: compile() writes the
+generated <module>.c next to the .so and would overwrite the hand-written
+_fastscan.c.  Including the C file (rather than listing it in sources=) lets the
+compiler check the cdef below against the real prototypes.
+"""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CDEF = """
+#define FS_TIMEOUT ...
+#define FS_MOVED ...
+#define FS_NOTIFY ...
+#define FS_INTERRUPTED ...
+int fs_list_pids(const char *dir, int *out, int cap);
+int fs_read_counter(int fd);
+int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us,
+            int *counter);
+int fs_inotify_init(void);
+int fs_inotify_add(int fd, const char *path, unsigned int mask);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("_fastscan_cffi", '#include "_fastscan.c"',
+                      include_dirs=[HERE], extra_compile_args=["-O2", "-Wall"],
+                      depends=[os.path.join(HERE, "_fastscan.c")])
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=HERE, verbose=False)

@@ -1,0 +1,160 @@
+"""The C scanner (_fastscan.c via cffi) against its pure-Python twin."""
+import os
+import time
+
+import pytest
+
+import netsnoop
+
+module, reason = netsnoop._load_fastscan()
+needs_c = pytest.mark.skipif(
+    module is None, reason="C scanner not built (python3 build_fastscan.py): %s" % reason)
+BACKENDS = ["python", pytest.param("fast", marks=needs_c)]
+
+
+@pytest.fixture
+def fast():
+    if module is None:
+        pytest.skip("C scanner not built (python3 build_fastscan.py): %s" % reason)
+    return netsnoop.FastBackend(module)
+
+
+def make_tree(root, names, files=(), links=()):
+    for name in names:
+        os.mkdir(os.path.join(root, name))
+    for name in files:
+        open(os.path.join(root, name), "w").close()
+    for name in links:
+        os.symlink("1", os.path.join(root, name))
+
+
+def test_listings_agree_on_a_fixture_tree(tmp_path, fast):
+    make_tree(str(tmp_path), ["1", "42", "0042x", "007", "self-ish", "2147483647",
+                              "2147483648", "0", "\u0661\u0662"],
+              files=["77", "net"], links=["99", "self"])
+    python = netsnoop.PythonBackend().list_pids(str(tmp_path))
+    assert sorted(fast.list_pids(str(tmp_path))) == sorted(python)
+    assert sorted(python) == [1, 7, 42, 2147483647]
+
+
+def test_listing_grows_past_its_buffer(tmp_path, fast):
+    make_tree(str(tmp_path), [str(n) for n in range(1, 5001)])
+    assert sorted(fast.list_pids(str(tmp_path))) == list(range(1, 5001))
+
+
+def test_listings_agree_on_the_real_proc(fast):
+    python = netsnoop.PythonBackend()
+    for _ in range(3):          # processes come and go between two listings: retry
+        a = set(fast.list_pids("/proc"))
+        b = set(python.list_pids("/proc"))
+        if a == b:
+            break
+    assert os.getpid() in a and 1 in a
+    assert len(a ^ b) <= 2
+
+
+def test_listing_a_missing_dir_raises(tmp_path, fast):
+    with pytest.raises(OSError):
+        fast.list_pids(str(tmp_path / "none"))
+
+
+def test_counter_reads_the_last_pid(tmp_path, fast):
+    """The C parser and read_counter() agree, and refuse a damaged last field."""
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.00 0.01 0.05 1/80 4242\n")
+    fd = os.open(str(loadavg), os.O_RDONLY)
+    try:
+        assert module.lib.fs_read_counter(fd) == 4242 == netsnoop.read_counter(fd)
+        loadavg.write_text("0.00 0.01 0.05 1/80 \n")
+        assert module.lib.fs_read_counter(fd) < 0
+        with pytest.raises(ValueError):
+            netsnoop.read_counter(fd)
+    finally:
+        os.close(fd)
+
+
+def fixed_counter(tmp_path, value=4242):
+    """A loadavg whose counter never moves (the real one does, on a shared machine)."""
+    path = tmp_path / "loadavg"
+    path.write_text("0.00 0.01 0.05 1/80 %d\n" % value)
+    return os.open(str(path), os.O_RDONLY)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_returns_on_a_new_pid(backend):
+    io = netsnoop.make_backend(backend)
+    fd = os.open("/proc/loadavg", os.O_RDONLY)
+    try:
+        last = netsnoop.read_counter(fd)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        woke, cur = io.wait(fd, -1, last, 0.5, 0.001)
+        assert woke == netsnoop.WAIT_MOVED and cur != last
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_times_out_when_nothing_moves(tmp_path, backend):
+    io = netsnoop.make_backend(backend)
+    fd = fixed_counter(tmp_path)
+    try:
+        start = time.monotonic()
+        assert io.wait(fd, -1, 4242, 0.05, 0.01) == (netsnoop.WAIT_TIMEOUT, 4242)
+        assert 0.04 <= time.monotonic() - start < 0.5
+        assert io.wait(fd, -1, 4241, 1.0, 0.5) == (netsnoop.WAIT_MOVED, 4242)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_wakes_on_inotify(tmp_path, backend):
+    io = netsnoop.make_backend(backend)
+    watched = tmp_path / "watched"
+    watched.write_text("x")
+    notifier = netsnoop.Notifier(io, [])
+    assert notifier.add(str(watched))
+    fd = fixed_counter(tmp_path)
+    try:
+        notifier.drain()
+        open(str(watched)).close()
+        start = time.monotonic()
+        woke, _ = io.wait(fd, notifier.fd, 4242, 2.0, 1.0)
+        assert time.monotonic() - start < 0.5
+        assert woke == netsnoop.WAIT_NOTIFY
+        before = notifier.opens
+        notifier.drain()
+        assert notifier.opens == before + 1
+    finally:
+        os.close(fd)
+        notifier.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_watch_survives_replacement_by_rename(tmp_path, backend):
+    """ldconfig writes ld.so.cache~ and renames it over the cache: the watch follows."""
+    cache = tmp_path / "ld.so.cache"
+    cache.write_text("old")
+    notifier = netsnoop.Notifier(netsnoop.make_backend(backend), [], cache=str(cache))
+    try:
+        assert list(notifier.paths.values()) == [str(cache)]
+        fresh = tmp_path / "ld.so.cache~"
+        fresh.write_text("new")
+        os.rename(str(fresh), str(cache))
+        notifier.drain()
+        assert not notifier.cache_lost and list(notifier.paths.values()) == [str(cache)]
+        before = notifier.opens
+        open(str(cache)).close()
+        notifier.drain()
+        assert notifier.opens == before + 1
+    finally:
+        notifier.close()
+
+
+def test_wait_results_mean_the_same_in_c_and_python(fast):
+    lib = module.lib
+    assert (lib.FS_TIMEOUT, lib.FS_MOVED, lib.FS_NOTIFY, lib.FS_INTERRUPTED) == (
+        netsnoop.WAIT_TIMEOUT, netsnoop.WAIT_MOVED, netsnoop.WAIT_NOTIFY,
+        netsnoop.WAIT_INTERRUPTED)

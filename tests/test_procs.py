@@ -1,0 +1,460 @@
+"""--procs: real processes spawned with unique markers, caught by each backend."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import NETSNOOP, needs_root_netns, run_netsnoop
+
+import netsnoop
+
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+FAST_BUILT = netsnoop.available_backend() == "fast"
+BACKENDS = [
+    "python",
+    pytest.param("fast", marks=pytest.mark.skipif(
+        not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")),
+]
+
+
+class Feed(object):
+    """netsnoop --procs running as a subprocess; stop() ends it with SIGTERM."""
+
+    def __init__(self, tmp_path, *args, **kw):
+        self.out_path = str(tmp_path / ("feed-%s.out" % uuid.uuid4().hex[:8]))
+        cmd = kw.get("cmd") or [sys.executable, NETSNOOP]
+        with open(self.out_path, "w") as out:
+            self.proc = subprocess.Popen(cmd + ["--procs"] + [str(a) for a in args],
+                                         stdout=out, stderr=subprocess.PIPE,
+                                         universal_newlines=True)
+        self.banner = self.proc.stderr.readline()
+        assert "watching for new processes" in self.banner, self.banner + self.proc.stderr.read()
+
+    def stop(self, sig=signal.SIGTERM):
+        time.sleep(0.15)                 # let the last newborns be reported
+        self.proc.send_signal(sig)
+        self.stderr = self.proc.stderr.read()
+        self.returncode = self.proc.wait(10)
+        with open(self.out_path) as f:
+            self.stdout = f.read()
+        return self
+
+    def events(self):
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def marker():
+    return "nstest-%s" % uuid.uuid4().hex[:10]
+
+
+def spawn_sleep(argv0, seconds):
+    """/bin/sleep with argv[0] = argv0: comm stays "sleep", argv0 is only in the cmdline."""
+    return subprocess.Popen([argv0, "%g" % seconds], executable=SLEEP)
+
+
+def spawn_and_wait(specs, gap=0.02):
+    """[(argv0, seconds)] -> spawn each, `gap` apart, and reap them all."""
+    children = []
+    for argv0, seconds in specs:
+        children.append(spawn_sleep(argv0, seconds))
+        time.sleep(gap)
+    for child in children:
+        child.wait()
+
+
+def by_marker(events, markers):
+    found = {}
+    for ev in events:
+        if ev.get("cmdline") and ev["cmdline"][0] in markers:
+            found.setdefault(ev["cmdline"][0], ev)
+    return found
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_processes_caught_with_full_cmdline(tmp_path, backend):
+    feed = Feed(tmp_path, "--json", "--backend", backend)
+    specs = [(marker(), ms / 1000.0) for ms in (5, 20, 100) for _ in range(8)]
+    spawn_and_wait(specs)
+    feed.stop()
+    assert feed.returncode == 0, feed.stderr
+    found = by_marker(feed.events(), {m for m, _ in specs})
+    for argv0, seconds in specs:
+        if seconds >= 0.02:
+            assert argv0 in found, "%s (%g s) not reported" % (argv0, seconds)
+    assert len(found) >= 0.9 * len(specs)
+    for argv0, seconds in specs:
+        ev = found.get(argv0)
+        if ev is not None:
+            assert ev["cmdline"] == [argv0, "%g" % seconds]
+            assert ev["comm"] == "sleep" and ev["event"] == "new"
+            assert ev["exe"] == os.path.realpath(SLEEP)
+            assert ev["ppid"] == os.getpid() and ev["uid"] == os.getuid()
+            assert ev["start_time"] <= ev["time"] + 0.02
+            assert ev["time"] - ev["start_time"] < 1.0
+    assert feed.events()[-1]["event"] == "summary"
+    assert feed.events()[-1]["backend"] == backend
+
+
+@pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")
+def test_both_backends_report_the_same_events(tmp_path):
+    feeds = [Feed(tmp_path, "--json", "--backend", b) for b in ("fast", "python")]
+    specs = [(marker(), 0.05) for _ in range(10)]
+    spawn_and_wait(specs)
+    results = []
+    for feed in feeds:
+        found = by_marker(feed.stop().events(), {m for m, _ in specs})
+        results.append(sorted((m, ev["pid"], ev["start_time"], tuple(ev["cmdline"]), ev["exe"])
+                              for m, ev in found.items()))
+    assert len(results[0]) == len(specs)
+    assert results[0] == results[1]
+
+
+THREADS = r'''
+import os, sys, threading, time
+threads = [threading.Thread(target=time.sleep, args=(0.4,)) for _ in range(8)]
+for t in threads: t.start()
+time.sleep(0.1)
+tids = [t for t in os.listdir("/proc/self/task") if int(t) != os.getpid()]
+for t in threads: t.join()
+print(" ".join(tids))
+'''
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_are_not_reported(tmp_path, backend):
+    feed = Feed(tmp_path, "--json", "--backend", backend)
+    tag = marker()
+    out = subprocess.run([sys.executable, "-c", THREADS, tag], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    tids = {int(t) for t in out.split()}
+    feed.stop()
+    events = feed.events()
+    mine = [ev for ev in events if ev.get("cmdline") and tag in ev["cmdline"]]
+    assert len(mine) == 1 and mine[0]["pid"] not in tids
+    assert len(tids) == 8
+    assert not [ev for ev in events if ev.get("pid") in tids]
+    assert events[-1]["threads"] >= 8
+
+
+def test_missed_count_covers_processes_gone_while_stopped(tmp_path):
+    feed = Feed(tmp_path, "--json")
+    feed.proc.send_signal(signal.SIGSTOP)
+    try:
+        count = 12
+        for _ in range(count):
+            subprocess.run([SLEEP, "0"])        # born, exec'd and reaped while it sleeps
+    finally:
+        feed.proc.send_signal(signal.SIGCONT)
+    feed.stop()
+    summary = feed.events()[-1]
+    assert summary["event"] == "summary"
+    assert summary["missed"] >= count
+    assert "%d missed" % summary["missed"] in feed.stderr
+
+
+PIDNS_SCRIPT = r'''
+import json, os, subprocess, sys, time
+netsnoop, sleep, tag = sys.argv[1:4]
+out = open(sys.argv[4], "w")
+feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
+                        stderr=subprocess.PIPE)
+feed.stderr.readline()
+first = subprocess.Popen([tag + "-first", "0.1"], executable=sleep)
+first.wait()
+subprocess.run(["true"])     # takes the next PID: the counter is past the first one
+time.sleep(0.3)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(first.pid - 1))
+second = subprocess.Popen([tag + "-second", "0.5"], executable=sleep)
+second.wait()
+feed.terminate()
+feed.wait()
+print(json.dumps([first.pid, second.pid]))
+'''
+
+
+def can_unshare_pid():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
+def test_reused_pid_is_reported_again(tmp_path):
+    tag = marker()
+    out = tmp_path / "events.jsonl"
+    res = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
+                          PIDNS_SCRIPT, NETSNOOP, SLEEP, tag, str(out)],
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
+    first_pid, second_pid = json.loads(res.stdout)
+    assert first_pid == second_pid
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    first = [e for e in events if e.get("cmdline", [""])[0] == tag + "-first"]
+    second = [e for e in events if e.get("cmdline", [""])[0] == tag + "-second"]
+    assert len(first) == 1 and len(second) == 1
+    assert first[0]["pid"] == second[0]["pid"] == first_pid
+    assert second[0]["start_time"] > first[0]["start_time"]
+
+
+def test_control_chars_escaped_in_text_and_exact_in_json(tmp_path):
+    argv0 = "%s\x1b[31m\nred\x07\u202e" % marker()
+    text_feed = Feed(tmp_path)
+    json_feed = Feed(tmp_path, "--json")
+    spawn_and_wait([(argv0, 0.1)])
+    text_feed.stop()
+    json_feed.stop()
+    lines = [ln for ln in text_feed.stdout.splitlines() if argv0[:16] in ln]
+    assert len(lines) == 1
+    assert "\x1b" not in text_feed.stdout and "\x07" not in text_feed.stdout
+    assert "\\e[31m\\nred\\x07\\u202e" in lines[0]
+    found = by_marker(json_feed.events(), {argv0})
+    assert found[argv0]["cmdline"] == [argv0, "0.1"]
+
+
+def test_text_line_format(tmp_path):
+    feed = Feed(tmp_path)
+    argv0 = marker()
+    spawn_and_wait([(argv0, 0.05)])
+    feed.stop()
+    line = [ln for ln in feed.stdout.splitlines() if argv0 in ln][0]
+    stamp, pid, ppid, user, cmd = line.split(None, 4)
+    assert len(stamp) == 12 and stamp[2] == ":" and stamp[8] == "."
+    assert int(ppid) == os.getpid() and int(pid) > 0
+    assert cmd == "%s 0.05" % argv0
+    assert user == netsnoop.ProcContext(netsnoop.ProcFS()).user(os.getuid())
+
+
+def test_filter_keeps_only_matching(tmp_path):
+    keep, drop = marker(), marker()
+    feed = Feed(tmp_path, "--json", "--filter", keep[-10:])
+    spawn_and_wait([(keep, 0.05), (drop, 0.05)])
+    feed.stop()
+    found = by_marker(feed.events(), {keep, drop})
+    assert keep in found and drop not in found
+    assert all(keep[-10:] in " ".join(e["cmdline"]) for e in feed.events()[:-1])
+
+
+def test_sigterm_and_sighup_give_the_summary(tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        feed = Feed(tmp_path, "--json").stop(sig)
+        assert feed.returncode == 0
+        assert "Traceback" not in feed.stderr
+        assert "new processes seen" in feed.stderr
+        last = feed.events()[-1]
+        assert last["event"] == "summary" and isinstance(last["seen"], int)
+
+
+def test_duration_ends_the_feed(tmp_path):
+    start = time.monotonic()
+    res = run_netsnoop("--procs", "--duration", "0.5", "--backend", "python")
+    assert res.returncode == 0
+    assert time.monotonic() - start < 5
+    assert "backend python" in res.stderr
+
+
+# --- --log -------------------------------------------------------------------
+
+def test_log_created_0600_and_appended(tmp_path):
+    log = tmp_path / "events.log"
+    for _ in range(2):
+        argv0 = marker()
+        feed = Feed(tmp_path, "--json", "--log", log)
+        spawn_and_wait([(argv0, 0.05)])
+        feed.stop()
+        assert argv0 in log.read_text()
+    assert os.stat(str(log)).st_mode & 0o777 == 0o600
+    assert log.read_text().count('"event": "summary"') == 2
+
+
+def test_log_refuses_a_symlink_and_leaves_its_target_alone(tmp_path):
+    target = tmp_path / "target"
+    target.write_text("precious\n")
+    os.chmod(str(target), 0o644)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    res = run_netsnoop("--procs", "--duration", "0.2", "--log", link)
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "symbolic link" in res.stderr
+    assert target.read_text() == "precious\n"
+    assert os.stat(str(target)).st_mode & 0o777 == 0o644
+
+
+def test_log_refuses_a_directory(tmp_path):
+    res = run_netsnoop("--procs", "--duration", "0.2", "--log", tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.startswith("netsnoop: ") and "directory" in res.stderr
+    assert res.stderr.count("\n") == 1
+    res = run_netsnoop("--procs", "--duration", "0.2", "--log", tmp_path / "no" / "such")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+
+
+def test_log_disk_full_is_one_line_and_status_1(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    feed = Feed(tmp_path, "--log", "/dev/full")
+    spawn_and_wait([(marker(), 0.05)])
+    returncode = feed.proc.wait(10)
+    stderr = feed.proc.stderr.read()
+    assert returncode == 1
+    assert stderr.count("\n") == 1 and "No space left on device" in stderr
+    assert "Traceback" not in stderr
+
+
+# --- the procs tab and the session feed ----------------------------------------
+
+def test_once_procs_tab_lists_descendants():
+    tag = marker()
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys; "
+                               "c = subprocess.Popen(['%s-child', '5'], executable='%s'); "
+                               "sys.stdout.write('%%d\\n' %% c.pid); sys.stdout.flush(); c.wait()"
+                               % (tag, SLEEP)], stdout=subprocess.PIPE)
+    child_pid = None
+    try:
+        child_pid = int(parent.stdout.readline())
+        time.sleep(0.05)
+        res = run_netsnoop(parent.pid, "--once", "--tab", "procs", "--json")
+        text = run_netsnoop(parent.pid, "--once", "--tab", "procs")
+    finally:
+        if child_pid:
+            os.kill(child_pid, signal.SIGTERM)
+        parent.wait()
+    assert res.returncode == 0, res.stderr
+    procs = json.loads(res.stdout)["tabs"]["procs"]["processes"]
+    assert [p["cmdline"] for p in procs] == [[tag + "-child", "5"]]
+    assert procs[0]["ppid"] == parent.pid and procs[0]["comm"] == "sleep"
+    assert text.returncode == 0 and tag + "-child 5" in text.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_procfeed_polls_without_blocking(backend):
+    feed = netsnoop.ProcFeed(netsnoop.ProcFS("/proc"), backend)
+    try:
+        assert feed.backend == backend
+        argv0 = marker()
+        child = spawn_sleep(argv0, 0.05)
+        found, slowest = None, 0.0
+        deadline = time.monotonic() + 3
+        while found is None and time.monotonic() < deadline:
+            start = time.monotonic()
+            events = feed.poll()
+            slowest = max(slowest, time.monotonic() - start)
+            found = next((e for e in events if e["cmdline"][:1] == [argv0]), None)
+            time.sleep(0.01)
+        child.wait()
+        assert found is not None and found["cmdline"] == [argv0, "0.05"]
+        assert slowest < 0.005
+        assert feed.seen >= 1 and feed.missed >= 0
+    finally:
+        feed.close()
+    assert threading.active_count() == 1
+
+
+def test_lone_copy_runs_the_python_backend(tmp_path):
+    shutil.copy(NETSNOOP, str(tmp_path))
+    argv0 = marker()
+    feed = Feed(tmp_path, "--json", cmd=[sys.executable, "-I", str(tmp_path / "netsnoop.py")])
+    spawn_and_wait([(argv0, 0.05)])
+    feed.stop()
+    assert "backend python" in feed.banner
+    assert argv0 in by_marker(feed.events(), {argv0})
+    res = subprocess.run([sys.executable, "-I", str(tmp_path / "netsnoop.py"), "--procs",
+                          "--backend", "fast", "--duration", "0.1"], stderr=subprocess.PIPE,
+                         universal_newlines=True)
+    assert res.returncode == 1 and "build_fastscan.py" in res.stderr
+
+
+@pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")
+def test_script_run_isolated_finds_the_so_beside_it():
+    res = subprocess.run([sys.executable, "-I", NETSNOOP, "--version"],
+                         stdout=subprocess.PIPE, universal_newlines=True, cwd="/")
+    assert "process scanner: fast" in res.stdout
+
+
+# --- parsers ----------------------------------------------------------------------
+
+def test_parse_proc_stat_takes_the_last_paren_and_the_thread_marker():
+    fields = ["S", "1", "2", "3", "0", "-1", "4194560"] + ["0"] * 12 + ["12345"] + \
+        ["0"] * 15 + ["-1", "0"]
+    line = ("42 (a) b) (c) " + " ".join(fields) + "\n").encode()
+    st = netsnoop.parse_proc_stat(line)
+    assert st.comm == "a) b) (c"
+    assert (st.state, st.ppid, st.start, st.exit_signal) == ("S", 1, 12345, -1)
+    assert st.flags == 4194560
+
+
+def test_parse_cmdline_keeps_empty_and_undecodable_args():
+    assert netsnoop.parse_cmdline(b"ls\0\0-l\xff\0") == ["ls", "", "-l\udcff"]
+    assert netsnoop.parse_cmdline(b"") == []
+
+
+def test_kernel_thread_shown_as_its_name_in_brackets():
+    event = {"event": "new", "time": time.time(), "pid": 2, "ppid": 0, "user": "root",
+             "comm": "kthreadd", "cmdline": []}
+    assert netsnoop.format_event(event).endswith(" [kthreadd]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_polling_alone_still_catches_processes(backend):
+    """Without inotify (no libc symbols, other mount namespace) the counter poll remains."""
+    scanner = netsnoop.ProcScanner(netsnoop.ProcFS("/proc"), backend)
+    scanner.start()
+    scanner.notifier.close()            # as if inotify were unavailable
+    specs = [(marker(), 0.05) for _ in range(5)]
+    spawner = threading.Thread(target=spawn_and_wait, args=(specs, 0.05))
+    try:
+        spawner.start()
+        events = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            events.extend(scanner.step(0.05))
+        spawner.join()
+    finally:
+        scanner.close()
+    found = by_marker(events, {m for m, _ in specs})
+    assert sorted(found) == sorted(m for m, _ in specs)
+    assert all(ev["cmdline"] == [m, "0.05"] for m, ev in found.items())
+
+
+@needs_root_netns
+def test_process_in_another_namespace_is_marked(tmp_path):
+    argv0 = marker()
+    text_feed = Feed(tmp_path)
+    json_feed = Feed(tmp_path, "--json")
+    subprocess.run(["unshare", "-n", "--", SLEEP, "0.1"], check=True)    # not marked
+    subprocess.run(["unshare", "-n", "--", sys.executable, "-c",
+                    "import os; os.execv(%r, [%r, '0.1'])" % (SLEEP, argv0)], check=True)
+    spawn_and_wait([(argv0 + "-host", 0.1)])
+    text_feed.stop()
+    json_feed.stop()
+    found = by_marker(json_feed.events(), {argv0, argv0 + "-host"})
+    assert found[argv0]["container"] is True
+    assert found[argv0]["net_ns"] != found[argv0 + "-host"]["net_ns"]
+    assert found[argv0 + "-host"]["container"] is False
+    lines = {ln.split()[-2]: ln for ln in text_feed.stdout.splitlines() if argv0 in ln}
+    assert "[ct] " in lines[argv0] and lines[argv0].endswith(" %s 0.1" % argv0)
+    assert "[ct]" not in lines[argv0 + "-host"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fork_burst_is_accounted_for(tmp_path, backend):
+    """A burst of short processes: every one is either reported or counted as missed."""
+    feed = Feed(tmp_path, "--json", "--backend", backend)
+    tag = marker()
+    children = [subprocess.Popen(["%s-%d" % (tag, i), "0"], executable=SLEEP)
+                for i in range(150)]
+    for child in children:
+        child.wait()
+    feed.stop()
+    events = feed.events()
+    reported = {ev["cmdline"][0] for ev in events[:-1] if ev["cmdline"][:1]
+                and ev["cmdline"][0].startswith(tag)}
+    assert len(reported) + events[-1]["missed"] >= len(children)
+    assert len(reported) >= len(children) // 2
