@@ -1,0 +1,384 @@
+"""The interactive session, driven in a real pseudo-terminal as a person would.
+
+Keys go in through the pty, the screen comes out of pyte (a terminal
+emulator), and the monitored process is real: a helper in a private network
+namespace (unshare -n) that holds known sockets, a veth with TEST-NET
+addresses, a default route and a permanent ARP entry; or a plain `sleep`.
+"""
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import NETSNOOP, needs_root_netns
+from ptyterm import PtyTerm
+
+import netsnoop
+
+BASE = 40000            # listening TCP ports BASE .. BASE+LISTENERS-1, held by the target
+LISTENERS = 60
+UDP_PORT = 41000
+OTHER_PORT = 42000      # held by another process in the namespace: not the target's
+GATEWAY = "192.0.2.1"
+GATEWAY_MAC = "02:00:00:00:00:01"
+RAW_PROTO = 253         # RFC 3692 experimentation protocol: nobody else uses it
+
+# Runs as `unshare -n python3 -c TARGET` inside its own network namespace.
+TARGET = r"""
+import socket, subprocess, sys
+def ip(*args):
+    subprocess.run(("ip",) + args, check=True)
+ip("link", "set", "lo", "up")
+ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+ip("addr", "add", "192.0.2.2/24", "dev", "v0")
+ip("link", "set", "v0", "up")
+ip("link", "set", "v1", "up")
+ip("route", "add", "default", "via", "%(gw)s", "dev", "v0")
+ip("neigh", "add", "%(gw)s", "lladdr", "%(mac)s", "dev", "v0", "nud", "permanent")
+held = []
+for port in range(%(base)d, %(base)d + %(n)d):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(8)
+    held.append(s)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", %(udp)d))
+held.append(u)
+held.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, %(raw)d))
+other = subprocess.Popen([sys.executable, "-c",
+    "import socket, sys\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', %(other)d)); s.listen(1)\n"
+    "print('ok', flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+other.stdout.readline()
+print("ready", flush=True)
+children = []
+for line in sys.stdin:                  # "spawn": start a child (for the procs tab)
+    children.append(subprocess.Popen(["sleep", "5"]))
+""" % dict(gw=GATEWAY, mac=GATEWAY_MAC, base=BASE, n=LISTENERS, udp=UDP_PORT,
+           raw=RAW_PROTO, other=OTHER_PORT)
+
+
+@pytest.fixture(scope="module")
+def netns_target():
+    proc = subprocess.Popen(["unshare", "-n", sys.executable, "-c", TARGET],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "120"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def session(pid, *args, **kw):
+    return PtyTerm([sys.executable, NETSNOOP, str(pid)] + list(args), **kw)
+
+
+def status_line(term):
+    return term.line(1)
+
+
+def body(term):
+    return "\n".join(term.screen.display[2:-1])
+
+
+def quit_ok(term, key="q"):
+    term.send(key)
+    assert term.wait_exit() == 0
+    assert "Traceback" not in term.stderr()
+    assert term.tty_modes() == (True, True)       # echo and line mode are back
+
+
+# --- layout and tabs -----------------------------------------------------------
+
+@needs_root_netns
+def test_every_tab_shows_its_data(netns_target):
+    pid = netns_target.pid
+    with session(pid, "--interval", "0.5") as term:
+        term.wait_for("rows %d" % (LISTENERS + 1))
+        assert term.line(0).startswith("[1:tcp] 2:udp 3:arp 4:traffic 5:stats 6:raw "
+                                       "7:icmp 8:routing 9:analysis 0:procs")
+        status = status_line(term)
+        assert "PID %d python" % pid in status
+        assert os.readlink("/proc/%d/ns/net" % pid) in status
+        assert "every 0.5s" in status
+        assert "rows %d" % (LISTENERS + 1) in status
+        term.send("/127.0.0.1:%d \r" % BASE)              # rows come in the kernel's order
+        term.wait_for("rows 1/%d" % (LISTENERS + 1))
+        row = next(line for line in body(term).splitlines() if ":%d " % BASE in line)
+        assert row.startswith("* tcp") and "LISTEN" in row      # owned, marked
+        term.key("esc")
+        checks = [
+            ("2", "[2:udp]", "127.0.0.1:%d" % UDP_PORT),
+            ("3", "[3:arp]", GATEWAY_MAC),
+            ("4", "[4:traffic]", "v0"),
+            ("5", "[5:stats]", "== TcpExt =="),
+            ("6", "[6:raw]", "0.0.0.0:%d" % RAW_PROTO),
+            ("7", "[7:icmp]", "== Icmp =="),
+            ("8", "[8:routing]", GATEWAY),
+            ("9", "[9:analysis]", "== findings =="),
+        ]
+        for key, tab, shown in checks:
+            term.send(key)
+            term.wait_for(lambda text, tab=tab, shown=shown:
+                          tab in text.splitlines()[0] and shown in text)
+        term.send("4")
+        text = term.wait_for(lambda t: "RX/s" in t)           # rates once there is a delta
+        assert "v1" in text and "lo" in text
+        term.send("0")
+        if getattr(netsnoop, "ProcFeed", None) is None:
+            term.wait_for("process feed not available in this build")
+        else:
+            netns_target.stdin.write("spawn\n")
+            netns_target.stdin.flush()
+            text = term.wait_for(lambda t: any(line.startswith("*") and "sleep 5" in line
+                                               for line in t.splitlines()))
+        quit_ok(term)
+
+
+@needs_root_netns
+def test_tab_keys_cycle_and_tab_command(netns_target):
+    with session(netns_target.pid) as term:
+        term.wait_for("[1:tcp]")
+        for key, tab in (("left", "[0:procs]"), ("right", "[1:tcp]"), ("tab", "[2:udp]"),
+                         ("btab", "[1:tcp]"), ("right", "[2:udp]")):
+            term.key(key)
+            term.wait_for(lambda text, tab=tab: tab in text.splitlines()[0])
+        term.send(":tab routing\r")
+        term.wait_for(GATEWAY)
+        term.send(":tab nosuch\r")
+        term.wait_for("no tab 'nosuch'")
+        term.send("?")
+        term.wait_for("netsnoop session keys")
+        term.send("x")                                     # any key closes the help
+        term.wait_gone("netsnoop session keys")
+        quit_ok(term, "\x04")
+
+
+# --- interval ------------------------------------------------------------------
+
+def test_set_interval(sleeper):
+    with session(sleeper.pid) as term:
+        term.wait_for("every 2s")
+        term.send(":set 6\r")
+        term.wait_for("every 6s")
+        term.send(":set abc\r")
+        term.wait_for("'abc' is not a number of seconds")
+        term.send(":set -1\r")
+        term.wait_for("must be 0.2s .. 3600s, not -1")
+        term.send(":set 0\r")
+        term.wait_for("must be 0.2s .. 3600s, not 0")
+        assert "every 6s" in status_line(term)
+        # the seed's habit: typing `set 6` without ':' (s sorts, e opens the
+        # command line and undoes that sort)
+        term.send("set 0.5")
+        term.wait_for(":set 0.5_")
+        term.send("\r")
+        term.wait_for("every 0.5s")
+        assert "sort" not in term.line(23)
+        quit_ok(term, "\x04")
+
+
+# --- filter, scroll, sort, owned -------------------------------------------------
+
+def first_row(term):
+    for line in term.screen.display[2:-1]:
+        if line[:1] in "*+! " and "127.0.0.1:" in line:
+            return line.rstrip()
+    return None
+
+
+@needs_root_netns
+def test_filter_scroll_sort_owned(netns_target):
+    total = LISTENERS + 1
+    with session(netns_target.pid, cols=80, rows=24) as term:
+        term.wait_for("rows %d" % total)
+        term.send("/4004")                          # filters while typing: 40040..40049
+        term.wait_for(lambda t: "rows 10/%d" % total in t and "127.0.0.1:40045" in t
+                      and "127.0.0.1:40050" not in t)
+        term.send("\r")
+        term.wait_for(lambda t: term.line(23).startswith("filter '4004'"))
+        term.key("esc")
+        term.wait_for("rows %d" % total)
+        # sort by local address: the 5th column
+        term.send("sssss")
+        term.wait_for("sort Local Address:Port")
+        term.wait_for(lambda t: "127.0.0.1:%d " % BASE in (first_row(term) or ""))
+        term.send("S")
+        term.wait_for(lambda t: "127.0.0.1:%d " % OTHER_PORT in (first_row(term) or ""))
+        term.send("S")
+        term.wait_for(lambda t: "127.0.0.1:%d " % BASE in (first_row(term) or ""))
+        # scrolling: the column header stays, rows move
+        term.key("down")
+        term.wait_for(lambda t: "== tcp ==" not in t
+                      and "127.0.0.1:%d " % BASE in (first_row(term) or ""))
+        term.key("down")
+        term.wait_for(lambda t: "127.0.0.1:%d " % (BASE + 1) in (first_row(term) or ""))
+        assert "Netid  State" in term.line(2)
+        term.key("pgdn")                          # 21 body lines: a page is 20
+        term.wait_for(lambda t: "127.0.0.1:%d " % (BASE + 21) in (first_row(term) or ""))
+        term.key("end")
+        term.wait_for("sockets in the namespace, %d owned" % (total - 1))
+        term.key("home")
+        term.wait_for("== tcp ==")
+        # owned only: the other process's socket goes
+        term.send("/%d" % OTHER_PORT)
+        term.wait_for(lambda t: "rows 1/%d" % total in t
+                      and ":%d " % OTHER_PORT in (first_row(term) or ""))
+        assert first_row(term).startswith("  tcp")  # not marked: not the target's
+        term.send("\r")
+        term.send("o")
+        term.wait_for("rows 0/%d" % total)
+        assert "owned only" in term.line(23)
+        term.key("esc")
+        term.wait_for("rows %d/%d" % (total - 1, total))
+        quit_ok(term)
+
+
+# --- robustness ------------------------------------------------------------------
+
+def test_resize_down_to_tiny_and_back(sleeper):
+    with session(sleeper.pid, "--interval", "0.3") as term:
+        term.wait_for("9:analysis")
+        for rows, cols in ((5, 20), (2, 12), (1, 1), (5, 20), (10, 40)):
+            term.resize(rows, cols)
+            term.pump(0.3)
+            assert term.proc.poll() is None, term.stderr()
+        term.wait_for("[1:tcp]")
+        term.send("/x")                             # resize while typing a filter
+        term.resize(5, 20)
+        term.pump(0.3)
+        term.key("esc")
+        term.resize(24, 80)
+        term.wait_for(lambda t: "9:analysis" in t and "q quit" in t)
+        assert term.proc.poll() is None
+        quit_ok(term)
+
+
+@pytest.mark.parametrize("reap", [True, False], ids=["reaped", "zombie"])
+def test_target_exit_ends_session(reap):
+    target = subprocess.Popen(["sleep", "120"])
+    try:
+        with session(target.pid, "--interval", "0.3") as term:
+            term.wait_for("PID %d sleep" % target.pid)
+            target.kill()
+            if reap:
+                target.wait()
+            assert term.wait_exit() == 0
+            assert term.stderr() == "netsnoop: process %d exited\n" % target.pid
+            assert term.tty_modes() == (True, True)
+    finally:
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.parametrize("how,status", [
+    ("SIGTERM", 128 + signal.SIGTERM), ("SIGHUP", 128 + signal.SIGHUP), ("ctrl-c", 0)])
+def test_signals_restore_the_terminal(sleeper, how, status):
+    with session(sleeper.pid) as term:
+        term.wait_for("[1:tcp]")
+        assert term.tty_modes() == (False, False)      # curses owns the terminal
+        if how == "ctrl-c":
+            term.key("ctrl-c")
+        else:
+            term.proc.send_signal(getattr(signal, how))
+        assert term.wait_exit() == status
+        assert term.tty_modes() == (True, True)
+        assert "Traceback" not in term.stderr()
+
+
+def test_hostile_process_name_is_escaped():
+    code = ("import time\n"
+            "open('/proc/self/comm', 'w').write('a\\x1b[2Jb\\x07')\n"
+            "print('ready', flush=True); time.sleep(120)")
+    target = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        target.stdout.readline()
+        with session(target.pid) as term:
+            term.wait_for("PID %d a\\e[2Jb\\x07" % target.pid)
+            quit_ok(term)
+    finally:
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.parametrize("term_name,env", [
+    ("vt100", {}), ("xterm-256color", {"NO_COLOR": "1"})], ids=["vt100", "NO_COLOR"])
+def test_monochrome_terminals(sleeper, term_name, env):
+    with session(sleeper.pid, term=term_name, env=env) as term:
+        term.wait_for("[1:tcp]")
+        term.send("3")
+        term.wait_for("[3:arp]")
+        quit_ok(term)
+
+
+@pytest.mark.parametrize("term_name", ["dumb", "no-such-terminal"])
+def test_unusable_terminal_falls_back_to_snapshots(sleeper, term_name):
+    with session(sleeper.pid, "--interval", "0.3", term=term_name) as term:
+        term.wait_for("== tcp ==")
+        heading = ("netsnoop %s: pid %d (sleep)" % (netsnoop.__version__, sleeper.pid)).encode()
+        term.wait_for(lambda t: term.raw.count(heading) >= 2)     # snapshots scroll by
+        term.send("set 6\n")                        # the seed's prompt still works
+        deadline = time.monotonic() + 10
+        while "refreshing every 6s" not in term.stderr():
+            assert time.monotonic() < deadline, term.stderr()
+            term.pump(0.1)
+        term.send("q\n")
+        assert term.wait_exit() == 0
+        err = term.stderr().splitlines()
+        assert err[0].startswith("netsnoop: terminal '%s'" % term_name)
+        assert "printing snapshots of tcp every 0.3s instead" in err[0]
+        assert "Traceback" not in term.stderr()
+
+
+def test_no_tty_prints_snapshots_until_ctrl_c(sleeper):
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(sleeper.pid), "--interval", "0.2",
+                             "--tab", "traffic"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out = b""
+    heading = ("netsnoop %s: pid %d (sleep)" % (netsnoop.__version__, sleeper.pid)).encode()
+    deadline = time.monotonic() + 10
+    try:
+        while out.count(heading) < 3:
+            assert time.monotonic() < deadline, out
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 65536)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert b"== traffic ==" in out and b"lo " in out
+    err = err.decode()
+    assert err.startswith("netsnoop: no terminal (stdin or stdout is not a tty); "
+                          "printing snapshots of traffic every 0.2s")
+    assert len(err.splitlines()) == 1
+
+
+def test_no_tty_target_exit(sleeper):
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(sleeper.pid), "--interval", "0.2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.readline().startswith("netsnoop ")
+    sleeper.kill()
+    sleeper.wait()
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert err.splitlines()[-1] == "netsnoop: process %d exited" % sleeper.pid
