@@ -1501,6 +1501,10 @@ class TabView(object):
                     rows = sorted(rows, key=lambda r: cell_sort_key(r[0][col]),
                                   reverse=reverse)
             sections.append(Section(table, rows))
+        if needle or owned_only:
+            # while narrowing, tables with nothing left would only push matches down
+            kept = [sec for sec in sections if sec.rows]
+            sections = kept or sections[:1]
         self.sections = sections
         self.lines = sum(s.count for s in sections)
         self.shown = sum(len(s.rows) for s in sections)
@@ -1608,8 +1612,8 @@ class ProcsPane(object):
         if self.problem:
             notes.append(self.problem)
         if self.feed is not None:
-            notes.append("new processes, newest first; * = descendant of %d; backend %s, "
-                         "seen %s, missed %s" % (
+            notes.append("newest first; * = descendant of %d; backend %s, seen %s, "
+                         "missed %s" % (
                              self.pid, getattr(self.feed, "backend", "?"),
                              getattr(self.feed, "seen", "?"),
                              getattr(self.feed, "missed", "?")))
@@ -2088,7 +2092,7 @@ def bottom_text(st):
         return "ownership unknown: " + printable(st.owned_problem), "warn"
     settings = settings_text(st)
     if settings:
-        return settings + "  (Esc clears the filter, ? help)", "info"
+        return settings + "  (Esc clears the filter; s, o change; ? help)", "info"
     return KEY_HINT, "note"
 
 

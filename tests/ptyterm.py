@@ -69,15 +69,22 @@ def set_winsize(fd, rows, cols):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _controlling_tty():
-    """In the child (after setsid): make the pty its controlling terminal, like a login shell."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _child_setup(uid):
+    """In the child (after setsid): the pty becomes its controlling terminal, like a
+    login shell's; then, if asked, it becomes user `uid`."""
+    def setup():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+    return setup
 
 
 class PtyTerm(object):
     """A program on a pty of rows x cols, its screen emulated by pyte; stderr kept apart."""
 
-    def __init__(self, argv, cols=80, rows=24, env=None, term="xterm-256color"):
+    def __init__(self, argv, cols=80, rows=24, env=None, term="xterm-256color", uid=None):
         self.master, self.slave = os.openpty()
         set_winsize(self.slave, rows, cols)
         self.screen = Screen(cols, rows)
@@ -93,7 +100,7 @@ class PtyTerm(object):
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             argv, stdin=self.slave, stdout=self.slave, stderr=self.stderr_file,
-            env=full_env, start_new_session=True, preexec_fn=_controlling_tty,
+            env=full_env, start_new_session=True, preexec_fn=_child_setup(uid),
             close_fds=True)
         self.returncode = None
 

@@ -58,8 +58,14 @@ other = subprocess.Popen([sys.executable, "-c",
 other.stdout.readline()
 print("ready", flush=True)
 children = []
-for line in sys.stdin:                  # "spawn": start a child (for the procs tab)
-    children.append(subprocess.Popen(["sleep", "5"]))
+for line in sys.stdin:
+    if line.startswith("spawn"):        # a child, for the procs tab
+        children.append(subprocess.Popen(["sleep", "5"]))
+    elif line.startswith("ping"):       # datagrams to our own UDP socket: lo and Udp counters move
+        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(10):
+            out.sendto(b"x" * 100, ("127.0.0.1", %(udp)d))
+        out.close()
 """ % dict(gw=GATEWAY, mac=GATEWAY_MAC, base=BASE, n=LISTENERS, udp=UDP_PORT,
            raw=RAW_PROTO, other=OTHER_PORT)
 
@@ -119,7 +125,8 @@ def test_every_tab_shows_its_data(netns_target):
         assert "every 0.5s" in status
         assert "rows %d" % (LISTENERS + 1) in status
         term.send("/127.0.0.1:%d \r" % BASE)              # rows come in the kernel's order
-        term.wait_for("rows 1/%d" % (LISTENERS + 1))
+        term.wait_for(lambda t: "rows 1/%d" % (LISTENERS + 1) in t
+                      and "127.0.0.1:%d " % BASE in body(term))
         row = next(line for line in body(term).splitlines() if ":%d " % BASE in line)
         assert row.startswith("* tcp") and "LISTEN" in row      # owned, marked
         term.key("esc")
@@ -170,6 +177,63 @@ def test_tab_keys_cycle_and_tab_command(netns_target):
         quit_ok(term, "\x04")
 
 
+def ping_until(term, target, check, timeout=10.0):
+    """Make traffic in the target's namespace until the screen satisfies `check`."""
+    deadline = time.monotonic() + timeout
+    while not check(term.text()):
+        assert time.monotonic() < deadline, term.text()
+        target.stdin.write("ping\n")
+        target.stdin.flush()
+        term.pump(0.3)
+
+
+@needs_root_netns
+def test_changed_counters_are_marked(netns_target):
+    with session(netns_target.pid, "--interval", "0.3", "--tab", "traffic") as term:
+        term.wait_for("RX/s")
+        ping_until(term, netns_target,
+                   lambda t: any(line.startswith("+ lo ") and "/s" in line
+                                 and " 0B/s" not in line for line in t.splitlines()))
+        term.send("9")
+        term.wait_for("== findings ==")
+        term.send("/outdatagrams\r")                  # the Udp section is below the fold
+        term.wait_for("== Udp ==")
+        ping_until(term, netns_target,
+                   lambda t: any(line.startswith("+ OutDatagrams") and "+10" in line
+                                 for line in t.splitlines()))
+        quit_ok(term)
+
+
+def python_for(uid):
+    """An interpreter that user `uid` may run (pyenv under /root may be closed to it)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run([python, "-c", "import curses"],
+                                   preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return python
+    return None
+
+
+@needs_root_netns
+def test_ownership_unknown_is_said(netns_target):
+    nobody = 65534
+    python = python_for(nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that user %d may run" % nobody)
+    with PtyTerm([python, NETSNOOP, str(netns_target.pid)], uid=nobody) as term:
+        reason = "ownership unknown: cannot read /proc/%d/fd (permission denied" % (
+            netns_target.pid)
+        text = term.wait_for(lambda t: term.line(23).startswith(reason))
+        assert "ownership unknown" in status_line(term)
+        assert not any(line.startswith("*") for line in text.splitlines()[2:-1])
+        assert "rows %d" % (LISTENERS + 1) in status_line(term)
+        quit_ok(term)
+
+
 # --- interval ------------------------------------------------------------------
 
 def test_set_interval(sleeper):
@@ -190,7 +254,8 @@ def test_set_interval(sleeper):
         term.wait_for(":set 0.5_")
         term.send("\r")
         term.wait_for("every 0.5s")
-        assert "sort" not in term.line(23)
+        term.send("S")                  # with no sort in force, S starts one: the s was undone
+        term.wait_for("sorted by Netid")
         quit_ok(term, "\x04")
 
 
@@ -243,8 +308,7 @@ def test_filter_scroll_sort_owned(netns_target):
         assert first_row(term).startswith("  tcp")  # not marked: not the target's
         term.send("\r")
         term.send("o")
-        term.wait_for("rows 0/%d" % total)
-        assert "owned only" in term.line(23)
+        term.wait_for(lambda t: "rows 0/%d" % total in t and "owned only" in term.line(23))
         term.key("esc")
         term.wait_for("rows %d/%d" % (total - 1, total))
         quit_ok(term)
