@@ -1276,6 +1276,7 @@ FEED_POLL = 0.1             # seconds between polls of the process feed while pr
 MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
 TYPEAHEAD_SECONDS = 1.5     # "s" then an unbound letter this soon: the user is typing "set 6"
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
+HSCROLL_STEP = 8            # columns per < or > press
 # At the default interval, refreshing may use at most this share of one core:
 # on 20,000 sockets one refresh costs ~0.2 s of CPU (mostly reading and
 # parsing), so the wait stretches instead.  An interval the user set is kept.
@@ -1287,8 +1288,8 @@ SORTABLE_TABS = ("tcp", "udp", "raw", "icmp", "arp", "traffic", "stats", "routin
 OWNABLE_TABLES = ("tcp", "udp", "raw", "icmp", "procs")   # tables whose rows PID may own
 ROLE_MARKS = {"owned": "*", "changed": "+", "warn": "!", "alert": "!"}
 
-KEY_HINT = ("q quit  ? help  1-0 tabs  / filter  s sort  o owned  "
-            ":set N interval  :tab NAME")
+KEY_HINT = ("q quit  ? help  1-0 tabs  / filter  s sort  o owned  < > pan  "
+            ":set N  :tab NAME")
 
 HELP_LINES = (
     "netsnoop session keys",
@@ -1298,6 +1299,7 @@ HELP_LINES = (
     "  Up/Down j/k       scroll one line",
     "  PgUp/PgDn         scroll one page",
     "  Home/End          first/last line",
+    "  < >               scroll sideways (also Shift-Left/Right)",
     "  /                 filter rows by substring (Enter keeps it, Esc clears)",
     "  Esc               clear the filter",
     "  s / S             sort by the next column / reverse the order",
@@ -1419,6 +1421,7 @@ class Section(object):
             for i, column in enumerate(zip(*[cells for cells, _ in rows])):
                 widths[i] = max(widths[i], max(map(len, column)))
         self.widths = widths
+        self.width = 2 + sum(widths) + 2 * (len(widths) - 1)
         self.count = 2 + len(rows) + len(self.notes) + 1
 
     def _text(self, cells):
@@ -1463,6 +1466,7 @@ class TabView(object):
         self._key = None
         self.sections = []
         self.lines = 0
+        self.width = 0
         self.shown = 0
 
     def columns(self):
@@ -1506,6 +1510,7 @@ class TabView(object):
             kept = [sec for sec in sections if sec.rows]
             sections = kept or sections[:1]
         self.sections = sections
+        self.width = max([s.width for s in sections] or [0])
         self.lines = sum(s.count for s in sections)
         self.shown = sum(len(s.rows) for s in sections)
         self._key = key
@@ -1642,12 +1647,14 @@ class SessionState(object):
         self.interval_chosen = chosen          # by --interval or :set: never stretched
         self.refresh_cost = 0.0                # CPU seconds of a refresh (smoothed)
         self.scroll = dict.fromkeys(TABS, 0)
+        self.hscroll = dict.fromkeys(TABS, 0)  # columns scrolled off to the left
         self.sort = dict.fromkeys(TABS)        # tab -> None or (column, reverse)
         self.text_filter = ""
         self.owned_only = False
         self.mode = None                       # None, "filter", "command" or "help"
         self.line = ""                         # the filter or command being typed
         self.message = None
+        self.message_role = "info"
         self.message_until = 0.0
         self.view = TabView([])
         self.data = None                       # the current tab's last data (for deltas)
@@ -1658,6 +1665,7 @@ class SessionState(object):
         self.owned_problem = None
         self.rescan = True
         self.body_height = 1
+        self.body_width = 80
 
     def wait(self):
         """Seconds between refreshes: the interval, stretched when refreshing is costly."""
@@ -1669,9 +1677,13 @@ class SessionState(object):
         self.interval = seconds
         self.interval_chosen = True
 
-    def say(self, text, seconds=MESSAGE_SECONDS):
+    def say(self, text, role="info", seconds=MESSAGE_SECONDS):
         self.message = text
+        self.message_role = role
         self.message_until = time.monotonic() + seconds
+
+    def complain(self, text):
+        self.say(text, "message")
 
     def layout(self):
         return self.view.layout(self.text_filter, self.sort[self.tab], self.owned_only)
@@ -1682,6 +1694,11 @@ class SessionState(object):
 
     def scroll_to(self, line):
         self.scroll[self.tab] = max(0, min(line, self.max_scroll()))
+
+    def hscroll_to(self, column):
+        self.layout()
+        widest = max(0, self.view.width - self.body_width)
+        self.hscroll[self.tab] = max(0, min(column, widest))
 
     def snapshot(self):
         return (self.tab, dict(self.sort), self.owned_only, dict(self.scroll))
@@ -1704,6 +1721,8 @@ def refresh_tab(state, procfs, procs):
         tables = procs.tables()
         state.data, state.data_tab = None, None
     else:
+        if procs.active:
+            procs.poll()               # started once: keep following PID's descendants
         data = collect_tab(procfs, state.pid, state.tab)
         prev = dt = None
         if state.data_tab == state.tab and state.data is not None:
@@ -1733,6 +1752,8 @@ def session_keys(curses):
         "j": ("scroll", 1), "k": ("scroll", -1),
         curses.KEY_NPAGE: ("page", 1), curses.KEY_PPAGE: ("page", -1), " ": ("page", 1),
         curses.KEY_HOME: ("home",), curses.KEY_END: ("end",),
+        ">": ("sideways", 1), "<": ("sideways", -1),
+        curses.KEY_SRIGHT: ("sideways", 1), curses.KEY_SLEFT: ("sideways", -1),
         curses.KEY_RESIZE: ("resize",), "\x0c": ("resize",),
         "\n": ("nothing",), "\r": ("nothing",), curses.KEY_ENTER: ("nothing",),
     }
@@ -1836,7 +1857,7 @@ class KeyHandler(object):
             try:
                 st.set_interval(parse_interval(rest))
             except ValueError as err:
-                st.say(str(err))
+                st.complain(str(err))
                 return REDRAW
             st.say("refreshing every %s" % format_interval(st.interval))
             return REDRAW
@@ -1845,15 +1866,16 @@ class KeyHandler(object):
             if tab.isdigit() and len(tab) == 1:
                 tab = TABS[(int(tab) - 1) % 10]
             if tab not in TABS:
-                st.say("tab: no tab %r; tabs are %s" % (printable(rest, 20), " ".join(TABS)))
+                st.complain("tab: no tab %r; tabs are %s" % (printable(rest, 20),
+                                                              " ".join(TABS)))
                 return REDRAW
             return self.key_select_tab(tab)
         if name in ("q", "quit", "exit"):
             return QUIT
         if name == "help":
             return self.key_help()
-        st.say("unknown command %r (commands: set N, tab NAME, quit, help)"
-               % printable(words[0], 20))
+        st.complain("unknown command %r (commands: set N, tab NAME, quit, help)"
+                    % printable(words[0], 20))
         return REDRAW
 
     def key_nothing(self):
@@ -1929,6 +1951,11 @@ class KeyHandler(object):
     def key_page(self, step):
         st = self.state
         st.scroll_to(st.scroll[st.tab] + step * max(1, st.body_height - 1))
+        return REDRAW
+
+    def key_sideways(self, step):
+        st = self.state
+        st.hscroll_to(st.hscroll[st.tab] + step * HSCROLL_STEP)
         return REDRAW
 
     def key_home(self):
@@ -2056,7 +2083,7 @@ def status_text(st):
     every = "every " + format_interval(st.interval)
     if st.wait() > st.interval:
         every += " (%.1fs)" % st.wait()     # stretched: see REFRESH_SHARE
-    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), st.netns, every]
+    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), printable(st.netns, 32), every]
     if st.refreshed_at is not None:
         parts.append(time.strftime("%H:%M:%S", time.localtime(st.refreshed_at)))
     rows = (st.view.shown, st.view.total)
@@ -2087,7 +2114,7 @@ def bottom_text(st):
     if st.mode == "command":
         return ":" + printable(st.line) + "_", None
     if st.message and time.monotonic() < st.message_until:
-        return st.message, "message"
+        return st.message, st.message_role
     if st.owned_problem and st.tab in OWNABLE_TABLES:
         return "ownership unknown: " + printable(st.owned_problem), "warn"
     settings = settings_text(st)
@@ -2102,6 +2129,7 @@ def draw(painter, st):
     height, width = painter.size()
     tabbar, status, body_top, body_height, bottom = screen_rows(height)
     st.body_height = max(1, body_height)
+    st.body_width = max(1, width)
     if tabbar is not None:
         x = 0
         for text, role in tabbar_parts(st.tab, width):
@@ -2122,8 +2150,12 @@ def draw_body(painter, st, top, height):
         lines = [(text, "title" if i == 0 else None) for i, text in enumerate(HELP_LINES)]
     else:
         st.scroll_to(st.scroll[st.tab])
+        st.hscroll_to(st.hscroll[st.tab])
         lines = st.view.visible(st.scroll[st.tab], height)
+    shift = st.hscroll[st.tab] if st.mode != "help" else 0
     for i, (text, role) in enumerate(lines[:height]):
+        if shift and role != "title":
+            text = text[:2] + text[2 + shift:]      # the mark column stays
         painter.put(top + i, 0, text, role)
 
 
@@ -2231,7 +2263,7 @@ def run_session(args, procfs):
     interval, note = session_interval(args.interval)
     state = SessionState(args.pid, args.tab or "tcp", interval, args.interval is not None)
     if note:
-        state.say(note)
+        state.complain(note)
     problem = terminal_problem()
     if problem is not None:
         return run_plain(procfs, state, problem)

@@ -15,8 +15,11 @@ medians of the runs are printed):
            so every refresh also reads its N fds to mark owned sockets.
 Each run starts the session at the default interval (2 s) in an 80x24 pty,
 waits for the first screen, then reads utime+stime of the session from
-/proc/PID/stat over --seconds.  On the 20k namespace it also times keys:
-End, then PgUp x 10, each until the screen shows the change.
+/proc/PID/stat over --seconds.  On the 20k namespace it also times keys
+(End, then PgUp x 10, each until the screen shows the change), and runs once
+more with an explicit `--interval 2`, which the session keeps as given
+instead of stretching the default interval when refreshing is costly.
+The cost of collect_tab(tcp) alone (no session) is printed as the floor.
 """
 import argparse
 import os
@@ -93,9 +96,9 @@ def start_helper(n):
     return helper
 
 
-def measure(target_pid, seconds, keys=False):
+def measure(target_pid, seconds, args=(), keys=False):
     """-> (cpu percent of one core over `seconds`, {key: ms} or None)."""
-    term = PtyTerm([sys.executable, NETSNOOP, str(target_pid)], cols=80, rows=24)
+    term = PtyTerm([sys.executable, NETSNOOP, str(target_pid)] + list(args), cols=80, rows=24)
     try:
         term.wait_for("rows", timeout=60)
         time.sleep(0.5)               # let the first refresh settle
@@ -105,11 +108,25 @@ def measure(target_pid, seconds, keys=False):
         while time.monotonic() < end:
             term.pump(0.2)            # drain the pty as a terminal would
         t1, c1 = time.monotonic(), cpu_ticks(term.proc.pid)
+        status = term.line(1)
         term.send("q")
         term.wait_exit(timeout=30)
-        return 100.0 * (c1 - c0) / TICKS / (t1 - t0), latency
+        return 100.0 * (c1 - c0) / TICKS / (t1 - t0), latency, status
     finally:
         term.close()
+
+
+def collection_cost(pid, rounds=5):
+    """CPU seconds of one collect_tab(tcp) here, without the session (median)."""
+    sys.path.insert(0, ROOT)
+    import netsnoop
+    procfs = netsnoop.ProcFS()
+    costs = []
+    for _ in range(rounds):
+        t = time.process_time()
+        netsnoop.collect_tab(procfs, pid, "tcp")
+        costs.append(time.process_time() - t)
+    return statistics.median(costs)
 
 
 def time_keys(term):
@@ -150,37 +167,51 @@ def main():
     p.add_argument("--sockets", type=int, default=10000, help="connections in the 20k namespace")
     args = p.parse_args()
 
-    idle = subprocess.Popen(["sleep", "100000"])
-    helper = None
-    if os.geteuid() == 0:
-        helper = start_helper(args.sockets)
-    else:
-        print("not root: the 20k scenario is skipped")
-    results = {"typical": [], "20k": []}
+    root = os.geteuid() == 0
+    if not root:
+        print("not root: the 20k scenarios are skipped")
+    names = ["typical"] + (["20k", "20k --interval 2"] if root else [])
+    results = {name: [] for name in names}
     latencies = []
+    idle = subprocess.Popen(["sleep", "100000"])
     try:
-        print("typical: host namespace, %d tcp sockets" % count_tcp_sockets(idle.pid))
-        if helper:
-            print("20k: private namespace, %d tcp sockets" % count_tcp_sockets(helper.pid))
+        floor = collection_cost(idle.pid)
+        print("typical: host namespace, %d tcp sockets; collect_tab(tcp) alone costs %.1f ms "
+              "CPU (%.2f%% at 2s)" % (count_tcp_sockets(idle.pid), 1000 * floor, floor / 2 * 100))
         for run in range(args.runs):
-            cpu, _ = measure(idle.pid, args.seconds)
+            # typical first, without the 20k namespace: its sockets sit in the
+            # kernel's global hash that every /proc/net/tcp read walks
+            cpu, _, _ = measure(idle.pid, args.seconds)
             results["typical"].append(cpu)
             print("run %d typical: %.2f%% of one core" % (run + 1, cpu), flush=True)
-            if helper:
-                cpu, lat = measure(helper.pid, args.seconds, keys=True)
+            if not root:
+                continue
+            helper = start_helper(args.sockets)
+            try:
+                if run == 0:
+                    floor = collection_cost(helper.pid)
+                    print("20k: private namespace, %d tcp sockets; collect_tab(tcp) alone "
+                          "costs %.0f ms CPU (%.1f%% at 2s)" % (
+                              count_tcp_sockets(helper.pid), 1000 * floor, floor / 2 * 100))
+                cpu, lat, status = measure(helper.pid, args.seconds, keys=True)
                 results["20k"].append(cpu)
                 latencies.append(lat)
-                print("run %d 20k:     %.2f%% of one core; keys %s" % (
-                    run + 1, cpu, ", ".join("%s %.0f ms" % kv for kv in lat.items())),
-                    flush=True)
+                print("run %d 20k:     %.2f%% of one core; keys %s; status: %s" % (
+                    run + 1, cpu, ", ".join("%s %.0f ms" % kv for kv in lat.items()),
+                    status.strip()), flush=True)
+                cpu, _, _ = measure(helper.pid, args.seconds, ["--interval", "2"])
+                results["20k --interval 2"].append(cpu)
+                print("run %d 20k --interval 2 (kept, not stretched): %.2f%% of one core"
+                      % (run + 1, cpu), flush=True)
+            finally:
+                helper.stdin.close()
+                helper.wait()
     finally:
         idle.send_signal(signal.SIGTERM)
-        if helper:
-            helper.stdin.close()
-            helper.wait()
+        idle.wait()
     for name, values in results.items():
         if values:
-            print("median %-8s %.2f%% of one core (runs: %s; %gs each, interval 2s)" % (
+            print("median %-17s %.2f%% of one core (runs: %s; %gs each)" % (
                 name, statistics.median(values), ", ".join("%.2f" % v for v in values),
                 args.seconds))
     if latencies:

@@ -311,6 +311,13 @@ def test_filter_scroll_sort_owned(netns_target):
         term.wait_for(lambda t: "rows 0/%d" % total in t and "owned only" in term.line(23))
         term.key("esc")
         term.wait_for("rows %d/%d" % (total - 1, total))
+        # sideways: at 80 columns the last columns are cut; > brings them in
+        assert "Own" not in term.line(3)
+        term.send(">>")
+        term.wait_for(lambda t: term.line(3).endswith("Inode  Own"))
+        assert term.line(4).startswith("* ")         # the mark column stays put
+        term.send("<<")
+        term.wait_for(lambda t: term.line(3).startswith("  Netid"))
         quit_ok(term)
 
 
@@ -393,10 +400,10 @@ def test_monochrome_terminals(sleeper, term_name, env):
 
 @pytest.mark.parametrize("term_name", ["dumb", "no-such-terminal"])
 def test_unusable_terminal_falls_back_to_snapshots(sleeper, term_name):
-    with session(sleeper.pid, "--interval", "0.3", term=term_name) as term:
-        term.wait_for("== tcp ==")
+    with session(sleeper.pid, "--interval", "0.3", "--tab", "traffic", term=term_name) as term:
         heading = ("netsnoop %s: pid %d (sleep)" % (netsnoop.__version__, sleeper.pid)).encode()
-        term.wait_for(lambda t: term.raw.count(heading) >= 2)     # snapshots scroll by
+        term.wait_for(lambda t: term.raw.count(heading) >= 2     # snapshots scroll by
+                      and b"== traffic ==" in term.raw)
         term.send("set 6\n")                        # the seed's prompt still works
         deadline = time.monotonic() + 10
         while "refreshing every 6s" not in term.stderr():
@@ -406,7 +413,7 @@ def test_unusable_terminal_falls_back_to_snapshots(sleeper, term_name):
         assert term.wait_exit() == 0
         err = term.stderr().splitlines()
         assert err[0].startswith("netsnoop: terminal '%s'" % term_name)
-        assert "printing snapshots of tcp every 0.3s instead" in err[0]
+        assert "printing snapshots of traffic every 0.3s instead" in err[0]
         assert "Traceback" not in term.stderr()
 
 
@@ -446,3 +453,67 @@ def test_no_tty_target_exit(sleeper):
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert err.splitlines()[-1] == "netsnoop: process %d exited" % sleeper.pid
+
+
+# --- the pure pieces the session is built from -----------------------------------
+
+def test_parse_interval_bounds():
+    assert netsnoop.parse_interval("6") == 6.0
+    assert netsnoop.parse_interval(" 0.5s ") == 0.5
+    assert netsnoop.parse_interval("3600") == 3600.0
+    for bad in ("abc", "-1", "0", "0.1", "3601", "nan", "inf", ""):
+        with pytest.raises(ValueError):
+            netsnoop.parse_interval(bad)
+    assert netsnoop.format_interval(2.0) == "2s"
+    assert netsnoop.format_interval(0.25) == "0.25s"
+    assert netsnoop.session_interval(None) == (2.0, None)
+    assert netsnoop.session_interval(86400)[0] == 3600.0
+
+
+def test_cell_sort_key_orders_numbers_sizes_and_addresses():
+    cells = ["1.5K", "900B", "2M", "10", "9"]
+    assert sorted(cells, key=netsnoop.cell_sort_key) == ["9", "10", "900B", "1.5K", "2M"]
+    addrs = ["10.0.0.10:80", "10.0.0.9:443", "10.0.0.9:22", "[::1]:5", "192.0.2.1"]
+    assert sorted(addrs, key=netsnoop.cell_sort_key) == [
+        "10.0.0.9:22", "10.0.0.9:443", "10.0.0.10:80", "192.0.2.1", "[::1]:5"]
+    assert sorted(["LISTEN", "1", "CLOSE"], key=netsnoop.cell_sort_key) == [
+        "1", "CLOSE", "LISTEN"]
+
+
+def make_view(n):
+    Column, Row, Table = netsnoop.Column, netsnoop.Row, netsnoop.Table
+    rows = [Row(["port%d" % i, str(i), "x\x1b[31m"], "owned" if i % 2 else None, i)
+            for i in range(n)]
+    table = Table("tcp", [Column("Name", "<"), Column("N", ">"), Column("Raw", "<")], rows,
+                  ["a note"])
+    return netsnoop.TabView([table])
+
+
+def test_tab_view_filters_sorts_escapes_and_pins_the_header():
+    view = make_view(50)
+    view.layout()
+    assert (view.shown, view.total, view.lines) == (50, 50, 2 + 50 + 1 + 1)
+    lines = view.visible(0, 4)
+    assert lines[0] == ("== tcp ==", "title")
+    assert lines[1][1] == "header" and "Name" in lines[1][0]
+    assert lines[2][0].startswith("  port0") and "x\\e[31m" in lines[2][0]   # escaped
+    assert lines[3][0].startswith("* port1") and lines[3][1] == "owned"
+    top = view.visible(10, 3)                 # scrolled: the header takes the top line
+    assert top[0][1] == "header" and top[1][0].startswith("* port9")
+    view.layout("port4")
+    assert view.shown == 11                   # port4, port40..port49
+    view.layout("", (1, True))
+    assert view.visible(2, 1)[0][0].startswith("* port49")
+    view.layout("", None, True)
+    assert view.shown == 25
+    view.layout("nothing matches")
+    assert view.shown == 0 and view.visible(0, 2)[0] == ("== tcp ==", "title")
+
+
+def test_tabbar_keeps_the_current_tab_visible_when_narrow():
+    def text(width):
+        return " ".join(t for t, _ in netsnoop.tabbar_parts("analysis", width))
+    assert text(80) == ("1:tcp 2:udp 3:arp 4:traffic 5:stats 6:raw 7:icmp 8:routing "
+                        "[9:analysis] 0:procs")
+    assert text(40) == "1 2 3 4 5 6 7 8 [9:analysis] 0"
+    assert text(20) == "[9:analysis]"
