@@ -1494,10 +1494,10 @@ class TabView(object):
             if owned_only and table.title in OWNABLE_TABLES:
                 rows = [r for r in rows if r[1] == "owned"]
             if needle:
-                hay = self._haystack(i)
-                rows = [r for r, h in zip(self._rows(i), hay) if needle in h
-                        and (not owned_only or table.title not in OWNABLE_TABLES
-                             or r[1] == "owned")]
+                matching = [r for r, hay in zip(self._rows(i), self._haystack(i))
+                            if needle in hay]
+                rows = matching if rows is self._rows(i) else [
+                    r for r in matching if r[1] == "owned"]
             if sort is not None:
                 col, reverse = sort
                 if col < len(table.columns) and col < len(first) \
@@ -1566,7 +1566,7 @@ class ProcsPane(object):
             return
         try:
             self.feed = feed_class(self.procfs)
-        except Exception as err:       # noqa: BLE001 - a foreign component; keep the session
+        except Exception as err:       # a foreign component: lose the tab, keep the session
             self.problem = "process feed failed to start: %s" % err
 
     @property
@@ -1579,7 +1579,7 @@ class ProcsPane(object):
             return False
         try:
             events = self.feed.poll()
-        except Exception as err:       # noqa: BLE001 - see the class docstring
+        except Exception as err:       # see the class docstring
             self.problem = "process feed stopped: %s" % err
             self.close()
             return True
@@ -1629,7 +1629,7 @@ class ProcsPane(object):
         if feed is not None:
             try:
                 feed.close()
-            except Exception:          # noqa: BLE001 - closing must not mask the exit
+            except Exception:          # closing must not mask how the session ended
                 pass
 
 
@@ -1804,6 +1804,7 @@ class KeyHandler(object):
         if last is not None and time.monotonic() - last[0] <= TYPEAHEAD_SECONDS:
             tab = st.tab
             st.restore(last[2])
+            st.message = None          # whatever that key said no longer holds
             prefix = last[1]
             if st.tab != tab:
                 st.rescan = True
@@ -2176,8 +2177,8 @@ def read_key(win, curses):
 
 def timed_refresh(state, procfs, procs):
     """refresh_tab, with its CPU cost remembered; the cyclic GC is paused meanwhile
-    (a refresh allocates ~10 objects per socket and frees the last refresh's,
-    and collections during that cost a fifth of the refresh)."""
+    (a refresh allocates ~10 objects per socket and frees the last refresh's;
+    collections triggered meanwhile cost ~15% of a refresh on 20,000 sockets)."""
     started = time.process_time()
     gc.disable()
     try:
