@@ -2328,7 +2328,7 @@ def restore_terminal(win, curses):
 # --- without a terminal: plain snapshots ---------------------------------------------
 
 def run_plain(procfs, state, problem):
-    """Print the tab's snapshot every interval until Ctrl+C (or `q` Enter on a tty)."""
+    """Print the tab's snapshot every interval until Ctrl+C (or `q` Enter / Ctrl+D on a tty)."""
     sys.stderr.write("%s: %s; printing snapshots of %s every %s instead (Ctrl+C stops)\n"
                      % (PROG, problem, state.tab, format_interval(state.interval)))
     sys.stderr.flush()
@@ -2358,7 +2358,8 @@ def _stdin_is_tty():
 
 
 def plain_wait(commands, state):
-    """Sleep one interval; on a tty read `set N`, `tab NAME`, `q` lines meanwhile -> True to quit."""
+    """Sleep one interval; on a tty read `set N`, `tab NAME`, `q` lines (Ctrl+D quits too)
+    meanwhile -> True to quit."""
     deadline = time.monotonic() + state.interval
     while True:
         left = deadline - time.monotonic()
@@ -2371,9 +2372,8 @@ def plain_wait(commands, state):
         if not ready:
             continue
         line = commands.readline()
-        if not line:                            # end of input: stop reading, keep printing
-            commands = None
-            continue
+        if not line:                            # Ctrl+D, as in the session
+            return True
         words = line.split()
         if not words:
             continue

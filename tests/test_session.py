@@ -517,3 +517,18 @@ def test_tabbar_keeps_the_current_tab_visible_when_narrow():
                         "[9:analysis] 0:procs")
     assert text(40) == "1 2 3 4 5 6 7 8 [9:analysis] 0"
     assert text(20) == "[9:analysis]"
+
+
+def test_python_without_curses_falls_back(sleeper):
+    # As on a Python built without curses: `import curses` raises ImportError.
+    code = ("import runpy, sys\n"
+            "sys.modules['curses'] = None\n"
+            "sys.argv = [%r, %r, '--interval', '0.3', '--tab', 'traffic']\n"
+            "runpy.run_path(%r, run_name='__main__')\n" % (NETSNOOP, str(sleeper.pid), NETSNOOP))
+    with PtyTerm([sys.executable, "-c", code]) as term:
+        term.wait_for(lambda t: b"== traffic ==" in term.raw)
+        term.key("ctrl-d")
+        assert term.wait_exit() == 0
+        assert term.stderr().startswith(
+            "netsnoop: the curses module is not available; printing snapshots of traffic")
+        assert term.tty_modes() == (True, True)
