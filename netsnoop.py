@@ -1291,31 +1291,25 @@ ROLE_MARKS = {"owned": "*", "changed": "+", "warn": "!", "alert": "!"}
 KEY_HINT = ("q quit  ? help  1-0 tabs  / filter  s sort  o owned  < > pan  "
             ":set N  :tab NAME")
 
-HELP_LINES = (
-    "netsnoop session keys",
-    "",
+HELP_LINES = (                  # fits the 21 body lines of an 80x24 terminal
+    "netsnoop session keys                         (any key closes this help)",
     "  1..9, 0           pick a tab (0 = procs)",
     "  Left/Right, Tab   previous/next tab (also Shift-Tab)",
-    "  Up/Down j/k       scroll one line",
-    "  PgUp/PgDn         scroll one page",
-    "  Home/End          first/last line",
+    "  Up/Down j/k       scroll one line; PgUp/PgDn a page; Home/End",
     "  < >               scroll sideways (also Shift-Left/Right)",
     "  /                 filter rows by substring (Enter keeps it, Esc clears)",
-    "  Esc               clear the filter",
     "  s / S             sort by the next column / reverse the order",
-    "  o                 only rows PID owns (sockets; procs: descendants)",
+    "  o                 only rows PID owns (sockets; procs: its descendants)",
     "  :set N            refresh every N seconds (0.2 .. 3600)",
     "  :tab NAME         go to tab NAME",
     "  q, Ctrl+D         quit",
     "",
-    "Typing a command without ':' works too: `set 6` Enter (an unbound",
-    "letter opens the command line; an `s` typed just before is undone).",
-    "Marks: * owned by PID (descendant on procs), + changed since the",
+    "Commands work without ':' too: typing `set 6` Enter opens the command",
+    "line at the first unbound letter (an `s` just before it is undone).",
+    "Marks: * owned by PID (on procs: a descendant), + changed since the",
     "last refresh, ! warning.  Rates are per second since the last refresh.",
     "`every 2s (5.5s)`: refreshing is costly here (big tables), so the default",
     "interval is stretched to keep the CPU low; an interval you :set is kept.",
-    "",
-    "Press any key to close this help.",
 )
 
 # role: (colour name or None, attributes with colour, attributes in monochrome)
@@ -2079,7 +2073,7 @@ def tabbar_parts(current, width):
     return parts
 
 
-def status_text(st):
+def status_text(st, width=80):
     st.layout()
     every = "every " + format_interval(st.interval)
     if st.wait() > st.interval:
@@ -2091,7 +2085,10 @@ def status_text(st):
     parts.append("rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1])
     if st.owned_problem and st.tab in OWNABLE_TABLES:
         parts.append("ownership unknown")
-    return "  ".join(parts)
+    text = "  ".join(parts)
+    if len(text) > width:               # tighter before anything is cut
+        text = " ".join(parts).replace("every ", "", 1)
+    return text
 
 
 def settings_text(st):
@@ -2137,7 +2134,7 @@ def draw(painter, st):
             painter.put(tabbar, x, text, role)
             x += len(text) + 1
     if status is not None:
-        painter.put(status, 0, status_text(st).ljust(width), "status")
+        painter.put(status, 0, status_text(st, width).ljust(width), "status")
     if body_top is not None:
         draw_body(painter, st, body_top, body_height)
     if bottom is not None:
