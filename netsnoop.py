@@ -1282,7 +1282,7 @@ HSCROLL_STEP = 8            # columns per < or > press
 # parsing), so the wait stretches instead.  An interval the user set is kept.
 REFRESH_SHARE = 0.04
 
-REDRAW, RESCAN, QUIT, NOTHING = "redraw", "rescan", "quit", "nothing"
+REDRAW, REPAINT, RESCAN, QUIT, NOTHING = "redraw", "repaint", "rescan", "quit", "nothing"
 
 SORTABLE_TABS = ("tcp", "udp", "raw", "icmp", "arp", "traffic", "stats", "routing")
 OWNABLE_TABLES = ("tcp", "udp", "raw", "icmp", "procs")   # tables whose rows PID may own
@@ -1962,7 +1962,9 @@ class KeyHandler(object):
         return REDRAW
 
     def key_resize(self):
-        return REDRAW
+        # Terminals keep different parts of the old screen when resized: paint
+        # everything again rather than only what curses thinks has changed.
+        return REPAINT
 
 
 # --- drawing -----------------------------------------------------------------
@@ -2121,9 +2123,12 @@ def bottom_text(st):
     return KEY_HINT, "note"
 
 
-def draw(painter, st):
+def draw(painter, st, repaint=False):
     """erase, paint the state, refresh; nothing here reads /proc."""
-    painter.win.erase()
+    if repaint:
+        painter.win.clear()             # the next refresh clears the terminal first
+    else:
+        painter.win.erase()
     height, width = painter.size()
     tabbar, status, body_top, body_height, bottom = screen_rows(height)
     st.body_height = max(1, body_height)
@@ -2193,6 +2198,7 @@ def session_loop(painter, curses, procfs, state, procs):
     handler = KeyHandler(state, session_keys(curses), ("\x04", curses.KEY_RESIZE))
     next_feed = 0.0
     dirty = True
+    repaint = False
     while True:
         now = time.monotonic()
         if state.rescan or now >= state.refreshed_mono + state.wait():
@@ -2208,8 +2214,8 @@ def session_loop(painter, curses, procfs, state, procs):
             state.message = None
             dirty = True
         if dirty:
-            draw(painter, state)
-            dirty = False
+            draw(painter, state, repaint)
+            dirty = repaint = False
         wake = state.refreshed_mono + state.wait()
         if state.message:
             wake = min(wake, state.message_until)
@@ -2224,6 +2230,8 @@ def session_loop(painter, curses, procfs, state, procs):
             return EXIT_OK
         if action == RESCAN:
             state.rescan = True
+        if action == REPAINT:
+            repaint = True
         if action != NOTHING:
             dirty = True
 

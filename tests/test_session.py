@@ -324,20 +324,39 @@ def test_filter_scroll_sort_owned(netns_target):
 # --- robustness ------------------------------------------------------------------
 
 def test_resize_down_to_tiny_and_back(sleeper):
+    def fits(rows, cols):
+        """The frame for this size: tab bar on top, status, key hint at the bottom."""
+        def check(text):
+            lines = term.screen.display
+            return (lines[0].rstrip() in ("[1:tcp]", "1 2 3 4 5 6 7 8 9 0")
+                    or lines[0].startswith("[1:tcp] 2")) \
+                and lines[1].startswith("PID %d sleep" % sleeper.pid) \
+                and lines[rows - 1].startswith("q quit") \
+                and "== tcp ==" in lines[2]
+        return check
+
     with session(sleeper.pid, "--interval", "0.3") as term:
         term.wait_for("9:analysis")
         for rows, cols in ((5, 20), (2, 12), (1, 1), (5, 20), (10, 40)):
             term.resize(rows, cols)
-            term.pump(0.3)
+            if rows >= 5:
+                term.wait_for(fits(rows, cols))
+            else:
+                term.pump(0.3)
             assert term.proc.poll() is None, term.stderr()
-        term.wait_for("[1:tcp]")
+        term.resize(24, 80)
+        term.wait_for(fits(24, 80))
+        term.send("?")                              # a key and a resize at once
+        term.wait_for("netsnoop session keys")
+        term.send("x")
+        term.resize(5, 20)
+        term.wait_for(fits(5, 20), timeout=3)
         term.send("/x")                             # resize while typing a filter
         term.resize(5, 20)
         term.pump(0.3)
         term.key("esc")
         term.resize(24, 80)
-        term.wait_for(lambda t: "9:analysis" in t and "q quit" in t)
-        assert term.proc.poll() is None
+        term.wait_for(fits(24, 80))
         quit_ok(term)
 
 
