@@ -551,3 +551,52 @@ def test_python_without_curses_falls_back(sleeper):
         assert term.stderr().startswith(
             "netsnoop: the curses module is not available; printing snapshots of traffic")
         assert term.tty_modes() == (True, True)
+
+
+# --- a fake /proc tree (--proc DIR): deterministic, no root needed ------------------
+
+TCP_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when "
+              "retrnsmt   uid  timeout inode\n")
+TCP_LINE = ("   %d: 0100007F:%04X 00000000:0000 0A 00000000:00000000 00:00000000 "
+            "00000000     0        0 %d 1 0000000000000000 100 0 0 10 0\n")
+DEV = ("Inter-|   Receive                                                |  Transmit\n"
+       " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets "
+       "errs drop fifo colls carrier compressed\n"
+       "    lo:    %d      10    0    0    0     0          0         0     1280      10    "
+       "0    0    0     0       0          0\n")
+
+
+def fake_proc(root, pid, lo_bytes=1280):
+    base = root / str(pid)
+    (base / "net").mkdir(parents=True)
+    (base / "fd").mkdir()
+    (base / "stat").write_text("%d (evil\x1b]0;owned\x07) S 1 %d %d 0 -1 4194560 0 0 0 0\n"
+                               % (pid, pid, pid))
+    (base / "net" / "tcp").write_text(TCP_HEADER + TCP_LINE % (0, 8080, 777)
+                                      + TCP_LINE % (1, 9090, 778))
+    (base / "net" / "dev").write_text(DEV % lo_bytes)
+    os.symlink("socket:[777]", str(base / "fd" / "3"))      # PID holds inode 777
+    return base
+
+
+def test_session_on_a_fake_proc_tree(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3"]) as term:
+        term.wait_for("rows 2")
+        status = status_line(term)
+        assert status.startswith("PID 4242 evil\\e]0;owned\\x07  netns unknown  every 0.3s")
+        term.wait_for(lambda t: any(line.startswith("* tcp") and "127.0.0.1:8080" in line
+                                    for line in t.splitlines()))
+        assert any(line.startswith("  tcp") and "127.0.0.1:9090" in line
+                   for line in term.text().splitlines())
+        term.send("4")
+        term.wait_for(lambda t: any(line.startswith("  lo ") for line in t.splitlines()))
+        (base / "net" / "dev").write_text(DEV % 99999)           # the counter moves
+        term.wait_for(lambda t: any(line.startswith("+ lo ") and "97.7K" in line
+                                    for line in t.splitlines()))
+        os.rename(str(base), str(tmp_path / "gone"))              # the process is gone
+        assert term.wait_exit() == 0
+        assert term.stderr() == "netsnoop: process %d exited\n" % pid
+        assert term.tty_modes() == (True, True)
