@@ -408,6 +408,7 @@ def test_hostile_process_name_is_escaped():
 
 
 @pytest.mark.parametrize("term_name,env", [
+    # vt100: no colours and no way to hide the cursor (no civis in its terminfo)
     ("vt100", {}), ("xterm-256color", {"NO_COLOR": "1"})], ids=["vt100", "NO_COLOR"])
 def test_monochrome_terminals(sleeper, term_name, env):
     with session(sleeper.pid, term=term_name, env=env) as term:
