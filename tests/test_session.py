@@ -415,6 +415,18 @@ def test_monochrome_terminals(sleeper, term_name, env):
         term.wait_for("[1:tcp]")
         term.send("3")
         term.wait_for("[3:arp]")
+        title = term.screen.buffer[2][0]               # "== arp ==": bold, no colour
+        assert (title.data, title.bold, title.fg) == ("=", True, "default")
+        assert term.screen.buffer[1][0].reverse        # the status line
+        quit_ok(term)
+
+
+def test_roles_get_colours(sleeper):
+    with session(sleeper.pid) as term:
+        term.wait_for(lambda t: "== tcp ==" in t and term.screen.buffer[2][0].fg == "cyan")
+        current = term.line(0).index("[1:tcp]")
+        assert term.screen.buffer[0][current].reverse  # the current tab
+        assert term.screen.buffer[1][0].reverse        # the status line
         quit_ok(term)
 
 
