@@ -1277,6 +1277,7 @@ MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
 TYPEAHEAD_SECONDS = 1.5     # "s" then an unbound letter this soon: the user is typing "set 6"
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
 HSCROLL_STEP = 8            # columns per < or > press
+ALIVE_CHECK = 1.0           # with long intervals, still notice PID's exit this soon
 # At the default interval, refreshing may use at most this share of one core:
 # on 20,000 sockets one refresh costs ~0.2 s of CPU (mostly reading and
 # parsing), so the wait stretches instead.  An interval the user set is kept.
@@ -1541,9 +1542,10 @@ class ProcsPane(object):
     instead of ending the session.
     """
 
-    def __init__(self, procfs, pid):
+    def __init__(self, procfs, pid, backend="auto"):
         self.procfs = procfs
         self.pid = pid
+        self.backend = backend
         self.feed = None
         self.started = False
         self.problem = None
@@ -1559,7 +1561,7 @@ class ProcsPane(object):
             self.problem = "process feed not available in this build"
             return
         try:
-            self.feed = feed_class(self.procfs)
+            self.feed = feed_class(self.procfs, backend=self.backend)
         except Exception as err:       # a foreign component: lose the tab, keep the session
             self.problem = "process feed failed to start: %s" % err
 
@@ -2197,6 +2199,7 @@ def session_loop(painter, curses, procfs, state, procs):
     win = painter.win
     handler = KeyHandler(state, session_keys(curses), ("\x04", curses.KEY_RESIZE))
     next_feed = 0.0
+    next_alive = 0.0
     dirty = True
     repaint = False
     while True:
@@ -2204,6 +2207,10 @@ def session_loop(painter, curses, procfs, state, procs):
         if state.rescan or now >= state.refreshed_mono + state.wait():
             timed_refresh(state, procfs, procs)
             dirty = True
+            next_alive = now + ALIVE_CHECK
+        elif now >= next_alive:
+            procfs.process_status(state.pid)    # ProcessGone ends the session
+            next_alive = now + ALIVE_CHECK
         if procs.active and now >= next_feed:
             # the feed keeps its own state; between refreshes poll it only while shown
             if state.tab == "procs" and procs.poll():
@@ -2216,7 +2223,7 @@ def session_loop(painter, curses, procfs, state, procs):
         if dirty:
             draw(painter, state, repaint)
             dirty = repaint = False
-        wake = state.refreshed_mono + state.wait()
+        wake = min(state.refreshed_mono + state.wait(), next_alive)
         if state.message:
             wake = min(wake, state.message_until)
         if procs.active and state.tab == "procs":
@@ -2280,7 +2287,7 @@ def run_session(args, procfs):
         pass
     os.environ.setdefault("ESCDELAY", "25")     # Esc clears at once, not after 1 s
     state.netns = procfs.netns(args.pid) or "netns unknown"
-    procs = ProcsPane(procfs, args.pid)
+    procs = ProcsPane(procfs, args.pid, getattr(args, "backend", None) or "auto")
     handlers = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         handlers[signum] = signal.signal(signum, _raise_signalled)

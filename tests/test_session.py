@@ -360,16 +360,17 @@ def test_resize_down_to_tiny_and_back(sleeper):
         quit_ok(term)
 
 
-@pytest.mark.parametrize("reap", [True, False], ids=["reaped", "zombie"])
-def test_target_exit_ends_session(reap):
+@pytest.mark.parametrize("reap,interval", [(True, "0.3"), (False, "0.3"), (True, "3600")],
+                         ids=["reaped", "zombie", "long-interval"])
+def test_target_exit_ends_session(reap, interval):
     target = subprocess.Popen(["sleep", "120"])
     try:
-        with session(target.pid, "--interval", "0.3") as term:
+        with session(target.pid, "--interval", interval) as term:
             term.wait_for("PID %d sleep" % target.pid)
             target.kill()
             if reap:
                 target.wait()
-            assert term.wait_exit() == 0
+            assert term.wait_exit(timeout=5) == 0          # not an interval later
             assert term.stderr() == "netsnoop: process %d exited\n" % target.pid
             assert term.tty_modes() == (True, True)
     finally:
