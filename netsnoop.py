@@ -22,9 +22,12 @@ Run-time dependencies: the Python standard library only (3.7+).  A C scanner
 import argparse
 import collections
 import errno
+import gc
 import json
+import locale
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -2572,9 +2575,1146 @@ def format_snapshot(snap):
 # ---------------------------------------------------------------------------
 # Curses session
 # ---------------------------------------------------------------------------
+# Collection and drawing are kept apart (htop's way): a refresh reads only
+# the visible tab (collect_tab) and turns it into a TabView; drawing paints
+# the visible lines of that view; keys go through one table to handlers that
+# return an action (redraw, rescan, quit).  curses is imported only here, at
+# run time, so the module imports without it and a box without it falls
+# back to plain snapshots.
+
+DEFAULT_INTERVAL = 2.0
+MIN_INTERVAL, MAX_INTERVAL = 0.2, 3600.0
+FEED_POLL = 0.1             # seconds between polls of the process feed while procs is shown
+MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
+TYPEAHEAD_SECONDS = 1.5     # "s" then an unbound letter this soon: the user is typing "set 6"
+PROCS_KEPT = 2000           # newest process events kept for the procs tab
+HSCROLL_STEP = 8            # columns per < or > press
+ALIVE_CHECK = 1.0           # with long intervals, still notice PID's exit this soon
+# At the default interval, refreshing may use at most this share of one core:
+# on 20,000 sockets one refresh costs ~0.2 s of CPU (mostly reading and
+# parsing), so the wait stretches instead.  An interval the user set is kept.
+REFRESH_SHARE = 0.04
+
+REDRAW, REPAINT, RESCAN, QUIT, NOTHING = "redraw", "repaint", "rescan", "quit", "nothing"
+
+SORTABLE_TABS = ("tcp", "udp", "raw", "icmp", "arp", "traffic", "stats", "routing")
+OWNABLE_TABLES = ("tcp", "udp", "raw", "icmp", "procs")   # tables whose rows PID may own
+ROLE_MARKS = {"owned": "*", "changed": "+", "warn": "!", "alert": "!"}
+
+KEY_HINT = ("q quit  ? help  1-0 tabs  / filter  s sort  o owned  < > pan  "
+            ":set N  :tab NAME")
+
+HELP_LINES = (                  # fits the 21 body lines of an 80x24 terminal
+    "netsnoop session keys                         (any key closes this help)",
+    "  1..9, 0           pick a tab (0 = procs)",
+    "  Left/Right, Tab   previous/next tab (also Shift-Tab)",
+    "  Up/Down j/k       scroll one line; PgUp/PgDn a page; Home/End",
+    "  < >               scroll sideways (also Shift-Left/Right)",
+    "  /                 filter rows by substring (Enter keeps it, Esc clears)",
+    "  s / S             sort by the next column / reverse the order",
+    "  o                 only rows PID owns (sockets; procs: its descendants)",
+    "  :set N            refresh every N seconds (0.2 .. 3600)",
+    "  :tab NAME         go to tab NAME",
+    "  q, Ctrl+D         quit",
+    "",
+    "Commands work without ':' too: typing `set 6` Enter opens the command",
+    "line at the first unbound letter (an `s` just before it is undone).",
+    "Marks: * owned by PID (on procs: a descendant), + changed since the",
+    "last refresh, ! warning.  Rates are per second since the last refresh.",
+    "`every 2s (5.5s)`: refreshing is costly here (big tables), so the default",
+    "interval is stretched to keep the CPU low; an interval you :set is kept.",
+)
+
+# role: (colour name or None, attributes with colour, attributes in monochrome)
+ROLE_STYLES = {
+    "title": ("COLOR_CYAN", ("A_BOLD",), ("A_BOLD",)),
+    "header": (None, ("A_BOLD",), ("A_BOLD",)),
+    "selected": (None, ("A_REVERSE", "A_BOLD"), ("A_REVERSE",)),
+    "status": (None, ("A_REVERSE",), ("A_REVERSE",)),
+    "owned": ("COLOR_GREEN", ("A_BOLD",), ("A_BOLD",)),
+    "changed": ("COLOR_YELLOW", (), ("A_UNDERLINE",)),
+    "warn": ("COLOR_YELLOW", ("A_BOLD",), ("A_BOLD", "A_UNDERLINE")),
+    "alert": ("COLOR_RED", ("A_BOLD",), ("A_REVERSE",)),
+    "info": ("COLOR_CYAN", (), ()),
+    "note": (None, ("A_DIM",), ()),
+    "message": ("COLOR_RED", ("A_BOLD",), ("A_BOLD",)),
+}
+
+
+def format_interval(seconds):
+    """2.0 -> "2s"; 0.5 -> "0.5s"."""
+    return "%gs" % seconds
+
+
+def parse_interval(text):
+    """ "6", "0.5", "6s" -> seconds; ValueError with a message for anything else."""
+    word = text.strip()
+    if word.endswith("s"):
+        word = word[:-1]
+    try:
+        value = float(word)
+    except ValueError:
+        raise ValueError("set: %r is not a number of seconds (try :set 2)"
+                         % printable(text, 40))
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:       # also false for nan
+        raise ValueError("set: the interval must be %s .. %s, not %s" % (
+            format_interval(MIN_INTERVAL), format_interval(MAX_INTERVAL),
+            printable(text, 40)))
+    return value
+
+
+def session_interval(value):
+    """--interval (or the default) bounded to what a session can honour -> (seconds, note)."""
+    if value is None:
+        return DEFAULT_INTERVAL, None
+    bounded = min(MAX_INTERVAL, max(MIN_INTERVAL, value))
+    if bounded != value:
+        return bounded, "interval bounded to %s" % format_interval(bounded)
+    return value, None
+
+
+# --- sorting -----------------------------------------------------------------
+
+_NUMBER_CELL = re.compile(r"([-+]?\d+(?:\.\d+)?)([BKMGT]?)(?:/s)?\Z")
+_UNIT = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def _address_bytes(text):
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            raw = socket.inet_pton(family, text)
+        except (OSError, ValueError):
+            continue
+        return bytes([len(raw)]) + raw
+    return None
+
+
+def cell_sort_key(cell):
+    """A cell's text -> a key that orders numbers (1.5K), addresses (host:port) and text."""
+    m = _NUMBER_CELL.match(cell)
+    if m:
+        return (0, float(m.group(1)) * _UNIT[m.group(2)], b"", 0, "")
+    host, sep, port = cell.rpartition(":")
+    if sep and port.isdigit() and host:
+        raw = _address_bytes(host[1:-1] if host.startswith("[") else host)
+        if raw is not None:
+            return (1, 0, raw, int(port), "")
+    raw = _address_bytes(cell)
+    if raw is not None:
+        return (1, 0, raw, 0, "")
+    return (2, 0, b"", 0, cell)
+
+
+# --- views ready to draw -------------------------------------------------------
+
+def safe_cells(cells):
+    """A row's cells escaped for the terminal; the common all-safe row costs one regex scan."""
+    joined = "".join(cells)
+    if len(joined) <= CELL_LIMIT and "\\" not in joined and not _UNSAFE.search(joined):
+        return cells
+    return [printable(c, CELL_LIMIT) for c in cells]
+
+
+class Section(object):
+    """One table as drawn: title, column header, the selected rows, notes, a blank line."""
+
+    def __init__(self, table, rows):
+        self.title = printable(table.title)
+        self.columns = table.columns
+        self.rows = rows                       # [(cells, role)]
+        self.notes = ["(%s)" % printable(n) for n in table.notes if n]
+        widths = [len(c.title) for c in table.columns]
+        if rows:
+            for i, column in enumerate(zip(*[cells for cells, _ in rows])):
+                widths[i] = max(widths[i], max(map(len, column)))
+        self.widths = widths
+        self.width = 2 + sum(widths) + 2 * (len(widths) - 1)
+        self.count = 2 + len(rows) + len(self.notes) + 1
+
+    def _text(self, cells):
+        parts = []
+        for cell, column, width in zip(cells, self.columns, self.widths):
+            parts.append(cell.rjust(width) if column.align == R else cell.ljust(width))
+        return "  ".join(parts).rstrip()
+
+    def header(self):
+        return "  " + self._text([c.title for c in self.columns]), "header"
+
+    def line(self, n):
+        """Line n of this section -> (text, role, is_row)."""
+        if n == 0:
+            return "== %s ==" % self.title, "title", False
+        if n == 1:
+            text, role = self.header()
+            return text, role, False
+        n -= 2
+        if n < len(self.rows):
+            cells, role = self.rows[n]
+            return ROLE_MARKS.get(role, " ") + " " + self._text(cells), role, True
+        n -= len(self.rows)
+        if n < len(self.notes):
+            return "  " + self.notes[n], "note", True
+        return "", None, False
+
+
+class TabView(object):
+    """One refresh of one tab, ready to draw.
+
+    Escaping happens once per refresh; filtering and sorting once per change
+    of (filter, sort, owned_only), so scrolling through 20,000 rows only
+    formats the lines on screen.
+    """
+
+    def __init__(self, tables):
+        self.tables = tables
+        self.total = sum(len(t.rows) for t in tables)
+        self._cells = [None] * len(tables)
+        self._haystacks = [None] * len(tables)
+        self._key = None
+        self.sections = []
+        self.lines = 0
+        self.width = 0
+        self.shown = 0
+
+    def columns(self):
+        return self.tables[0].columns if self.tables else []
+
+    def _rows(self, i):
+        if self._cells[i] is None:
+            self._cells[i] = [(safe_cells(r.cells), r.role) for r in self.tables[i].rows]
+        return self._cells[i]
+
+    def _haystack(self, i):
+        if self._haystacks[i] is None:
+            self._haystacks[i] = [" ".join(cells).lower() for cells, _ in self._rows(i)]
+        return self._haystacks[i]
+
+    def layout(self, text_filter="", sort=None, owned_only=False):
+        key = (text_filter, sort, owned_only)
+        if key == self._key:
+            return self.sections
+        sections = []
+        first = self.columns()
+        needle = text_filter.lower()
+        for i, table in enumerate(self.tables):
+            rows = self._rows(i)
+            if owned_only and table.title in OWNABLE_TABLES:
+                rows = [r for r in rows if r[1] == "owned"]
+            if needle:
+                matching = [r for r, hay in zip(self._rows(i), self._haystack(i))
+                            if needle in hay]
+                rows = matching if rows is self._rows(i) else [
+                    r for r in matching if r[1] == "owned"]
+            if sort is not None:
+                col, reverse = sort
+                if col < len(table.columns) and col < len(first) \
+                        and table.columns[col].title == first[col].title:
+                    rows = sorted(rows, key=lambda r: cell_sort_key(r[0][col]),
+                                  reverse=reverse)
+            sections.append(Section(table, rows))
+        if needle or owned_only:
+            # while narrowing, tables with nothing left would only push matches down
+            kept = [sec for sec in sections if sec.rows]
+            sections = kept or sections[:1]
+        self.sections = sections
+        self.width = max([s.width for s in sections] or [0])
+        self.lines = sum(s.count for s in sections)
+        self.shown = sum(len(s.rows) for s in sections)
+        self._key = key
+        return sections
+
+    def visible(self, start, count):
+        """Lines start..start+count -> [(text, role)]; when the column header has
+        scrolled away, it takes the top line's place."""
+        out = []
+        n = start
+        for section in self.sections:
+            if n >= section.count:
+                n -= section.count
+                continue
+            while n < section.count and len(out) < count:
+                text, role, is_row = section.line(n)
+                if not out and is_row and count > 1:
+                    text, role = section.header()     # in place of the top row
+                out.append((text, role))
+                n += 1
+            if len(out) >= count:
+                break
+            n = 0
+        return out
+
+
+# --- the procs tab -------------------------------------------------------------
+
+class ProcsPane(object):
+    """The procs tab: the process feed (when this build has one), started on first view.
+
+    The feed is another section's component, used only through its interface
+    (poll/close/backend/seen/missed); a failure there disables this tab
+    instead of ending the session.
+    """
+
+    def __init__(self, procfs, pid, backend="auto"):
+        self.procfs = procfs
+        self.pid = pid
+        self.backend = backend
+        self.feed = None
+        self.started = False
+        self.problem = None
+        self.events = collections.deque(maxlen=PROCS_KEPT)
+        self.parents = {}
+
+    def start(self):
+        if self.started:
+            return
+        self.started = True
+        feed_class = globals().get("ProcFeed")
+        if feed_class is None:
+            self.problem = "process feed not available in this build"
+            return
+        try:
+            self.feed = feed_class(self.procfs, backend=self.backend)
+        except Exception as err:       # a foreign component: lose the tab, keep the session
+            self.problem = "process feed failed to start: %s" % err
+
+    @property
+    def active(self):
+        return self.feed is not None
+
+    def poll(self):
+        """Take new events from the feed -> True when there were some."""
+        if self.feed is None:
+            return False
+        try:
+            events = self.feed.poll()
+        except Exception as err:       # see the class docstring
+            self.problem = "process feed stopped: %s" % err
+            self.close()
+            return True
+        for event in events:
+            pid, ppid = event.get("pid"), event.get("ppid")
+            self.parents[pid] = ppid
+            event = dict(event, descendant=self.descends(pid))
+            self.events.appendleft(event)
+        return bool(events)
+
+    def descends(self, pid):
+        """True when pid is PID or its ppid chain (through events seen) reaches PID."""
+        seen = set()
+        while pid is not None and pid not in seen:
+            if pid == self.pid:
+                return True
+            seen.add(pid)
+            pid = self.parents.get(pid)
+        return False
+
+    def tables(self):
+        columns = [Column("Time", L), Column("Event", L), Column("PID", R),
+                   Column("PPID", R), Column("User", L), Column("Command line", L)]
+        rows = []
+        for e in self.events:
+            when = e.get("time") or 0
+            stamp = time.strftime("%H:%M:%S", time.localtime(when)) + (
+                ".%03d" % int((when % 1) * 1000))
+            cmdline = " ".join(e.get("cmdline") or []) or "[%s]" % (e.get("comm") or "?")
+            rows.append(Row([stamp, str(e.get("event", "new")), str(e.get("pid")),
+                             str(e.get("ppid")), str(e.get("user")), cmdline],
+                            "owned" if e.get("descendant") else None,
+                            (e.get("pid"), e.get("start_time"))))
+        notes = []
+        if self.problem:
+            notes.append(self.problem)
+        if self.feed is not None:
+            notes.append("newest first; * = descendant of %d; backend %s, seen %s, "
+                         "missed %s" % (
+                             self.pid, getattr(self.feed, "backend", "?"),
+                             getattr(self.feed, "seen", "?"),
+                             getattr(self.feed, "missed", "?")))
+        return [Table("procs", columns, rows, notes)]
+
+    def close(self):
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            try:
+                feed.close()
+            except Exception:          # closing must not mask how the session ended
+                pass
+
+
+# --- state -------------------------------------------------------------------
+
+class SessionState(object):
+    """Everything the session shows; changed by refreshes and key handlers, read by draw."""
+
+    def __init__(self, pid, tab, interval, chosen=False):
+        self.pid = pid
+        self.comm = "?"
+        self.netns = "?"
+        self.tab = tab
+        self.interval = interval
+        self.interval_chosen = chosen          # by --interval or :set: never stretched
+        self.refresh_cost = 0.0                # CPU seconds of a refresh (smoothed)
+        self.scroll = dict.fromkeys(TABS, 0)
+        self.hscroll = dict.fromkeys(TABS, 0)  # columns scrolled off to the left
+        self.sort = dict.fromkeys(TABS)        # tab -> None or (column, reverse)
+        self.text_filter = ""
+        self.owned_only = False
+        self.mode = None                       # None, "filter", "command" or "help"
+        self.line = ""                         # the filter or command being typed
+        self.message = None
+        self.message_role = "info"
+        self.message_until = 0.0
+        self.view = TabView([])
+        self.data = None                       # the current tab's last data (for deltas)
+        self.data_tab = None
+        self.data_time = None                  # monotonic time of that collection
+        self.refreshed_mono = None
+        self.refreshed_at = None               # wall clock, shown
+        self.owned_problem = None
+        self.rescan = True
+        self.body_height = 1
+        self.body_width = 80
+
+    def wait(self):
+        """Seconds between refreshes: the interval, stretched when refreshing is costly."""
+        if self.interval_chosen:
+            return self.interval
+        return max(self.interval, self.refresh_cost / REFRESH_SHARE)
+
+    def set_interval(self, seconds):
+        self.interval = seconds
+        self.interval_chosen = True
+
+    def say(self, text, role="info", seconds=MESSAGE_SECONDS):
+        self.message = text
+        self.message_role = role
+        self.message_until = time.monotonic() + seconds
+
+    def complain(self, text):
+        self.say(text, "message")
+
+    def layout(self):
+        return self.view.layout(self.text_filter, self.sort[self.tab], self.owned_only)
+
+    def max_scroll(self):
+        self.layout()
+        return max(0, self.view.lines - self.body_height)
+
+    def scroll_to(self, line):
+        self.scroll[self.tab] = max(0, min(line, self.max_scroll()))
+
+    def hscroll_to(self, column):
+        self.layout()
+        widest = max(0, self.view.width - self.body_width)
+        self.hscroll[self.tab] = max(0, min(column, widest))
+
+    def snapshot(self):
+        return (self.tab, dict(self.sort), self.owned_only, dict(self.scroll))
+
+    def restore(self, snap):
+        self.tab, sort, self.owned_only, scroll = snap
+        self.sort.update(sort)
+        self.scroll.update(scroll)
+
+
+def refresh_tab(state, procfs, procs):
+    """Collect the visible tab (only it) and rebuild the view.  ProcessGone ends the session."""
+    comm, _ = procfs.process_status(state.pid)
+    state.comm = comm
+    now = time.monotonic()
+    state.owned_problem = None
+    if state.tab == "procs":
+        procs.start()
+        procs.poll()
+        tables = procs.tables()
+        state.data, state.data_tab = None, None
+    else:
+        if procs.active:
+            procs.poll()               # started once: keep following PID's descendants
+        data = collect_tab(procfs, state.pid, state.tab)
+        prev = dt = None
+        if state.data_tab == state.tab and state.data is not None:
+            prev, dt = state.data, now - state.data_time
+        tables = tab_tables(state.tab, data, prev, dt if dt and dt > 0 else None)
+        state.data, state.data_tab, state.data_time = data, state.tab, now
+        if data.get("owned_known") is False:
+            state.owned_problem = data.get("owned_reason") or "cannot read the process's fds"
+    state.view = TabView(tables)
+    state.refreshed_mono = now
+    state.refreshed_at = time.time()
+    state.rescan = False
+    state.scroll_to(state.scroll[state.tab])
+
+
+# --- keys ----------------------------------------------------------------------
+
+def session_keys(curses):
+    """The key table: key (str for characters, int for curses KEY_*) -> (handler, args...)."""
+    keys = {
+        "q": ("quit",), "\x04": ("quit",), "?": ("help",),
+        "/": ("start_line", "filter"), ":": ("start_line", "command"),
+        "s": ("sort",), "S": ("reverse",), "o": ("owned",), "\x1b": ("clear_filter",),
+        "\t": ("cycle", 1), curses.KEY_BTAB: ("cycle", -1),
+        curses.KEY_RIGHT: ("cycle", 1), curses.KEY_LEFT: ("cycle", -1),
+        curses.KEY_DOWN: ("scroll", 1), curses.KEY_UP: ("scroll", -1),
+        "j": ("scroll", 1), "k": ("scroll", -1),
+        curses.KEY_NPAGE: ("page", 1), curses.KEY_PPAGE: ("page", -1), " ": ("page", 1),
+        curses.KEY_HOME: ("home",), curses.KEY_END: ("end",),
+        ">": ("sideways", 1), "<": ("sideways", -1),
+        curses.KEY_SRIGHT: ("sideways", 1), curses.KEY_SLEFT: ("sideways", -1),
+        curses.KEY_RESIZE: ("resize",), "\x0c": ("resize",),
+        "\n": ("nothing",), "\r": ("nothing",), curses.KEY_ENTER: ("nothing",),
+    }
+    for i, tab in enumerate(TABS):
+        keys[str((i + 1) % 10)] = ("select_tab", tab)
+    return keys
+
+
+class KeyHandler(object):
+    """Keys to state changes; every handler returns an action for the loop."""
+
+    def __init__(self, state, keys, everywhere=()):
+        self.state = state
+        self.keys = keys
+        self.everywhere = everywhere   # keys that act in every mode (Ctrl+D, resize)
+        self.last_letter = None        # (time, key, state before it) for bare "set 6"
+
+    def dispatch(self, key):
+        st = self.state
+        if key in self.everywhere:
+            return self.call(self.keys[key])
+        if st.mode == "help":
+            st.mode = None             # any key closes the help
+            return REDRAW
+        if st.mode in ("filter", "command"):
+            return self.edit_line(key)
+        binding = self.keys.get(key)
+        if binding is None:
+            return self.unbound(key)
+        if isinstance(key, str) and key.isalpha():
+            self.last_letter = (time.monotonic(), key, st.snapshot())
+        else:
+            self.last_letter = None
+        return self.call(binding)
+
+    def call(self, binding):
+        return getattr(self, "key_" + binding[0])(*binding[1:])
+
+    # A letter no key uses opens the command line with it, so the seed's
+    # habit of typing `set 6` Enter works: "s" sorts, "e" is unbound, so the
+    # sort is undone and the command line holds "se".
+    def unbound(self, key):
+        if not (isinstance(key, str) and key.isprintable() and key.isalpha()):
+            return NOTHING
+        st = self.state
+        prefix = ""
+        last, self.last_letter = self.last_letter, None
+        if last is not None and time.monotonic() - last[0] <= TYPEAHEAD_SECONDS:
+            tab = st.tab
+            st.restore(last[2])
+            st.message = None          # whatever that key said no longer holds
+            prefix = last[1]
+            if st.tab != tab:
+                st.rescan = True
+        st.mode, st.line = "command", prefix + key
+        return RESCAN if st.rescan else REDRAW
+
+    def edit_line(self, key):
+        st = self.state
+        if key == "\x1b":
+            if st.mode == "filter":
+                self.set_filter("")
+            st.mode, st.line = None, ""
+            return REDRAW
+        if key in ("\n", "\r"):
+            mode, line = st.mode, st.line
+            st.mode, st.line = None, ""
+            if mode == "command":
+                return self.run_command(line)
+            return REDRAW
+        if key in ("\x7f", "\x08"):
+            if not st.line and st.mode == "command":
+                st.mode = None
+            st.line = st.line[:-1]
+        elif key == "\x15":                    # Ctrl+U: erase the line
+            st.line = ""
+        elif isinstance(key, str) and key.isprintable():
+            st.line += key
+        elif isinstance(key, int) and st.mode == "filter" and key in self.keys:
+            st.mode = None             # an arrow ends the typing and scrolls the result
+            return self.call(self.keys[key])
+        else:
+            return NOTHING
+        if st.mode == "filter":
+            self.set_filter(st.line)
+        return REDRAW
+
+    def set_filter(self, text):
+        self.state.text_filter = text
+        self.state.scroll[self.state.tab] = 0
+
+    def run_command(self, line):
+        st = self.state
+        words = line.split()
+        if not words:
+            return REDRAW
+        name, rest = words[0].lower(), line.strip()[len(words[0]):].strip()
+        if name == "set":
+            if not rest:
+                st.say("the interval is %s (:set N changes it)" % format_interval(st.interval))
+                return REDRAW
+            try:
+                st.set_interval(parse_interval(rest))
+            except ValueError as err:
+                st.complain(str(err))
+                return REDRAW
+            st.say("refreshing every %s" % format_interval(st.interval))
+            return REDRAW
+        if name == "tab":
+            tab = rest.lower()
+            if tab.isdigit() and len(tab) == 1:
+                tab = TABS[(int(tab) - 1) % 10]
+            if tab not in TABS:
+                st.complain("tab: no tab %r; tabs are %s" % (printable(rest, 20),
+                                                              " ".join(TABS)))
+                return REDRAW
+            return self.key_select_tab(tab)
+        if name in ("q", "quit", "exit"):
+            return QUIT
+        if name == "help":
+            return self.key_help()
+        st.complain("unknown command %r (commands: set N, tab NAME, quit, help)"
+                    % printable(words[0], 20))
+        return REDRAW
+
+    def key_nothing(self):
+        return NOTHING
+
+    def key_quit(self):
+        return QUIT
+
+    def key_help(self):
+        self.state.mode = "help"
+        return REDRAW
+
+    def key_start_line(self, mode):
+        self.state.mode = mode
+        self.state.line = self.state.text_filter if mode == "filter" else ""
+        return REDRAW
+
+    def key_clear_filter(self):
+        if self.state.text_filter:
+            self.set_filter("")
+        return REDRAW
+
+    def key_select_tab(self, tab):
+        st = self.state
+        if tab == st.tab:
+            return REDRAW
+        st.tab = tab
+        return RESCAN
+
+    def key_cycle(self, step):
+        return self.key_select_tab(TABS[(TABS.index(self.state.tab) + step) % len(TABS)])
+
+    def key_sort(self):
+        st = self.state
+        if st.tab not in SORTABLE_TABS:
+            st.say("%s keeps its own order (no sorting here)" % st.tab)
+            return REDRAW
+        columns = st.view.columns()
+        if not columns:
+            return REDRAW
+        current = st.sort[st.tab]
+        col = 0 if current is None else current[0] + 1
+        if col >= len(columns):
+            st.sort[st.tab] = None
+            st.say("sorted as the kernel lists them")
+        else:
+            # numbers biggest first, text A..Z: what one looks for first
+            st.sort[st.tab] = (col, columns[col].align == R)
+            st.say("sorted by %s" % columns[col].title)
+        st.scroll[st.tab] = 0
+        return REDRAW
+
+    def key_reverse(self):
+        st = self.state
+        current = st.sort[st.tab]
+        if current is None:
+            return self.key_sort()
+        st.sort[st.tab] = (current[0], not current[1])
+        return REDRAW
+
+    def key_owned(self):
+        st = self.state
+        st.owned_only = not st.owned_only
+        st.scroll[st.tab] = 0
+        if st.owned_only and st.tab not in OWNABLE_TABLES:
+            st.say("owned only: applies to tcp udp raw icmp procs")
+        return REDRAW
+
+    def key_scroll(self, step):
+        self.state.scroll_to(self.state.scroll[self.state.tab] + step)
+        return REDRAW
+
+    def key_page(self, step):
+        st = self.state
+        st.scroll_to(st.scroll[st.tab] + step * max(1, st.body_height - 1))
+        return REDRAW
+
+    def key_sideways(self, step):
+        st = self.state
+        st.hscroll_to(st.hscroll[st.tab] + step * HSCROLL_STEP)
+        return REDRAW
+
+    def key_home(self):
+        self.state.scroll_to(0)
+        return REDRAW
+
+    def key_end(self):
+        self.state.scroll_to(self.state.max_scroll())
+        return REDRAW
+
+    def key_resize(self):
+        # Terminals keep different parts of the old screen when resized: paint
+        # everything again rather than only what curses thinks has changed.
+        return REPAINT
+
+
+# --- drawing -----------------------------------------------------------------
+
+class Theme(object):
+    """Roles to curses attributes, in one place; monochrome when there are no colours."""
+
+    def __init__(self, curses, colour):
+        self.attrs = {}
+        pairs = {}
+        background = -1
+        if colour:
+            try:
+                curses.use_default_colors()
+            except curses.error:
+                background = curses.COLOR_BLACK
+        for role, (fg, with_colour, mono) in ROLE_STYLES.items():
+            names = with_colour if colour else mono
+            attr = 0
+            for name in names:
+                attr |= getattr(curses, name, 0)
+            if colour and fg is not None:
+                if fg not in pairs:
+                    number = len(pairs) + 1
+                    try:
+                        curses.init_pair(number, getattr(curses, fg), background)
+                        pairs[fg] = curses.color_pair(number)
+                    except curses.error:
+                        pairs[fg] = 0
+                attr |= pairs[fg]
+            self.attrs[role] = attr
+
+    def attr(self, role):
+        return self.attrs.get(role, 0)
+
+
+def start_colours(curses):
+    """True when the terminal has colours and the user did not ask for none (NO_COLOR)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        if not curses.has_colors():
+            return False
+        curses.start_color()
+        return True
+    except curses.error:
+        return False
+
+
+class Painter(object):
+    """Writes text on the window, clipped to getmaxyx(), with each role's attribute."""
+
+    def __init__(self, win, curses, theme):
+        self.win = win
+        self.error = curses.error
+        self.theme = theme
+
+    def size(self):
+        return self.win.getmaxyx()
+
+    def put(self, y, x, text, role=None):
+        height, width = self.win.getmaxyx()
+        if y < 0 or y >= height or x < 0 or x >= width:
+            return
+        text = text[:width - x]
+        if not text:
+            return
+        attr = self.theme.attr(role)
+        try:
+            self.win.addstr(y, x, text, attr)
+        except UnicodeEncodeError:          # a locale that cannot show the text
+            try:
+                self.win.addstr(y, x, text.encode("ascii", "backslashreplace")
+                                .decode("ascii")[:width - x], attr)
+            except self.error:
+                pass
+        except self.error:
+            pass                            # the bottom-right cell: the cursor cannot advance
+
+
+def screen_rows(height):
+    """Which line holds what at this height -> (tabbar, status, body_top, body_height, bottom)."""
+    if height >= 4:
+        return 0, 1, 2, height - 3, height - 1
+    if height == 3:
+        return 0, 1, None, 0, 2
+    if height == 2:
+        return None, 0, None, 0, 1
+    return None, None, None, 0, 0
+
+
+def tabbar_parts(current, width):
+    """[(text, role)] naming every tab, the current one bracketed; shorter when narrow."""
+    def build(full):
+        parts = []
+        for i, tab in enumerate(TABS):
+            label = "%d:%s" % ((i + 1) % 10, tab)
+            if tab == current:
+                parts.append(("[%s]" % label, "selected"))
+            else:
+                parts.append((label if full else label[0], None))
+        return parts
+    parts = build(True)
+    if sum(len(t) + 1 for t, _ in parts) - 1 > width:
+        parts = build(False)
+        if sum(len(t) + 1 for t, _ in parts) - 1 > width:
+            parts = [p for p in parts if p[1] == "selected"]
+    return parts
+
+
+def status_text(st, width=80):
+    st.layout()
+    every = "every " + format_interval(st.interval)
+    if st.wait() > st.interval:
+        every += " (%.1fs)" % st.wait()     # stretched: see REFRESH_SHARE
+    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), printable(st.netns, 32), every]
+    if st.refreshed_at is not None:
+        parts.append(time.strftime("%H:%M:%S", time.localtime(st.refreshed_at)))
+    rows = (st.view.shown, st.view.total)
+    parts.append("rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1])
+    if st.owned_problem and st.tab in OWNABLE_TABLES:
+        parts.append("ownership unknown")
+    text = "  ".join(parts)
+    if len(text) > width:               # tighter before anything is cut
+        text = " ".join(parts).replace("every ", "", 1)
+    return text
+
+
+def settings_text(st):
+    """The filter, sort and owned-only settings in force, or "" when none is."""
+    parts = []
+    if st.text_filter:
+        parts.append("filter '%s'" % printable(st.text_filter, 30))
+    sort = st.sort[st.tab]
+    if sort is not None and st.tab in SORTABLE_TABS:
+        columns = st.view.columns()
+        if sort[0] < len(columns):
+            parts.append("sort %s%s" % (columns[sort[0]].title, " desc" if sort[1] else ""))
+    if st.owned_only:
+        parts.append("owned only")
+    return "  ".join(parts)
+
+
+def bottom_text(st):
+    if st.mode == "filter":
+        return "/" + printable(st.line) + "_", None
+    if st.mode == "command":
+        return ":" + printable(st.line) + "_", None
+    if st.message and time.monotonic() < st.message_until:
+        return st.message, st.message_role
+    if st.owned_problem and st.tab in OWNABLE_TABLES:
+        return "ownership unknown: " + printable(st.owned_problem), "warn"
+    settings = settings_text(st)
+    if settings:
+        return settings + "  (Esc clears the filter; s, o change; ? help)", "info"
+    return KEY_HINT, "note"
+
+
+def draw(painter, st, repaint=False):
+    """erase, paint the state, refresh; nothing here reads /proc."""
+    if repaint:
+        painter.win.clear()             # the next refresh clears the terminal first
+    else:
+        painter.win.erase()
+    height, width = painter.size()
+    tabbar, status, body_top, body_height, bottom = screen_rows(height)
+    st.body_height = max(1, body_height)
+    st.body_width = max(1, width)
+    if tabbar is not None:
+        x = 0
+        for text, role in tabbar_parts(st.tab, width):
+            painter.put(tabbar, x, text, role)
+            x += len(text) + 1
+    if status is not None:
+        painter.put(status, 0, status_text(st, width).ljust(width), "status")
+    if body_top is not None:
+        draw_body(painter, st, body_top, body_height)
+    if bottom is not None:
+        text, role = bottom_text(st)
+        painter.put(bottom, 0, text, role)
+    painter.win.refresh()
+
+
+def draw_body(painter, st, top, height):
+    if st.mode == "help":
+        lines = [(text, "title" if i == 0 else None) for i, text in enumerate(HELP_LINES)]
+    else:
+        st.scroll_to(st.scroll[st.tab])
+        st.hscroll_to(st.hscroll[st.tab])
+        lines = st.view.visible(st.scroll[st.tab], height)
+    shift = st.hscroll[st.tab] if st.mode != "help" else 0
+    for i, (text, role) in enumerate(lines[:height]):
+        if shift and role != "title":
+            text = text[:2] + text[2 + shift:]      # the mark column stays
+        painter.put(top + i, 0, text, role)
+
+
+# --- the loop ------------------------------------------------------------------
+
+def read_key(win, curses):
+    """Next key as str (characters) or int (KEY_*), or None when the timeout passed."""
+    try:
+        key = win.get_wch()
+    except curses.error:
+        return None
+    if isinstance(key, int) and key in (curses.KEY_BACKSPACE,):
+        return "\x7f"
+    if isinstance(key, int) and key == curses.KEY_ENTER:
+        return "\n"
+    return key
+
+
+def timed_refresh(state, procfs, procs):
+    """refresh_tab, with its CPU cost remembered; the cyclic GC is paused meanwhile
+    (a refresh allocates ~10 objects per socket and frees the last refresh's;
+    collections triggered meanwhile cost ~15% of a refresh on 20,000 sockets)."""
+    started = time.thread_time()       # this thread only: a feed may run its own
+    gc.disable()
+    try:
+        refresh_tab(state, procfs, procs)
+    finally:
+        gc.enable()
+    cost = time.thread_time() - started
+    state.refresh_cost = cost if not state.refresh_cost else (
+        0.5 * state.refresh_cost + 0.5 * cost)
+
+
+def session_loop(painter, curses, procfs, state, procs):
+    """Refresh on time, draw when something changed, wait for keys until then."""
+    win = painter.win
+    handler = KeyHandler(state, session_keys(curses), ("\x04", curses.KEY_RESIZE))
+    next_feed = 0.0
+    next_alive = 0.0
+    dirty = True
+    repaint = False
+    while True:
+        now = time.monotonic()
+        if state.rescan or now >= state.refreshed_mono + state.wait():
+            timed_refresh(state, procfs, procs)
+            dirty = True
+            next_alive = now + ALIVE_CHECK
+        elif now >= next_alive:
+            procfs.process_status(state.pid)    # ProcessGone ends the session
+            next_alive = now + ALIVE_CHECK
+        if procs.active and now >= next_feed:
+            # the feed keeps its own state; between refreshes poll it only while shown
+            if state.tab == "procs" and procs.poll():
+                state.view = TabView(procs.tables())
+                dirty = True
+            next_feed = now + FEED_POLL
+        if state.message and now >= state.message_until:
+            state.message = None
+            dirty = True
+        if dirty:
+            draw(painter, state, repaint)
+            dirty = repaint = False
+        wake = min(state.refreshed_mono + state.wait(), next_alive)
+        if state.message:
+            wake = min(wake, state.message_until)
+        if procs.active and state.tab == "procs":
+            wake = min(wake, next_feed)
+        win.timeout(max(0, int((wake - time.monotonic()) * 1000) + 1))
+        key = read_key(win, curses)
+        if key is None:
+            continue
+        action = handler.dispatch(key)
+        if action == QUIT:
+            return EXIT_OK
+        if action == RESCAN:
+            state.rescan = True
+        if action == REPAINT:
+            repaint = True
+        if action != NOTHING:
+            dirty = True
+
+
+class _Signalled(Exception):
+    def __init__(self, signum):
+        Exception.__init__(self, signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, frame):
+    raise _Signalled(signum)
+
+
+def terminal_problem():
+    """Why curses cannot run here (one line), or None."""
+    if not (os.isatty(0) and os.isatty(1)):
+        return "no terminal (stdin or stdout is not a tty)"
+    try:
+        import curses
+    except ImportError:
+        return "the curses module is not available"
+    term = os.environ.get("TERM") or "unknown"
+    try:
+        curses.setupterm(term, 1)
+    except curses.error as err:
+        return "terminal %r is not usable (%s)" % (printable(term, 40), err)
+    if not curses.tigetstr("cup"):
+        return "terminal %r cannot move the cursor" % printable(term, 40)
+    return None
+
 
 def run_session(args, procfs):
-    raise NetsnoopError("the interactive session is not built yet; use --once")
+    """The interactive session on args.pid; plain snapshots when curses cannot run."""
+    interval, note = session_interval(args.interval)
+    state = SessionState(args.pid, args.tab or "tcp", interval, args.interval is not None)
+    if note:
+        state.complain(note)
+    problem = terminal_problem()
+    if problem is not None:
+        return run_plain(procfs, state, problem)
+    import curses
+    try:
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:
+        pass
+    os.environ.setdefault("ESCDELAY", "25")     # Esc clears at once, not after 1 s
+    state.netns = procfs.netns(args.pid) or "netns unknown"
+    procs = ProcsPane(procfs, args.pid, getattr(args, "backend", None) or "auto")
+    handlers = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        handlers[signum] = signal.signal(signum, _raise_signalled)
+    status, farewell = EXIT_OK, None
+    try:
+        try:
+            win = curses.initscr()
+        except curses.error as err:
+            return run_plain(procfs, state, "cannot start curses (%s)" % err)
+        try:
+            status = curses_session(win, curses, procfs, state, procs)
+        finally:
+            restore_terminal(win, curses)
+    except KeyboardInterrupt:
+        status = EXIT_OK
+    except _Signalled as sig:
+        status = 128 + sig.signum
+    except ProcessGone:
+        farewell = "process %d exited" % args.pid
+    finally:
+        procs.close()
+        for signum, old in handlers.items():
+            signal.signal(signum, old)
+    if farewell:
+        sys.stderr.write("%s: %s\n" % (PROG, farewell))
+    return status
+
+
+def curses_session(win, curses, procfs, state, procs):
+    curses.noecho()
+    curses.cbreak()
+    win.keypad(True)
+    try:
+        curses.curs_set(0)
+    except curses.error:
+        pass                                    # the terminal cannot hide its cursor
+    painter = Painter(win, curses, Theme(curses, start_colours(curses)))
+    return session_loop(painter, curses, procfs, state, procs)
+
+
+def restore_terminal(win, curses):
+    """Undo everything initscr and curses_session did, each step on its own."""
+    for step in (lambda: win.keypad(False), curses.nocbreak, curses.echo, curses.endwin):
+        try:
+            step()
+        except curses.error:
+            pass
+
+
+# --- without a terminal: plain snapshots ---------------------------------------------
+
+def run_plain(procfs, state, problem):
+    """Print the tab's snapshot every interval until Ctrl+C (or `q` Enter / Ctrl+D on a tty)."""
+    sys.stderr.write("%s: %s; printing snapshots of %s every %s instead (Ctrl+C stops)\n"
+                     % (PROG, problem, state.tab, format_interval(state.interval)))
+    sys.stderr.flush()
+    commands = sys.stdin if _stdin_is_tty() else None
+    try:
+        first = True
+        while True:
+            snap = snapshot(procfs, state.pid, (state.tab,))
+            sys.stdout.write(("" if first else "\n") + format_snapshot(snap))
+            sys.stdout.flush()
+            first = False
+            if plain_wait(commands, state):
+                return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ProcessGone:
+        sys.stdout.flush()
+        sys.stderr.write("%s: process %d exited\n" % (PROG, state.pid))
+        return EXIT_OK
+
+
+def _stdin_is_tty():
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def plain_wait(commands, state):
+    """Sleep one interval; on a tty read `set N`, `tab NAME`, `q` lines (Ctrl+D quits too)
+    meanwhile -> True to quit."""
+    deadline = time.monotonic() + state.interval
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if commands is None:
+            time.sleep(left)
+            continue
+        ready, _, _ = select.select([commands], [], [], left)
+        if not ready:
+            continue
+        line = commands.readline()
+        if not line:                            # Ctrl+D, as in the session
+            return True
+        words = line.split()
+        if not words:
+            continue
+        if words[0] in ("q", "quit"):
+            return True
+        if words[0] == "set" and len(words) == 2:
+            try:
+                state.set_interval(parse_interval(words[1]))
+                sys.stderr.write("%s: refreshing every %s\n"
+                                 % (PROG, format_interval(state.interval)))
+            except ValueError as err:
+                sys.stderr.write("%s: %s\n" % (PROG, err))
+            return False
+        if words[0] == "tab" and len(words) == 2 and words[1] in TABS:
+            state.tab = words[1]
+            return False
+        sys.stderr.write("%s: commands: set N, tab NAME, q\n" % PROG)
 
 
 # ---------------------------------------------------------------------------

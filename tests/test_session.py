@@ -1,0 +1,616 @@
+"""The interactive session, driven in a real pseudo-terminal as a person would.
+
+Keys go in through the pty, the screen comes out of pyte (a terminal
+emulator), and the monitored process is real: a helper in a private network
+namespace (unshare -n) that holds known sockets, a veth with TEST-NET
+addresses, a default route and a permanent ARP entry; or a plain `sleep`.
+"""
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import NETSNOOP, needs_root_netns
+from ptyterm import PtyTerm
+
+import netsnoop
+
+BASE = 40000            # listening TCP ports BASE .. BASE+LISTENERS-1, held by the target
+LISTENERS = 60
+UDP_PORT = 41000
+OTHER_PORT = 42000      # held by another process in the namespace: not the target's
+GATEWAY = "192.0.2.1"
+GATEWAY_MAC = "02:00:00:00:00:01"
+RAW_PROTO = 253         # RFC 3692 experimentation protocol: nobody else uses it
+
+# Runs as `unshare -n python3 -c TARGET` inside its own network namespace.
+TARGET = r"""
+import socket, subprocess, sys
+def ip(*args):
+    subprocess.run(("ip",) + args, check=True)
+ip("link", "set", "lo", "up")
+ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+ip("addr", "add", "192.0.2.2/24", "dev", "v0")
+ip("link", "set", "v0", "up")
+ip("link", "set", "v1", "up")
+ip("route", "add", "default", "via", "%(gw)s", "dev", "v0")
+ip("neigh", "add", "%(gw)s", "lladdr", "%(mac)s", "dev", "v0", "nud", "permanent")
+held = []
+for port in range(%(base)d, %(base)d + %(n)d):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(8)
+    held.append(s)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", %(udp)d))
+held.append(u)
+held.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, %(raw)d))
+other = subprocess.Popen([sys.executable, "-c",
+    "import socket, sys\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', %(other)d)); s.listen(1)\n"
+    "print('ok', flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+other.stdout.readline()
+print("ready", flush=True)
+children = []
+for line in sys.stdin:
+    if line.startswith("spawn"):        # a child, for the procs tab
+        children.append(subprocess.Popen(["sleep", "5"]))
+    elif line.startswith("ping"):       # datagrams to our own UDP socket: lo and Udp counters move
+        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(10):
+            out.sendto(b"x" * 100, ("127.0.0.1", %(udp)d))
+        out.close()
+""" % dict(gw=GATEWAY, mac=GATEWAY_MAC, base=BASE, n=LISTENERS, udp=UDP_PORT,
+           raw=RAW_PROTO, other=OTHER_PORT)
+
+
+@pytest.fixture(scope="module")
+def netns_target():
+    proc = subprocess.Popen(["unshare", "-n", sys.executable, "-c", TARGET],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "120"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def session(pid, *args, **kw):
+    return PtyTerm([sys.executable, NETSNOOP, str(pid)] + list(args), **kw)
+
+
+def status_line(term):
+    return term.line(1)
+
+
+def body(term):
+    return "\n".join(term.screen.display[2:-1])
+
+
+def quit_ok(term, key="q"):
+    term.send(key)
+    assert term.wait_exit() == 0
+    assert "Traceback" not in term.stderr()
+    assert term.tty_modes() == (True, True)       # echo and line mode are back
+
+
+# --- layout and tabs -----------------------------------------------------------
+
+@needs_root_netns
+def test_every_tab_shows_its_data(netns_target):
+    pid = netns_target.pid
+    with session(pid, "--interval", "0.5") as term:
+        term.wait_for("rows %d" % (LISTENERS + 1))
+        assert term.line(0).startswith("[1:tcp] 2:udp 3:arp 4:traffic 5:stats 6:raw "
+                                       "7:icmp 8:routing 9:analysis 0:procs")
+        status = status_line(term)
+        assert "PID %d python" % pid in status
+        assert os.readlink("/proc/%d/ns/net" % pid) in status
+        assert "every 0.5s" in status
+        assert "rows %d" % (LISTENERS + 1) in status
+        term.send("/127.0.0.1:%d \r" % BASE)              # rows come in the kernel's order
+        term.wait_for(lambda t: "rows 1/%d" % (LISTENERS + 1) in t
+                      and "127.0.0.1:%d " % BASE in body(term))
+        row = next(line for line in body(term).splitlines() if ":%d " % BASE in line)
+        assert row.startswith("* tcp") and "LISTEN" in row      # owned, marked
+        term.key("esc")
+        checks = [
+            ("2", "[2:udp]", "127.0.0.1:%d" % UDP_PORT),
+            ("3", "[3:arp]", GATEWAY_MAC),
+            ("4", "[4:traffic]", "v0"),
+            ("5", "[5:stats]", "== TcpExt =="),
+            ("6", "[6:raw]", "0.0.0.0:%d" % RAW_PROTO),
+            ("7", "[7:icmp]", "== Icmp =="),
+            ("8", "[8:routing]", GATEWAY),
+            ("9", "[9:analysis]", "== findings =="),
+        ]
+        for key, tab, shown in checks:
+            term.send(key)
+            term.wait_for(lambda text, tab=tab, shown=shown:
+                          tab in text.splitlines()[0] and shown in text)
+        term.send("4")
+        text = term.wait_for(lambda t: "RX/s" in t)           # rates once there is a delta
+        assert "v1" in text and "lo" in text
+        term.send("0")
+        if getattr(netsnoop, "ProcFeed", None) is None:
+            term.wait_for("process feed not available in this build")
+        else:
+            netns_target.stdin.write("spawn\n")
+            netns_target.stdin.flush()
+            text = term.wait_for(lambda t: any(line.startswith("*") and "sleep 5" in line
+                                               for line in t.splitlines()))
+        quit_ok(term)
+
+
+@needs_root_netns
+def test_tab_keys_cycle_and_tab_command(netns_target):
+    with session(netns_target.pid) as term:
+        term.wait_for("[1:tcp]")
+        for key, tab in (("left", "[0:procs]"), ("right", "[1:tcp]"), ("tab", "[2:udp]"),
+                         ("btab", "[1:tcp]"), ("right", "[2:udp]")):
+            term.key(key)
+            term.wait_for(lambda text, tab=tab: tab in text.splitlines()[0])
+        term.send(":tab routing\r")
+        term.wait_for(GATEWAY)
+        term.send(":tab nosuch\r")
+        term.wait_for("no tab 'nosuch'")
+        term.send("?")
+        term.wait_for("netsnoop session keys")
+        term.send("x")                                     # any key closes the help
+        term.wait_gone("netsnoop session keys")
+        quit_ok(term, "\x04")
+
+
+def ping_until(term, target, check, timeout=10.0):
+    """Make traffic in the target's namespace until the screen satisfies `check`."""
+    deadline = time.monotonic() + timeout
+    while not check(term.text()):
+        assert time.monotonic() < deadline, term.text()
+        target.stdin.write("ping\n")
+        target.stdin.flush()
+        term.pump(0.3)
+
+
+@needs_root_netns
+def test_changed_counters_are_marked(netns_target):
+    with session(netns_target.pid, "--interval", "0.3", "--tab", "traffic") as term:
+        term.wait_for("RX/s")
+        ping_until(term, netns_target,
+                   lambda t: any(line.startswith("+ lo ") and "/s" in line
+                                 and " 0B/s" not in line for line in t.splitlines()))
+        term.send("9")
+        term.wait_for("== findings ==")
+        term.send("/outdatagrams\r")                  # the Udp section is below the fold
+        term.wait_for("== Udp ==")
+        ping_until(term, netns_target,
+                   lambda t: any(line.startswith("+ OutDatagrams") and "+10" in line
+                                 for line in t.splitlines()))
+        quit_ok(term)
+
+
+def python_for(uid):
+    """An interpreter that user `uid` may run (pyenv under /root may be closed to it)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run([python, "-c", "import curses"],
+                                   preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return python
+    return None
+
+
+@needs_root_netns
+def test_ownership_unknown_is_said(netns_target):
+    nobody = 65534
+    python = python_for(nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that user %d may run" % nobody)
+    with PtyTerm([python, NETSNOOP, str(netns_target.pid)], uid=nobody) as term:
+        reason = "ownership unknown: cannot read /proc/%d/fd (permission denied" % (
+            netns_target.pid)
+        text = term.wait_for(lambda t: term.line(23).startswith(reason))
+        assert "ownership unknown" in status_line(term)
+        assert not any(line.startswith("*") for line in text.splitlines()[2:-1])
+        assert "rows %d" % (LISTENERS + 1) in status_line(term)
+        quit_ok(term)
+
+
+# --- interval ------------------------------------------------------------------
+
+def test_set_interval(sleeper):
+    with session(sleeper.pid) as term:
+        term.wait_for("every 2s")
+        term.send(":set 6\r")
+        term.wait_for("every 6s")
+        term.send(":set abc\r")
+        term.wait_for("'abc' is not a number of seconds")
+        term.send(":set -1\r")
+        term.wait_for("must be 0.2s .. 3600s, not -1")
+        term.send(":set 0\r")
+        term.wait_for("must be 0.2s .. 3600s, not 0")
+        assert "every 6s" in status_line(term)
+        # the seed's habit: typing `set 6` without ':' (s sorts, e opens the
+        # command line and undoes that sort)
+        term.send("set 0.5")
+        term.wait_for(":set 0.5_")
+        term.send("\r")
+        term.wait_for("every 0.5s")
+        term.send("S")                  # with no sort in force, S starts one: the s was undone
+        term.wait_for("sorted by Netid")
+        quit_ok(term, "\x04")
+
+
+# --- filter, scroll, sort, owned -------------------------------------------------
+
+def first_row(term):
+    for line in term.screen.display[2:-1]:
+        if line[:1] in "*+! " and "127.0.0.1:" in line:
+            return line.rstrip()
+    return None
+
+
+@needs_root_netns
+def test_filter_scroll_sort_owned(netns_target):
+    total = LISTENERS + 1
+    with session(netns_target.pid, cols=80, rows=24) as term:
+        term.wait_for("rows %d" % total)
+        term.send("/4004")                          # filters while typing: 40040..40049
+        term.wait_for(lambda t: "rows 10/%d" % total in t and "127.0.0.1:40045" in t
+                      and "127.0.0.1:40050" not in t)
+        term.send("\r")
+        term.wait_for(lambda t: term.line(23).startswith("filter '4004'"))
+        term.key("esc")
+        term.wait_for("rows %d" % total)
+        # sort by local address: the 5th column
+        term.send("sssss")
+        term.wait_for("sort Local Address:Port")
+        term.wait_for(lambda t: "127.0.0.1:%d " % BASE in (first_row(term) or ""))
+        term.send("S")
+        term.wait_for(lambda t: "127.0.0.1:%d " % OTHER_PORT in (first_row(term) or ""))
+        term.send("S")
+        term.wait_for(lambda t: "127.0.0.1:%d " % BASE in (first_row(term) or ""))
+        # scrolling: the column header stays, rows move
+        term.key("down")
+        term.wait_for(lambda t: "== tcp ==" not in t
+                      and "127.0.0.1:%d " % BASE in (first_row(term) or ""))
+        term.key("down")
+        term.wait_for(lambda t: "127.0.0.1:%d " % (BASE + 1) in (first_row(term) or ""))
+        assert "Netid  State" in term.line(2)
+        term.key("pgdn")                          # 21 body lines: a page is 20
+        term.wait_for(lambda t: "127.0.0.1:%d " % (BASE + 21) in (first_row(term) or ""))
+        term.key("end")
+        term.wait_for("sockets in the namespace, %d owned" % (total - 1))
+        term.key("home")
+        term.wait_for("== tcp ==")
+        # owned only: the other process's socket goes
+        term.send("/%d" % OTHER_PORT)
+        term.wait_for(lambda t: "rows 1/%d" % total in t
+                      and ":%d " % OTHER_PORT in (first_row(term) or ""))
+        assert first_row(term).startswith("  tcp")  # not marked: not the target's
+        term.send("\r")
+        term.send("o")
+        term.wait_for(lambda t: "rows 0/%d" % total in t and "owned only" in term.line(23))
+        term.key("esc")
+        term.wait_for("rows %d/%d" % (total - 1, total))
+        # sideways: at 80 columns the last columns are cut; > brings them in
+        assert "Own" not in term.line(3)
+        term.send(">>")
+        term.wait_for(lambda t: term.line(3).endswith("Inode  Own"))
+        assert term.line(4).startswith("* ")         # the mark column stays put
+        term.send("<<")
+        term.wait_for(lambda t: term.line(3).startswith("  Netid"))
+        quit_ok(term)
+
+
+# --- robustness ------------------------------------------------------------------
+
+def test_resize_down_to_tiny_and_back(sleeper):
+    def fits(rows, cols):
+        """The frame for this size: tab bar on top, status, key hint at the bottom."""
+        def check(text):
+            lines = term.screen.display
+            return (lines[0].rstrip() in ("[1:tcp]", "1 2 3 4 5 6 7 8 9 0")
+                    or lines[0].startswith("[1:tcp] 2")) \
+                and lines[1].startswith("PID %d sleep" % sleeper.pid) \
+                and lines[rows - 1].startswith("q quit") \
+                and "== tcp ==" in lines[2]
+        return check
+
+    with session(sleeper.pid, "--interval", "0.3") as term:
+        term.wait_for("9:analysis")
+        for rows, cols in ((5, 20), (2, 12), (1, 1), (5, 20), (10, 40)):
+            term.resize(rows, cols)
+            if rows >= 5:
+                term.wait_for(fits(rows, cols))
+            else:
+                term.pump(0.3)
+            assert term.proc.poll() is None, term.stderr()
+        term.resize(24, 80)
+        term.wait_for(fits(24, 80))
+        term.send("?")                              # a key and a resize at once
+        term.wait_for("netsnoop session keys")
+        term.send("x")
+        term.resize(5, 20)
+        term.wait_for(fits(5, 20), timeout=3)
+        term.send("/x")                             # resize while typing a filter
+        term.resize(5, 20)
+        term.pump(0.3)
+        term.key("esc")
+        term.resize(24, 80)
+        term.wait_for(fits(24, 80))
+        quit_ok(term)
+
+
+@pytest.mark.parametrize("reap,interval", [(True, "0.3"), (False, "0.3"), (True, "3600")],
+                         ids=["reaped", "zombie", "long-interval"])
+def test_target_exit_ends_session(reap, interval):
+    target = subprocess.Popen(["sleep", "120"])
+    try:
+        with session(target.pid, "--interval", interval) as term:
+            term.wait_for("PID %d sleep" % target.pid)
+            target.kill()
+            if reap:
+                target.wait()
+            assert term.wait_exit(timeout=5) == 0          # not an interval later
+            assert term.stderr() == "netsnoop: process %d exited\n" % target.pid
+            assert term.tty_modes() == (True, True)
+    finally:
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.parametrize("how,status", [
+    ("SIGTERM", 128 + signal.SIGTERM), ("SIGHUP", 128 + signal.SIGHUP), ("ctrl-c", 0)])
+def test_signals_restore_the_terminal(sleeper, how, status):
+    with session(sleeper.pid) as term:
+        term.wait_for("[1:tcp]")
+        assert term.tty_modes() == (False, False)      # curses owns the terminal
+        if how == "ctrl-c":
+            term.key("ctrl-c")
+        else:
+            term.proc.send_signal(getattr(signal, how))
+        assert term.wait_exit() == status
+        assert term.tty_modes() == (True, True)
+        assert "Traceback" not in term.stderr()
+
+
+def test_hostile_process_name_is_escaped():
+    code = ("import time\n"
+            "open('/proc/self/comm', 'w').write('a\\x1b[2Jb\\x07')\n"
+            "print('ready', flush=True); time.sleep(120)")
+    target = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        target.stdout.readline()
+        with session(target.pid) as term:
+            term.wait_for("PID %d a\\e[2Jb\\x07" % target.pid)
+            quit_ok(term)
+    finally:
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.parametrize("term_name,env", [
+    # vt100: no colours and no way to hide the cursor (no civis in its terminfo)
+    ("vt100", {}), ("xterm-256color", {"NO_COLOR": "1"})], ids=["vt100", "NO_COLOR"])
+def test_monochrome_terminals(sleeper, term_name, env):
+    with session(sleeper.pid, term=term_name, env=env) as term:
+        term.wait_for("[1:tcp]")
+        term.send("3")
+        term.wait_for("[3:arp]")
+        title = term.screen.buffer[2][0]               # "== arp ==": bold, no colour
+        assert (title.data, title.bold, title.fg) == ("=", True, "default")
+        assert term.screen.buffer[1][0].reverse        # the status line
+        quit_ok(term)
+
+
+def test_roles_get_colours(sleeper):
+    with session(sleeper.pid) as term:
+        term.wait_for(lambda t: "== tcp ==" in t and term.screen.buffer[2][0].fg == "cyan")
+        current = term.line(0).index("[1:tcp]")
+        assert term.screen.buffer[0][current].reverse  # the current tab
+        assert term.screen.buffer[1][0].reverse        # the status line
+        quit_ok(term)
+
+
+@pytest.mark.parametrize("term_name", ["dumb", "no-such-terminal"])
+def test_unusable_terminal_falls_back_to_snapshots(sleeper, term_name):
+    with session(sleeper.pid, "--interval", "0.3", "--tab", "traffic", term=term_name) as term:
+        heading = ("netsnoop %s: pid %d (sleep)" % (netsnoop.__version__, sleeper.pid)).encode()
+        term.wait_for(lambda t: term.raw.count(heading) >= 2     # snapshots scroll by
+                      and b"== traffic ==" in term.raw)
+        term.send("set 6\n")                        # the seed's prompt still works
+        deadline = time.monotonic() + 10
+        while "refreshing every 6s" not in term.stderr():
+            assert time.monotonic() < deadline, term.stderr()
+            term.pump(0.1)
+        term.send("q\n")
+        assert term.wait_exit() == 0
+        err = term.stderr().splitlines()
+        assert err[0].startswith("netsnoop: terminal '%s'" % term_name)
+        assert "printing snapshots of traffic every 0.3s instead" in err[0]
+        assert "Traceback" not in term.stderr()
+
+
+def test_no_tty_prints_snapshots_until_ctrl_c(sleeper):
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(sleeper.pid), "--interval", "0.2",
+                             "--tab", "traffic"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out = b""
+    heading = ("netsnoop %s: pid %d (sleep)" % (netsnoop.__version__, sleeper.pid)).encode()
+    deadline = time.monotonic() + 10
+    try:
+        while out.count(heading) < 3:
+            assert time.monotonic() < deadline, out
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 65536)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert b"== traffic ==" in out and b"lo " in out
+    err = err.decode()
+    assert err.startswith("netsnoop: no terminal (stdin or stdout is not a tty); "
+                          "printing snapshots of traffic every 0.2s")
+    assert len(err.splitlines()) == 1
+
+
+def test_no_tty_target_exit(sleeper):
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(sleeper.pid), "--interval", "0.2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.readline().startswith("netsnoop ")
+    sleeper.kill()
+    sleeper.wait()
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert err.splitlines()[-1] == "netsnoop: process %d exited" % sleeper.pid
+
+
+# --- the pure pieces the session is built from -----------------------------------
+
+def test_parse_interval_bounds():
+    assert netsnoop.parse_interval("6") == 6.0
+    assert netsnoop.parse_interval(" 0.5s ") == 0.5
+    assert netsnoop.parse_interval("3600") == 3600.0
+    for bad in ("abc", "-1", "0", "0.1", "3601", "nan", "inf", ""):
+        with pytest.raises(ValueError):
+            netsnoop.parse_interval(bad)
+    assert netsnoop.format_interval(2.0) == "2s"
+    assert netsnoop.format_interval(0.25) == "0.25s"
+    assert netsnoop.session_interval(None) == (2.0, None)
+    assert netsnoop.session_interval(86400)[0] == 3600.0
+
+
+def test_cell_sort_key_orders_numbers_sizes_and_addresses():
+    cells = ["1.5K", "900B", "2M", "10", "9"]
+    assert sorted(cells, key=netsnoop.cell_sort_key) == ["9", "10", "900B", "1.5K", "2M"]
+    addrs = ["10.0.0.10:80", "10.0.0.9:443", "10.0.0.9:22", "[::1]:5", "192.0.2.1"]
+    assert sorted(addrs, key=netsnoop.cell_sort_key) == [
+        "10.0.0.9:22", "10.0.0.9:443", "10.0.0.10:80", "192.0.2.1", "[::1]:5"]
+    assert sorted(["LISTEN", "1", "CLOSE"], key=netsnoop.cell_sort_key) == [
+        "1", "CLOSE", "LISTEN"]
+
+
+def make_view(n):
+    Column, Row, Table = netsnoop.Column, netsnoop.Row, netsnoop.Table
+    rows = [Row(["port%d" % i, str(i), "x\x1b[31m"], "owned" if i % 2 else None, i)
+            for i in range(n)]
+    table = Table("tcp", [Column("Name", "<"), Column("N", ">"), Column("Raw", "<")], rows,
+                  ["a note"])
+    return netsnoop.TabView([table])
+
+
+def test_tab_view_filters_sorts_escapes_and_pins_the_header():
+    view = make_view(50)
+    view.layout()
+    assert (view.shown, view.total, view.lines) == (50, 50, 2 + 50 + 1 + 1)
+    lines = view.visible(0, 4)
+    assert lines[0] == ("== tcp ==", "title")
+    assert lines[1][1] == "header" and "Name" in lines[1][0]
+    assert lines[2][0].startswith("  port0") and "x\\e[31m" in lines[2][0]   # escaped
+    assert lines[3][0].startswith("* port1") and lines[3][1] == "owned"
+    top = view.visible(10, 3)                 # scrolled: the header takes the top line
+    assert top[0][1] == "header" and top[1][0].startswith("* port9")
+    view.layout("port4")
+    assert view.shown == 11                   # port4, port40..port49
+    view.layout("", (1, True))
+    assert view.visible(2, 1)[0][0].startswith("* port49")
+    view.layout("", None, True)
+    assert view.shown == 25
+    view.layout("nothing matches")
+    assert view.shown == 0 and view.visible(0, 2)[0] == ("== tcp ==", "title")
+
+
+def test_tabbar_keeps_the_current_tab_visible_when_narrow():
+    def text(width):
+        return " ".join(t for t, _ in netsnoop.tabbar_parts("analysis", width))
+    assert text(80) == ("1:tcp 2:udp 3:arp 4:traffic 5:stats 6:raw 7:icmp 8:routing "
+                        "[9:analysis] 0:procs")
+    assert text(40) == "1 2 3 4 5 6 7 8 [9:analysis] 0"
+    assert text(20) == "[9:analysis]"
+
+
+def test_python_without_curses_falls_back(sleeper):
+    # As on a Python built without curses: `import curses` raises ImportError.
+    code = ("import runpy, sys\n"
+            "sys.modules['curses'] = None\n"
+            "sys.argv = [%r, %r, '--interval', '0.3', '--tab', 'traffic']\n"
+            "runpy.run_path(%r, run_name='__main__')\n" % (NETSNOOP, str(sleeper.pid), NETSNOOP))
+    with PtyTerm([sys.executable, "-c", code]) as term:
+        term.wait_for(lambda t: b"== traffic ==" in term.raw)
+        term.key("ctrl-d")
+        assert term.wait_exit() == 0
+        assert term.stderr().startswith(
+            "netsnoop: the curses module is not available; printing snapshots of traffic")
+        assert term.tty_modes() == (True, True)
+
+
+# --- a fake /proc tree (--proc DIR): deterministic, no root needed ------------------
+
+TCP_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when "
+              "retrnsmt   uid  timeout inode\n")
+TCP_LINE = ("   %d: 0100007F:%04X 00000000:0000 0A 00000000:00000000 00:00000000 "
+            "00000000     0        0 %d 1 0000000000000000 100 0 0 10 0\n")
+DEV = ("Inter-|   Receive                                                |  Transmit\n"
+       " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets "
+       "errs drop fifo colls carrier compressed\n"
+       "    lo:    %d      10    0    0    0     0          0         0     1280      10    "
+       "0    0    0     0       0          0\n")
+
+
+def fake_proc(root, pid, lo_bytes=1280):
+    base = root / str(pid)
+    (base / "net").mkdir(parents=True)
+    (base / "fd").mkdir()
+    (base / "stat").write_text("%d (evil\x1b]0;owned\x07) S 1 %d %d 0 -1 4194560 0 0 0 0\n"
+                               % (pid, pid, pid))
+    (base / "net" / "tcp").write_text(TCP_HEADER + TCP_LINE % (0, 8080, 777)
+                                      + TCP_LINE % (1, 9090, 778))
+    (base / "net" / "dev").write_text(DEV % lo_bytes)
+    os.symlink("socket:[777]", str(base / "fd" / "3"))      # PID holds inode 777
+    return base
+
+
+def test_session_on_a_fake_proc_tree(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3"]) as term:
+        term.wait_for("rows 2")
+        status = status_line(term)
+        assert status.startswith("PID 4242 evil\\e]0;owned\\x07  netns unknown  every 0.3s")
+        term.wait_for(lambda t: any(line.startswith("* tcp") and "127.0.0.1:8080" in line
+                                    for line in t.splitlines()))
+        assert any(line.startswith("  tcp") and "127.0.0.1:9090" in line
+                   for line in term.text().splitlines())
+        term.send("4")
+        term.wait_for(lambda t: any(line.startswith("  lo ") for line in t.splitlines()))
+        (base / "net" / "dev").write_text(DEV % 99999)           # the counter moves
+        term.wait_for(lambda t: any(line.startswith("+ lo ") and "97.7K" in line
+                                    for line in t.splitlines()))
+        os.rename(str(base), str(tmp_path / "gone"))              # the process is gone
+        assert term.wait_exit() == 0
+        assert term.stderr() == "netsnoop: process %d exited\n" % pid
+        assert term.tty_modes() == (True, True)
