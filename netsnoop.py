@@ -2324,9 +2324,11 @@ def _ownership_notes(data):
     return ["ownership unknown: %s" % data.get("owned_reason", "")]
 
 
-def _read_notes(data):
+def _read_notes(data, explained=()):
+    """Notes on missing files and skipped lines; `explained` files have a note of their own."""
     notes = []
-    missing = data.get("files_missing") or data.get("_files_missing")
+    missing = data.get("files_missing") or data.get("_files_missing") or []
+    missing = [name for name in missing if name not in explained]
     if missing:
         notes.append("not present: %s" % ", ".join(missing))
     skipped = data.get("skipped_lines") or data.get("_skipped_lines")
@@ -2395,7 +2397,7 @@ def arp_tables(data, prev=None):
                  e["hw_address"] or "(none)", e["mask"], e["device"], e["state"]],
                 None, (e["ip_address"], e["device"]))
             for e in data["entries"]]
-    tables = [Table("arp", columns, rows, _read_notes(data))]
+    tables = [Table("arp", columns, rows, _read_notes(data, explained=("stat/arp_cache",)))]
     if data.get("stats_available"):
         before = prev.get("stats") if prev else None
         tables.append(counter_table("arp_cache (summed over CPUs)", data["stats"],
@@ -3861,6 +3863,12 @@ def main(argv=None):
         return EXIT_OK
     except KeyboardInterrupt:
         return 130
+    except Exception as err:    # a bug: one line, not a traceback (NETSNOOP_DEBUG=1 shows it)
+        if os.environ.get("NETSNOOP_DEBUG"):
+            raise
+        sys.stderr.write("%s: internal error: %s: %s (NETSNOOP_DEBUG=1 shows where)\n"
+                         % (PROG, type(err).__name__, printable(str(err), 300)))
+        return EXIT_FAIL
 
 
 def main_exit():

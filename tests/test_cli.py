@@ -590,3 +590,18 @@ def test_captured_tree_other_process_owns_nothing():
         assert snap["tabs"][tab]["owned_known"] is True
         assert snap["tabs"][tab]["sockets"]
         assert not any(s["owned"] for s in snap["tabs"][tab]["sockets"])
+
+
+def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """A bug anywhere below main() reaches the user as one line and status 1."""
+    def broken(args):
+        raise RuntimeError("boom\x1b[2J")
+    monkeypatch.setattr(ns, "run", broken)
+    monkeypatch.delenv("NETSNOOP_DEBUG", raising=False)
+    assert ns.main(["1", "--once"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("netsnoop: internal error: RuntimeError: boom")
+    assert "\x1b" not in err and "Traceback" not in err
+    monkeypatch.setenv("NETSNOOP_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        ns.main(["1", "--once"])
