@@ -151,6 +151,9 @@ def test_every_tab_shows_its_data(netns_target):
         if getattr(netsnoop, "ProcFeed", None) is None:
             term.wait_for("process feed not available in this build")
         else:
+            # the feed takes its baseline when the tab first shows: spawn after that,
+            # or the child counts as already present
+            term.wait_for(lambda t: "[0:procs]" in t and "backend " in t)
             netns_target.stdin.write("spawn\n")
             netns_target.stdin.flush()
             text = term.wait_for(lambda t: any(line.startswith("*") and "sleep 5" in line
