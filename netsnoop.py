@@ -105,6 +105,24 @@ def _escape_char(match):
     return "\\u%04x" % code
 
 
+# Invisible characters that can make one name look like another: format
+# characters (zero-width space and joiners, word joiner, tags), private-use
+# and unassigned code points, and the Hangul fillers that render as blanks.
+_INVISIBLE_CATEGORIES = ("Cf", "Co", "Cn")
+_FILLERS = "\u115f\u1160\u3164\uffa0"
+
+
+def _escape_invisible(text):
+    out = []
+    for ch in text:
+        if ch > "\x7f" and (ch in _FILLERS or
+                            unicodedata.category(ch) in _INVISIBLE_CATEGORIES):
+            code = ord(ch)
+            ch = "\\u%04x" % code if code < 0x10000 else "\\U%08x" % code
+        out.append(ch)
+    return "".join(out)
+
+
 def printable(text, limit=None):
     """Escape control characters for a terminal; cut visibly past `limit` chars.
 
@@ -120,6 +138,8 @@ def printable(text, limit=None):
     if "\\" in text:
         text = text.replace("\\", "\\\\")
     text = _UNSAFE.sub(_escape_char, text)
+    if not text.isascii():
+        text = _escape_invisible(text)
     if cut:
         text += "...[+%d chars]" % cut
     return text
@@ -194,6 +214,7 @@ class Records(list):
 class Sections(collections.OrderedDict):
     """{Section: {Counter: int}} from snmp/netstat, plus how many lines were skipped."""
     skipped = 0
+    files_missing = ()
 
 
 Socket = collections.namedtuple(
@@ -1043,14 +1064,15 @@ def collect_traffic(procfs, pid):
 
 
 def collect_stats(procfs, pid):
+    """netstat's sections, exactly {SECTION: {COUNTER: int}} as the SPEC gives.
+
+    What the read noticed rides along as attributes, which JSON does not
+    see: .skipped (damaged lines) and .files_missing.
+    """
     data = collections.OrderedDict()
     sections = _read_parsed(procfs, pid, "netstat", parse_snmp, data, Sections())
-    # Only the kernel's sections go at the top level (SPEC: {SECTION: {...}});
-    # our notes about the read ride along under names that cannot clash.
-    out = collections.OrderedDict(sections)
-    out["_skipped_lines"] = data.get("skipped_lines", 0)
-    out["_files_missing"] = data.get("files_missing", [])
-    return out
+    sections.files_missing = data.get("files_missing", [])
+    return sections
 
 
 def collect_routing(procfs, pid):
@@ -2327,11 +2349,11 @@ def _ownership_notes(data):
 def _read_notes(data, explained=()):
     """Notes on missing files and skipped lines; `explained` files have a note of their own."""
     notes = []
-    missing = data.get("files_missing") or data.get("_files_missing") or []
+    missing = data.get("files_missing") or []
     missing = [name for name in missing if name not in explained]
     if missing:
         notes.append("not present: %s" % ", ".join(missing))
-    skipped = data.get("skipped_lines") or data.get("_skipped_lines")
+    skipped = data.get("skipped_lines")
     if skipped:
         notes.append("%d damaged lines skipped" % skipped)
     return notes
@@ -2454,12 +2476,13 @@ def _rate(cur, old, key, dt):
 def stats_tables(data, prev=None):
     tables = []
     for section, counters in data.items():
-        if section.startswith("_"):
-            continue
         before = prev.get(section) if prev else None
         tables.append(counter_table(section, counters, before))
-    if tables:
-        tables[0].notes.extend(_read_notes(data))
+    notes = _read_notes({"files_missing": getattr(data, "files_missing", []),
+                         "skipped_lines": getattr(data, "skipped", 0)})
+    if not tables:      # no netstat at all: still say why the tab is empty
+        tables.append(Table("netstat", [Column("Counter", L), Column("Value", R)], [], []))
+    tables[0].notes.extend(notes)
     return tables
 
 
@@ -3774,8 +3797,21 @@ def build_parser():
                    help="--procs: stop after SECONDS")
     p.add_argument("--proc", default="/proc", metavar="DIR",
                    help="read DIR instead of /proc")
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=VersionAction)
     return p
+
+
+class VersionAction(argparse.Action):
+    """--version: the text (which scanner loads) is worked out only when asked for."""
+
+    def __init__(self, option_strings, dest, **kw):
+        kw.update(nargs=0, default=argparse.SUPPRESS,
+                  help="show the version and which process scanner is available")
+        argparse.Action.__init__(self, option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        write_stdout(version_text() + "\n")
+        parser.exit()
 
 
 def version_text():
@@ -3863,6 +3899,8 @@ def main(argv=None):
         return EXIT_OK
     except KeyboardInterrupt:
         return 130
+    except SystemExit as done:      # argparse's --help and --version
+        return done.code if isinstance(done.code, int) else EXIT_OK
     except Exception as err:    # a bug: one line, not a traceback (NETSNOOP_DEBUG=1 shows it)
         if os.environ.get("NETSNOOP_DEBUG"):
             raise

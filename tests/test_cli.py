@@ -265,6 +265,11 @@ def test_head_closes_the_pipe_early(fmt, tmp_path):
     assert err == ""
 
 
+def test_main_returns_a_status_for_help_and_version(capsys):
+    assert ns.main(["--help"]) == 0 and ns.main(["--version"]) == 0
+    assert "process scanner:" in capsys.readouterr().out
+
+
 def test_version():
     res = run_netsnoop("--version")
     assert res.returncode == 0 and res.stderr == ""
@@ -605,3 +610,24 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     monkeypatch.setenv("NETSNOOP_DEBUG", "1")
     with pytest.raises(RuntimeError):
         ns.main(["1", "--once"])
+
+
+def test_stats_without_netstat_says_so(tmp_path):
+    """No net/netstat in the tree: the JSON tab is an empty {SECTION: ...} map, the text says why."""
+    root = build_tree(tmp_path)
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["tabs"]["stats"] == {}
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
+    assert res.returncode == 0 and "(not present: netstat)" in res.stdout
+
+
+def test_stats_json_is_sections_of_ints(tmp_path):
+    root = build_tree(tmp_path)
+    (tmp_path / str(FAKE_PID) / "net" / "netstat").write_text(
+        "TcpExt: SyncookiesSent ListenOverflows\nTcpExt: 0 7\nbroken line\n"
+        "IpExt: InOctets\nIpExt: 1234\n")
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
+    assert json.loads(res.stdout)["tabs"]["stats"] == {
+        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234}}
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
+    assert "ListenOverflows" in res.stdout and "1 damaged lines skipped" in res.stdout

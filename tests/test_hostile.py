@@ -328,3 +328,17 @@ def test_session_shows_hostile_names_escaped(hostile_tree):
     # (Not CSI colour or clear-screen sequences: curses sends those itself.)
     for payload in (b"\x1b]2;pwned", b"\xe2\x80\xae", b"\xc2\x9b", b"\x9b31m", b"\xff\xfe"):
         assert payload not in raw, payload
+
+
+@pytest.mark.parametrize("ch", ["\u200b", "\u200d", "\u2060", "\u00ad", "\U000e0041",
+                                "\ue000", "\u115f", "\u3164", "\uffa0"])
+def test_invisible_characters_are_shown(ch):
+    """Zero-width, tag, private-use and filler characters could make "sshd" out of "ss\u200bhd"."""
+    shown = netsnoop.printable("ss" + ch + "hd")
+    assert ch not in shown
+    code = ord(ch)
+    assert ("\\u%04x" % code if code < 0x10000 else "\\U%08x" % code) in shown
+
+
+def test_visible_non_ascii_is_kept():
+    assert netsnoop.printable("caf\u00e9 \u65e5\u672c \u0416") == "caf\u00e9 \u65e5\u672c \u0416"

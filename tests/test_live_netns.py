@@ -142,7 +142,10 @@ def test_snapshot_names_the_namespace(netns, snap):
 def test_no_damaged_lines(snap):
     for tab in ("tcp", "udp", "raw", "icmp"):
         assert snap["tabs"][tab]["skipped_lines"] == 0, tab
-    assert snap["tabs"]["stats"]["_skipped_lines"] == 0
+    stats = snap["tabs"]["stats"]
+    assert stats and all(isinstance(counters, dict) and
+                         all(isinstance(v, int) for v in counters.values())
+                         for counters in stats.values())      # SPEC: {SECTION: {COUNTER: int}}
     assert snap["tabs"]["analysis"]["skipped_lines"] == 0
 
 
