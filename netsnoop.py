@@ -1196,76 +1196,112 @@ def _delta(cur, prev, *path):
     return value
 
 
+def _udp_rules():
+    for group, sec in (("snmp", "Udp"), ("snmp", "UdpLite"),
+                       ("snmp6", "Udp6"), ("snmp6", "UdpLite6")):
+        for counter, what in (("RcvbufErrors", "datagrams dropped: receive buffer full"),
+                              ("SndbufErrors", "datagrams dropped: send buffer full"),
+                              ("InErrors", "datagrams received in error"),
+                              ("MemErrors", "datagrams dropped for lack of memory")):
+            yield group, sec, counter, sec + " " + what + ": %d", "warn", None
+        yield (group, sec, "NoPorts", sec + " datagrams to ports nobody listens on: %d",
+               "info", None)
+
+
+def _ip_rules():
+    for counter, what, severity in (
+            ("InHdrErrors", "packets with header errors", "warn"),
+            ("InAddrErrors", "packets with invalid addresses", "info"),
+            ("InDiscards", "packets discarded on input", "warn"),
+            ("OutDiscards", "packets discarded on output", "warn"),
+            ("ReasmFails", "reassembly failures", "warn")):
+        yield "snmp", "Ip", counter, "IP " + what + ": %d", severity, None
+        yield "snmp6", "Ip6", counter, "IPv6 " + what + ": %d", severity, None
+
+
+# Counters that are an anomaly whenever they move: (file group, section,
+# counter, text with the count as %d, severity, count from which it is an
+# alert or None).  Listed in the order findings are reported.
+COUNTER_RULES = (
+    ("netstat", "TcpExt", "ListenOverflows", "accept queue overflowed %d times", "warn", 100),
+    ("netstat", "TcpExt", "ListenDrops", "listening sockets dropped SYNs %d times", "warn", 100),
+    ("netstat", "TcpExt", "TCPAbortOnMemory",
+     "TCP connections aborted for lack of memory: %d", "warn", None),
+    ("netstat", "TcpExt", "TCPBacklogDrop",
+     "TCP segments dropped from a full socket backlog: %d", "warn", None),
+    ("netstat", "TcpExt", "PruneCalled",
+     "TCP receive queues pruned under memory pressure: %d", "warn", None),
+    ("snmp", "Tcp", "InErrs", "TCP segments received in error: %d", "warn", None),
+    ("snmp", "Tcp", "InCsumErrors", "TCP segments with bad checksums: %d", "warn", None),
+) + tuple(_udp_rules()) + tuple(_ip_rules())
+
+ARP_RULES = (
+    ("arp_cache", None, "res_failed", "ARP resolutions failed: %d", "info", None),
+    ("arp_cache", None, "unresolved_discards",
+     "packets discarded waiting for ARP: %d", "warn", None),
+    ("arp_cache", None, "table_fulls", "times the ARP table was full: %d", "alert", None),
+)
+
+
 def findings(cur, prev=None):
     """Analysis data (snmp, netstat, softnet, interfaces, arp_cache) -> [{severity, text}].
 
     With `prev`, counters are compared as deltas since that snapshot.
     """
-    out = []
     since = " since the last refresh" if prev is not None else " since boot"
+    found = _retransmit_findings(cur, prev)
+    found += _counter_findings(cur, prev, COUNTER_RULES)
+    found += _softnet_findings(cur, prev)
+    found += _interface_findings(cur, prev)
+    found += _counter_findings(cur, prev, ARP_RULES)
+    if not found:
+        found = [("info", "no anomalies in the counters")]
+    return [collections.OrderedDict(severity=severity, text=text + since)
+            for severity, text in found]
 
-    def add(severity, text):
-        out.append(collections.OrderedDict(severity=severity, text=text + since))
 
-    def d(*path):
-        return _delta(cur, prev, *path)
-
-    out_segs, retrans = d("snmp", "Tcp", "OutSegs"), d("snmp", "Tcp", "RetransSegs")
+def _retransmit_findings(cur, prev):
+    out_segs = _delta(cur, prev, "snmp", "Tcp", "OutSegs")
+    retrans = _delta(cur, prev, "snmp", "Tcp", "RetransSegs")
     min_segs = RETRANS_MIN_SEGS if prev is None else 100
-    if out_segs >= min_segs and retrans:
-        ratio = float(retrans) / out_segs
-        if ratio >= RETRANS_WARN:
-            add("alert" if ratio >= RETRANS_ALERT else "warn",
-                "TCP retransmitted %.1f%% of segments (%d of %d)"
-                % (100 * ratio, retrans, out_segs))
-    for name, what in (("ListenOverflows", "accept queue overflowed"),
-                       ("ListenDrops", "listening sockets dropped SYNs")):
-        n = d("netstat", "TcpExt", name)
+    if out_segs < min_segs or not retrans:
+        return []
+    ratio = float(retrans) / out_segs
+    if ratio < RETRANS_WARN:
+        return []
+    return [("alert" if ratio >= RETRANS_ALERT else "warn",
+             "TCP retransmitted %.1f%% of segments (%d of %d)"
+             % (100 * ratio, retrans, out_segs))]
+
+
+def _counter_findings(cur, prev, rules):
+    out = []
+    for group, section, counter, text, severity, alert_at in rules:
+        path = (group, section, counter) if section else (group, counter)
+        n = _delta(cur, prev, *path)
         if n:
-            add("alert" if n >= 100 else "warn", "%s %d times (TcpExt %s)" % (what, n, name))
-    for name, what in (("TCPAbortOnMemory", "TCP connections aborted for lack of memory"),
-                       ("TCPBacklogDrop", "TCP segments dropped from a full socket backlog"),
-                       ("PruneCalled", "TCP receive queues pruned under memory pressure")):
-        n = d("netstat", "TcpExt", name)
-        if n:
-            add("warn", "%s: %d (TcpExt %s)" % (what, n, name))
-    for name, what in (("InErrs", "TCP segments received in error"),
-                       ("InCsumErrors", "TCP segments with bad checksums")):
-        n = d("snmp", "Tcp", name)
-        if n:
-            add("warn", "%s: %d (Tcp %s)" % (what, n, name))
-    for group, sec in (("snmp", "Udp"), ("snmp", "UdpLite"),
-                       ("snmp6", "Udp6"), ("snmp6", "UdpLite6")):
-        for name, what in (("RcvbufErrors", "datagrams dropped: receive buffer full"),
-                           ("SndbufErrors", "datagrams dropped: send buffer full"),
-                           ("InErrors", "datagrams received in error"),
-                           ("MemErrors", "datagrams dropped for lack of memory")):
-            n = d(group, sec, name)
-            if n:
-                add("warn", "%s %s: %d (%s %s)" % (sec, what, n, sec, name))
-        n = d(group, sec, "NoPorts")
-        if n:
-            add("info", "%s datagrams to ports nobody listens on: %d (%s NoPorts)"
-                % (sec, n, sec))
-    for name, what, severity in (
-            ("InHdrErrors", "IP packets with header errors", "warn"),
-            ("InAddrErrors", "IP packets with invalid addresses", "info"),
-            ("InDiscards", "IP packets discarded on input", "warn"),
-            ("OutDiscards", "IP packets discarded on output", "warn"),
-            ("ReasmFails", "IP reassembly failures", "warn")):
-        for group, sec in (("snmp", "Ip"), ("snmp6", "Ip6")):
-            n = d(group, sec, name)
-            if n:
-                family = "IPv6" if sec == "Ip6" else "IP"
-                add(severity, "%s: %d (%s %s)" % (what.replace("IP", family, 1), n, sec, name))
-    dropped = sum(_delta(c, p, "dropped") for c, p in _pairs(cur, prev, "softnet", "cpu"))
-    squeezed = sum(_delta(c, p, "time_squeeze") for c, p in _pairs(cur, prev, "softnet", "cpu"))
+            if alert_at is not None and n >= alert_at:
+                severity = "alert"
+            out.append((severity, "%s (%s %s)" % (text % n, section or group, counter)))
+    return out
+
+
+def _softnet_findings(cur, prev):
+    rows = list(_pairs(cur, prev, "softnet", "cpu"))
+    dropped = sum(_delta(c, p, "dropped") for c, p in rows)
+    squeezed = sum(_delta(c, p, "time_squeeze") for c, p in rows)
+    out = []
     if dropped:
-        add("alert", "softnet backlog full: %d packets dropped (softnet_stat dropped; "
-            "raise net.core.netdev_max_backlog)" % dropped)
+        out.append(("alert", "softnet backlog full: %d packets dropped (softnet_stat "
+                    "dropped; raise net.core.netdev_max_backlog)" % dropped))
     if squeezed:
-        add("info", "softirq ran out of budget %d times (softnet_stat time_squeeze; "
-            "net.core.netdev_budget)" % squeezed)
+        out.append(("info", "softirq ran out of budget %d times (softnet_stat "
+                    "time_squeeze; net.core.netdev_budget)" % squeezed))
+    return out
+
+
+def _interface_findings(cur, prev):
+    out = []
     for c, p in _pairs(cur, prev, "interfaces", "name"):
         if p is not None and any(c.get(k, 0) < p.get(k, 0) for k in DEV_FIELDS):
             continue        # recreated since the last refresh: no baseline for the ratio
@@ -1274,22 +1310,12 @@ def findings(cur, prev=None):
         pkts = _delta(c, p, "rx_packets") + _delta(c, p, "tx_packets")
         name = c.get("name")        # raw like every string in the data; the views escape it
         if errs:
-            add("warn", "interface %s: %d errors (rx_errs+tx_errs)" % (name, errs))
+            out.append(("warn", "interface %s: %d errors (rx_errs+tx_errs)" % (name, errs)))
         if drops:
             ratio = float(drops) / max(pkts, 1)
-            add("warn" if ratio >= IFACE_DROP_WARN else "info",
-                "interface %s: %d packets dropped (%.2f%% of %d)"
-                % (name, drops, 100 * ratio, pkts))
-    for name, what, severity in (
-            ("res_failed", "ARP resolutions failed", "info"),
-            ("unresolved_discards", "packets discarded waiting for ARP", "warn"),
-            ("table_fulls", "times the ARP table was full", "alert")):
-        n = d("arp_cache", name)
-        if n:
-            add(severity, "%s: %d (arp_cache %s)" % (what, n, name))
-    if not out:
-        out.append(collections.OrderedDict(
-            severity="info", text="no anomalies in the counters" + since))
+            out.append(("warn" if ratio >= IFACE_DROP_WARN else "info",
+                        "interface %s: %d packets dropped (%.2f%% of %d)"
+                        % (name, drops, 100 * ratio, pkts)))
     return out
 
 
