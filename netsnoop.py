@@ -53,6 +53,54 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
+# TCP states, include/net/tcp_states.h.  UDP, raw and ping sockets print
+# the same numbers (07 CLOSE = unconnected, 01 ESTABLISHED = connected).
+TCP_STATES = {
+    0x01: "ESTABLISHED", 0x02: "SYN_SENT", 0x03: "SYN_RECV",
+    0x04: "FIN_WAIT1", 0x05: "FIN_WAIT2", 0x06: "TIME_WAIT", 0x07: "CLOSE",
+    0x08: "CLOSE_WAIT", 0x09: "LAST_ACK", 0x0A: "LISTEN", 0x0B: "CLOSING",
+    0x0C: "NEW_SYN_RECV", 0x0D: "BOUND_INACTIVE",
+}
+
+# Socket files behind each tab; "6" files are absent when IPv6 is off.
+SOCKET_FILES = {
+    "tcp": ("tcp", "tcp6"),
+    "udp": ("udp", "udp6", "udplite", "udplite6"),
+    "raw": ("raw", "raw6"),
+    "icmp": ("icmp", "icmp6"),
+}
+
+# route(8) flag letters, include/uapi/linux/route.h and ipv6_route.h,
+# in the order net-tools prints them (lib/inet6_gr.c: U ! G H ... n, so the
+# IPv6 null entry reads "!n" and a local route "Un").
+RTF_UP, RTF_GATEWAY, RTF_REJECT = 0x0001, 0x0002, 0x0200
+ROUTE_FLAGS = (
+    (RTF_UP, "U"), (RTF_REJECT, "!"), (RTF_GATEWAY, "G"), (0x0004, "H"),
+    (0x0008, "R"), (0x0010, "D"), (0x0020, "M"), (0x40000, "A"),
+    (0x1000000, "C"), (0x400000, "e"), (0x200000, "n"),
+)
+
+# /proc/net/dev columns after the interface name (net/core/net-procfs.c).
+DEV_FIELDS = (
+    "rx_bytes", "rx_packets", "rx_errs", "rx_drop", "rx_fifo", "rx_frame",
+    "rx_compressed", "rx_multicast", "tx_bytes", "tx_packets", "tx_errs",
+    "tx_drop", "tx_fifo", "tx_colls", "tx_carrier", "tx_compressed",
+)
+
+# softnet_stat columns by position; later kernels append (see PROCFS notes):
+# 9 cols 2.6.23, 10 +received_rps, 11 +flow_limit_count, 13 +backlog_len
+# and cpu index (5.10), 15 +input_qlen, process_qlen (6.4).
+SOFTNET_FIELDS = (
+    "processed", "dropped", "time_squeeze", None, None, None, None, None,
+    "cpu_collision", "received_rps", "flow_limit_count", "backlog_len",
+    "cpu_index", "input_qlen", "process_qlen",
+)
+
+ARP_FLAGS = ((0x2, "complete"), (0x4, "permanent"), (0x8, "publish"))
+
+# Sections of /proc/PID/net/snmp6 by counter-name prefix (longest first).
+SNMP6_SECTIONS = ("UdpLite6", "Icmp6", "Udp6", "Ip6")
+
 
 # ---------------------------------------------------------------------------
 # Records and errors
@@ -153,55 +201,6 @@ def decode(data):
 # ---------------------------------------------------------------------------
 # Parsers: text in, records out.  A damaged line is skipped and counted.
 # ---------------------------------------------------------------------------
-
-# TCP states, include/net/tcp_states.h.  UDP, raw and ping sockets print
-# the same numbers (07 CLOSE = unconnected, 01 ESTABLISHED = connected).
-TCP_STATES = {
-    0x01: "ESTABLISHED", 0x02: "SYN_SENT", 0x03: "SYN_RECV",
-    0x04: "FIN_WAIT1", 0x05: "FIN_WAIT2", 0x06: "TIME_WAIT", 0x07: "CLOSE",
-    0x08: "CLOSE_WAIT", 0x09: "LAST_ACK", 0x0A: "LISTEN", 0x0B: "CLOSING",
-    0x0C: "NEW_SYN_RECV", 0x0D: "BOUND_INACTIVE",
-}
-
-# Socket files behind each tab; "6" files are absent when IPv6 is off.
-SOCKET_FILES = {
-    "tcp": ("tcp", "tcp6"),
-    "udp": ("udp", "udp6", "udplite", "udplite6"),
-    "raw": ("raw", "raw6"),
-    "icmp": ("icmp", "icmp6"),
-}
-
-# route(8) flag letters, include/uapi/linux/route.h and ipv6_route.h,
-# in the order net-tools prints them (lib/inet6_gr.c: U ! G H ... n, so the
-# IPv6 null entry reads "!n" and a local route "Un").
-RTF_UP, RTF_GATEWAY, RTF_REJECT = 0x0001, 0x0002, 0x0200
-ROUTE_FLAGS = (
-    (RTF_UP, "U"), (RTF_REJECT, "!"), (RTF_GATEWAY, "G"), (0x0004, "H"),
-    (0x0008, "R"), (0x0010, "D"), (0x0020, "M"), (0x40000, "A"),
-    (0x1000000, "C"), (0x400000, "e"), (0x200000, "n"),
-)
-
-# /proc/net/dev columns after the interface name (net/core/net-procfs.c).
-DEV_FIELDS = (
-    "rx_bytes", "rx_packets", "rx_errs", "rx_drop", "rx_fifo", "rx_frame",
-    "rx_compressed", "rx_multicast", "tx_bytes", "tx_packets", "tx_errs",
-    "tx_drop", "tx_fifo", "tx_colls", "tx_carrier", "tx_compressed",
-)
-
-# softnet_stat columns by position; later kernels append (see PROCFS notes):
-# 9 cols 2.6.23, 10 +received_rps, 11 +flow_limit_count, 13 +backlog_len
-# and cpu index (5.10), 15 +input_qlen, process_qlen (6.4).
-SOFTNET_FIELDS = (
-    "processed", "dropped", "time_squeeze", None, None, None, None, None,
-    "cpu_collision", "received_rps", "flow_limit_count", "backlog_len",
-    "cpu_index", "input_qlen", "process_qlen",
-)
-
-ARP_FLAGS = ((0x2, "complete"), (0x4, "permanent"), (0x8, "publish"))
-
-# Sections of /proc/PID/net/snmp6 by counter-name prefix (longest first).
-SNMP6_SECTIONS = ("UdpLite6", "Icmp6", "Udp6", "Ip6")
-
 
 class Records(list):
     """A parser's result: the records, plus how many lines were skipped."""
@@ -463,8 +462,8 @@ def sum_arp_cache(rows):
 def parse_dev(text):
     """/proc/net/dev -> Records of dicts with "name" and the 16 DEV_FIELDS.
 
-    Old kernels print "%6s:%8lu" with no space, so split on the first ':'
-    after the two header lines.  Names may hold ':' (eth0:1): split on the last.
+    Split at the last ':' after the two header lines: the counters never
+    hold one, and old kernels print "%6s:%8lu" with no space after it.
     """
     out = Records()
     for line in _lines(text)[2:]:
@@ -660,9 +659,6 @@ def parse_ipv6_route(text):
     return out
 
 
-SOCKET_LINK = re.compile(r"socket:\[(\d+)\]\Z")
-
-
 def parse_stat_line(text):
     """/proc/PID/stat -> (comm, [fields after comm]); the name may hold ") ", so split at the last ')'."""
     start = text.index("(")
@@ -702,7 +698,7 @@ class ProcFS(object):
         return os.path.join(self.root, *[str(p) for p in parts])
 
     def read_bytes(self, *parts):
-        fd = os.open(self.path(*parts), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(self.path(*parts), os.O_RDONLY | os.O_CLOEXEC)
         try:
             return read_fd_all(fd)
         finally:
@@ -813,7 +809,7 @@ class ProcFS(object):
     def socket_inodes(self, pid):
         """-> (set of socket inodes PID holds open, None) or (None, reason)."""
         try:
-            dir_fd = os.open(self.path(pid, "fd"), os.O_RDONLY | os.O_DIRECTORY)
+            dir_fd = os.open(self.path(pid, "fd"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 return fd_socket_inodes(dir_fd), None
             finally:
