@@ -2849,11 +2849,11 @@ class TabView(object):
 # --- the procs tab -------------------------------------------------------------
 
 class ProcsPane(object):
-    """The procs tab: the process feed (when this build has one), started on first view.
+    """The procs tab: a ProcFeed, started on first view.
 
-    The feed is another section's component, used only through its interface
-    (poll/close/backend/seen/missed); a failure there disables this tab
-    instead of ending the session.
+    A feed that cannot start (no readable last-PID counter, say) or stops on
+    an error disables this tab, with the reason shown, instead of ending the
+    session.
     """
 
     def __init__(self, procfs, pid, backend="auto"):
@@ -2870,13 +2870,9 @@ class ProcsPane(object):
         if self.started:
             return
         self.started = True
-        feed_class = globals().get("ProcFeed")
-        if feed_class is None:
-            self.problem = "process feed not available in this build"
-            return
         try:
-            self.feed = feed_class(self.procfs, backend=self.backend)
-        except Exception as err:       # a foreign component: lose the tab, keep the session
+            self.feed = ProcFeed(self.procfs, backend=self.backend)
+        except (NetsnoopError, OSError) as err:
             self.problem = "process feed failed to start: %s" % err
 
     @property
@@ -2887,12 +2883,7 @@ class ProcsPane(object):
         """Take new events from the feed -> True when there were some."""
         if self.feed is None:
             return False
-        try:
-            events = self.feed.poll()
-        except Exception as err:       # see the class docstring
-            self.problem = "process feed stopped: %s" % err
-            self.close()
-            return True
+        events = self.feed.poll()
         for event in events:
             pid, ppid = event.get("pid"), event.get("ppid")
             self.parents[pid] = ppid
@@ -2924,23 +2915,19 @@ class ProcsPane(object):
                             "owned" if e.get("descendant") else None,
                             (e.get("pid"), e.get("start_time"))))
         notes = []
-        if self.problem:
-            notes.append(self.problem)
+        problem = self.problem or (self.feed.error if self.feed is not None else None)
+        if problem:
+            notes.append(problem)       # the feed's thread stores why it stopped
         if self.feed is not None:
-            notes.append("newest first; * = descendant of %d; backend %s, seen %s, "
-                         "missed %s" % (
-                             self.pid, getattr(self.feed, "backend", "?"),
-                             getattr(self.feed, "seen", "?"),
-                             getattr(self.feed, "missed", "?")))
+            notes.append("newest first; * = descendant of %d; backend %s, seen %d, "
+                         "missed %d" % (self.pid, self.feed.backend, self.feed.seen,
+                                        self.feed.missed))
         return [Table("procs", columns, rows, notes)]
 
     def close(self):
         feed, self.feed = self.feed, None
         if feed is not None:
-            try:
-                feed.close()
-            except Exception:          # closing must not mask how the session ended
-                pass
+            feed.close()
 
 
 # --- state -------------------------------------------------------------------

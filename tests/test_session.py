@@ -617,3 +617,57 @@ def test_session_on_a_fake_proc_tree(tmp_path):
         assert term.wait_exit() == 0
         assert term.stderr() == "netsnoop: process %d exited\n" % pid
         assert term.tty_modes() == (True, True)
+
+
+LOADAVG = "0.00 0.01 0.05 1/80 %d\n"
+
+
+def wait_for_note(pane, text, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        notes = pane.tables()[0].notes
+        if any(text in note for note in notes) or time.monotonic() > deadline:
+            return notes
+        time.sleep(0.02)
+
+
+def test_procs_tab_says_why_its_feed_stopped(tmp_path):
+    fake_proc(tmp_path, 4242)
+    (tmp_path / "loadavg").write_text(LOADAVG % 4242)
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 4242, backend="python")
+    try:
+        pane.start()
+        assert pane.active and pane.problem is None
+        assert not any("stopped" in note for note in pane.tables()[0].notes)
+        (tmp_path / "loadavg").write_text("garbage\n")      # the scanner's next read fails
+        notes = wait_for_note(pane, "process feed stopped")
+        assert notes[0].startswith("process feed stopped: "), notes
+    finally:
+        pane.close()
+
+
+def test_procs_tab_without_a_counter_is_disabled_not_fatal(tmp_path):
+    fake_proc(tmp_path, 4242)                                # no loadavg in this tree
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 4242, backend="python")
+    pane.start()
+    assert not pane.active and not pane.poll()
+    notes = pane.tables()[0].notes
+    assert notes == ["process feed failed to start: cannot read the last-PID counter %s: "
+                     "No such file or directory" % (tmp_path / "loadavg")]
+    pane.close()
+
+
+def test_session_shows_a_stopped_feed_and_goes_on(tmp_path):
+    pid = 4242
+    fake_proc(tmp_path, pid)
+    (tmp_path / "loadavg").write_text(LOADAVG % pid)
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3", "--backend", "python"]) as term:
+        term.wait_for("rows 2")
+        term.send("0")
+        term.wait_for(lambda t: "[0:procs]" in t and "backend python" in t)
+        (tmp_path / "loadavg").write_text("garbage\n")
+        term.wait_for("(process feed stopped: ")
+        term.send("1")                                       # the other tabs still work
+        term.wait_for(lambda t: "== tcp ==" in t and "127.0.0.1:8080" in t)
+        quit_ok(term)
