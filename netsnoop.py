@@ -2108,28 +2108,6 @@ class ProcFeed(object):
 
 # --- output ---------------------------------------------------------------------
 
-def cmdline_text(rec):
-    """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
-    import shlex
-    if not rec.get("cmdline"):
-        return "[%s]" % rec.get("comm")
-    return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
-
-
-def format_event(event):
-    """An event -> "HH:MM:SS.mmm PID PPID USER CMDLINE" ("[ct]" marks another container)."""
-    when = time.localtime(event["time"])
-    marks = ""
-    if event.get("container"):
-        marks += "[ct] "
-    if event["event"] == "exec":
-        marks += "exec> "
-    return "%s.%03d %7d %7d %-8s %s%s" % (
-        time.strftime("%H:%M:%S", when), int(event["time"] * 1000) % 1000,
-        event["pid"], event["ppid"], printable(event["user"], 32), marks,
-        printable(cmdline_text(event), CELL_LIMIT * 10))
-
-
 def event_matches(event, regex):
     """--filter: the regex searched in the command line, the name and the user."""
     if regex is None:
@@ -2276,27 +2254,6 @@ def collect_procs(procfs, pid):
         processes.append(rec)
         todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))
     return collections.OrderedDict(processes=processes)
-
-
-def procs_tables(data):
-    """{"processes": [record or event, ...]} -> [Table]; "depth" indents the tree."""
-    columns = [Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
-               Column("CMDLINE", L)]
-    rows = []
-    for rec in data.get("processes", []):
-        when = rec.get("time", rec.get("start_time"))
-        stamp = time.strftime("%H:%M:%S", time.localtime(when)) if when else "?"
-        marks = ("[ct] " if rec.get("container") else "") + (
-            "exec> " if rec.get("event") == "exec" else "")
-        indent = "  " * max(0, rec.get("depth", 1) - 1)
-        rows.append(Row([stamp, str(rec["pid"]), str(rec["ppid"]), rec["user"],
-                         indent + marks + cmdline_text(rec)],
-                        "new" if rec.get("event") == "new" else None,
-                        (rec["pid"], rec.get("start_time"))))
-    notes = ["%d processes" % len(rows)]
-    if data.get("note"):
-        notes.append(data["note"])
-    return [Table("procs", columns, rows, notes)]
 
 
 # ---------------------------------------------------------------------------
@@ -2506,6 +2463,64 @@ def analysis_tables(data, prev=None):
             tables.append(counter_table(section, counters, before))
     tables[0].notes.extend(_read_notes(data))
     return tables
+
+
+# --- processes: one row shape for the --procs feed, --once and the session ------
+
+PROC_COLUMNS = [Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
+                Column("CMDLINE", L)]
+
+
+def cmdline_text(rec):
+    """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
+    import shlex
+    if not rec.get("cmdline"):
+        return "[%s]" % rec.get("comm")
+    return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
+
+
+def clock_text(when):
+    """Epoch seconds -> local "HH:MM:SS.mmm"; None -> "?"."""
+    if when is None:
+        return "?"
+    return "%s.%03d" % (time.strftime("%H:%M:%S", time.localtime(when)),
+                        int(when * 1000) % 1000)
+
+
+def proc_marks(rec):
+    """What goes before the command line: "[ct] " for another container (pid or
+    net namespace), "exec> " for a reported process that ran a new program."""
+    return ("[ct] " if rec.get("container") else "") + (
+        "exec> " if rec.get("event") == "exec" else "")
+
+
+def proc_row(rec):
+    """A feed event or a --once record -> cells for PROC_COLUMNS (not escaped):
+    [HH:MM:SS.mmm, PID, PPID, USER, marks + CMDLINE].  The time is when the
+    feed saw the process, or its start time for a record without one."""
+    when = rec.get("time", rec.get("start_time"))
+    return [clock_text(when), str(rec["pid"]), str(rec["ppid"]), rec["user"],
+            proc_marks(rec) + cmdline_text(rec)]
+
+
+def format_event(event):
+    """An event -> "HH:MM:SS.mmm PID PPID USER CMDLINE" (escaped, marks before CMDLINE)."""
+    stamp, pid, ppid, user, command = proc_row(event)
+    return "%s %7s %7s %-8s %s" % (stamp, pid, ppid, printable(user, 32),
+                                   printable(command, CELL_LIMIT * 10))
+
+
+def procs_tables(data):
+    """{"processes": [record or event, ...]} -> [Table]; "depth" indents the tree."""
+    rows = []
+    for rec in data.get("processes", []):
+        cells = proc_row(rec)
+        cells[-1] = "  " * max(0, rec.get("depth", 1) - 1) + cells[-1]
+        rows.append(Row(cells, None, (rec["pid"], rec.get("start_time"))))
+    notes = ["%d processes" % len(rows)]
+    if data.get("note"):
+        notes.append(data["note"])
+    return [Table("procs", PROC_COLUMNS, rows, notes)]
 
 
 def tab_tables(tab, data, prev=None, dt=None):
@@ -2902,18 +2917,9 @@ class ProcsPane(object):
         return False
 
     def tables(self):
-        columns = [Column("Time", L), Column("Event", L), Column("PID", R),
-                   Column("PPID", R), Column("User", L), Column("Command line", L)]
-        rows = []
-        for e in self.events:
-            when = e.get("time") or 0
-            stamp = time.strftime("%H:%M:%S", time.localtime(when)) + (
-                ".%03d" % int((when % 1) * 1000))
-            cmdline = " ".join(e.get("cmdline") or []) or "[%s]" % (e.get("comm") or "?")
-            rows.append(Row([stamp, str(e.get("event", "new")), str(e.get("pid")),
-                             str(e.get("ppid")), str(e.get("user")), cmdline],
-                            "owned" if e.get("descendant") else None,
-                            (e.get("pid"), e.get("start_time"))))
+        rows = [Row(proc_row(e), "owned" if e["descendant"] else None,
+                    (e["pid"], e["start_time"]))
+                for e in self.events]
         notes = []
         problem = self.problem or (self.feed.error if self.feed is not None else None)
         if problem:
@@ -2922,7 +2928,7 @@ class ProcsPane(object):
             notes.append("newest first; * = descendant of %d; backend %s, seen %d, "
                          "missed %d" % (self.pid, self.feed.backend, self.feed.seen,
                                         self.feed.missed))
-        return [Table("procs", columns, rows, notes)]
+        return [Table("procs", PROC_COLUMNS, rows, notes)]
 
     def close(self):
         feed, self.feed = self.feed, None
