@@ -3003,11 +3003,12 @@ class SessionState(object):
         widest = max(0, self.view.width - self.body_width)
         self.hscroll[self.tab] = max(0, min(column, widest))
 
-    def snapshot(self):
+    def save_view(self):
+        """What a key may change (tab, sorts, owned-only, scrolling), for restore_view."""
         return (self.tab, dict(self.sort), self.owned_only, dict(self.scroll))
 
-    def restore(self, snap):
-        self.tab, sort, self.owned_only, scroll = snap
+    def restore_view(self, saved):
+        self.tab, sort, self.owned_only, scroll = saved
         self.sort.update(sort)
         self.scroll.update(scroll)
 
@@ -3087,7 +3088,7 @@ class KeyHandler(object):
         if binding is None:
             return self.unbound(key)
         if isinstance(key, str) and key.isalpha():
-            self.last_letter = (time.monotonic(), key, st.snapshot())
+            self.last_letter = (time.monotonic(), key, st.save_view())
         else:
             self.last_letter = None
         return self.call(binding)
@@ -3106,7 +3107,7 @@ class KeyHandler(object):
         last, self.last_letter = self.last_letter, None
         if last is not None and time.monotonic() - last[0] <= TYPEAHEAD_SECONDS:
             tab = st.tab
-            st.restore(last[2])
+            st.restore_view(last[2])
             st.message = None          # whatever that key said no longer holds
             prefix = last[1]
             if st.tab != tab:

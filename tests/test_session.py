@@ -671,3 +671,14 @@ def test_session_shows_a_stopped_feed_and_goes_on(tmp_path):
         term.send("1")                                       # the other tabs still work
         term.wait_for(lambda t: "== tcp ==" in t and "127.0.0.1:8080" in t)
         quit_ok(term)
+
+
+def test_state_save_view_and_restore_view():
+    state = netsnoop.SessionState(1, "tcp", 2.0)
+    saved = state.save_view()
+    state.tab, state.owned_only = "udp", True
+    state.sort["tcp"] = (1, True)
+    state.scroll["tcp"] = 5
+    state.restore_view(saved)
+    assert (state.tab, state.owned_only, state.sort["tcp"], state.scroll["tcp"]) == (
+        "tcp", False, None, 0)
