@@ -3657,15 +3657,13 @@ def run_plain(procfs, state, problem):
         first = True
         while True:
             snap = snapshot(procfs, state.pid, (state.tab,))
-            sys.stdout.write(("" if first else "\n") + format_snapshot(snap))
-            sys.stdout.flush()
+            write_stdout(("" if first else "\n") + format_snapshot(snap))
             first = False
             if plain_wait(commands, state):
                 return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
-    except ProcessGone:
-        sys.stdout.flush()
+    except ProcessGone:               # write_stdout flushed every snapshot already
         sys.stderr.write("%s: process %d exited\n" % (PROG, state.pid))
         return EXIT_OK
 

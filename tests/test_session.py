@@ -682,3 +682,41 @@ def test_state_save_view_and_restore_view():
     state.restore_view(saved)
     assert (state.tab, state.owned_only, state.sort["tcp"], state.scroll["tcp"]) == (
         "tcp", False, None, 0)
+
+
+def plain_session(tmp_path, pid, stdout, env=None):
+    return subprocess.Popen([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                             "--interval", "0.2", "--tab", "traffic"],
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                            env=env)
+
+
+def test_no_tty_snapshots_on_an_ascii_stdout(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    (base / "stat").write_text("%d (n\u00e9t\u7f51) S 1 %d %d 0 -1 4194560 0 0 0 0\n"
+                               % (pid, pid, pid), encoding="utf-8")
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    proc = plain_session(tmp_path, pid, subprocess.PIPE, env)
+    try:
+        heading = proc.stdout.readline().decode("ascii")
+        os.rename(str(base), str(tmp_path / "gone"))              # the process is gone
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert heading.startswith("netsnoop %s: pid %d (n\\xe9t\\u7f51), netns unknown"
+                              % (netsnoop.__version__, pid)), heading
+    assert proc.returncode == 0, err
+    assert err.decode().splitlines()[-1] == "netsnoop: process %d exited" % pid
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_no_tty_snapshots_to_a_full_disk(tmp_path):
+    fake_proc(tmp_path, 4242)
+    with open("/dev/full", "w") as full:
+        proc = plain_session(tmp_path, 4242, full)
+        _, err = proc.communicate(timeout=10)
+    err = err.decode()
+    assert proc.returncode == 1
+    assert err.splitlines()[-1] == "netsnoop: cannot write output: No space left on device"
+    assert "Traceback" not in err and "internal error" not in err
