@@ -2741,17 +2741,16 @@ class Section(object):
         self.rows = rows                       # [(cells, role)]
         self.notes = ["(%s)" % printable(n) for n in table.notes if n]
         widths = [len(c.title) for c in table.columns]
-        if rows:
+        if rows:            # terminal columns, not characters: CJK takes two, combining none
             for i, column in enumerate(zip(*[cells for cells, _ in rows])):
-                widths[i] = max(widths[i], max(map(len, column)))
+                widths[i] = max(widths[i], max(map(text_width, column)))
         self.widths = widths
         self.width = 2 + sum(widths) + 2 * (len(widths) - 1)
         self.count = 2 + len(rows) + len(self.notes) + 1
 
     def _text(self, cells):
-        parts = []
-        for cell, column, width in zip(cells, self.columns, self.widths):
-            parts.append(cell.rjust(width) if column.align == R else cell.ljust(width))
+        parts = [_pad(cell, width, column.align)
+                 for cell, column, width in zip(cells, self.columns, self.widths)]
         return "  ".join(parts).rstrip()
 
     def header(self):

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import wcwidth
 
 from conftest import NETSNOOP, needs_root_netns
 from ptyterm import PtyTerm
@@ -720,3 +721,45 @@ def test_no_tty_snapshots_to_a_full_disk(tmp_path):
     assert proc.returncode == 1
     assert err.splitlines()[-1] == "netsnoop: cannot write output: No space left on device"
     assert "Traceback" not in err and "internal error" not in err
+
+
+WIDE_NAMES = ["\u7f51\u53610", "x\u0301th1", "lo"]     # CJK (2 columns each); a combining
+# accent with no precomposed form (pyte composes to NFC)
+
+
+def right_edge(line, field):
+    """Terminal column where `field` (the first occurrence) ends in line."""
+    return wcwidth.wcswidth(line[:line.index(field) + len(field)])
+
+
+def second_field_edges(lines):
+    return [right_edge(line, line.split()[1]) for line in lines]
+
+
+def test_section_pads_by_terminal_columns():
+    Column, Row, Table = netsnoop.Column, netsnoop.Row, netsnoop.Table
+    rows = [Row([name, str(10 ** i), "x"], None, name) for i, name in enumerate(WIDE_NAMES)]
+    view = netsnoop.TabView([Table("t", [Column("Name", "<"), Column("Bytes", ">"),
+                                         Column("End", "<")], rows, [])])
+    view.layout()
+    header, *rows = [text for text, _ in view.visible(1, 4)]
+    assert second_field_edges(rows) == [right_edge(header, "Bytes")] * 3, rows
+    assert len({wcwidth.wcswidth(line) for line in rows}) == 1, rows
+
+
+def test_session_columns_stay_aligned_with_wide_names(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    dev = DEV % 1280
+    lo = dev.splitlines(True)[-1]
+    (base / "net" / "dev").write_text(dev + "".join(lo.replace("    lo:", "%6s:" % name)
+                                                    for name in WIDE_NAMES[:2]),
+                                      encoding="utf-8")
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3", "--tab", "traffic"]) as term:
+        text = term.wait_for(lambda t: all(name in t for name in WIDE_NAMES))
+        header = next(ln for ln in text.splitlines() if "RX bytes" in ln)
+        rows = [ln for ln in text.splitlines() if any(name in ln for name in WIDE_NAMES)]
+        assert len(rows) == 3, rows
+        assert second_field_edges(rows) == [right_edge(header, "RX bytes")] * 3, rows
+        quit_ok(term)
