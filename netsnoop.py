@@ -2552,6 +2552,31 @@ def text_width(text):
     return sum(_char_width(ch) for ch in text)
 
 
+def column_slice(text, start=0, stop=None):
+    """The part of (already printable) text between terminal columns start and
+    stop; half of a wide character becomes a blank, so what follows keeps its
+    column, and combining marks stay with the character they follow."""
+    if text.isascii():
+        return text[start:stop]
+    out, col, kept = [], 0, False
+    for ch in text:
+        width = _char_width(ch)
+        if width == 0:
+            if kept:
+                out.append(ch)
+            continue
+        if stop is not None and col + width > stop:
+            out.append(" " * max(0, min(stop - col, stop - start)))
+            break
+        kept = col >= start
+        if kept:
+            out.append(ch)
+        elif col + width > start:
+            out.append(" " * (col + width - start))
+        col += width
+    return "".join(out)
+
+
 def _pad(cell, width, align):
     fill = " " * (width - text_width(cell))
     return fill + cell if align == R else cell + fill
@@ -3338,7 +3363,7 @@ class Painter(object):
         height, width = self.win.getmaxyx()
         if y < 0 or y >= height or x < 0 or x >= width:
             return
-        text = text[:width - x]
+        text = column_slice(text, 0, width - x)     # CJK takes two columns: cut by columns
         if not text:
             return
         attr = self.theme.attr(role)
@@ -3467,7 +3492,7 @@ def draw_body(painter, st, top, height):
     shift = st.hscroll[st.tab] if st.mode != "help" else 0
     for i, (text, role) in enumerate(lines[:height]):
         if shift and role != "title":
-            text = text[:2] + text[2 + shift:]      # the mark column stays
+            text = text[:2] + column_slice(text[2:], shift)     # the mark column stays
         painter.put(top + i, 0, text, role)
 
 

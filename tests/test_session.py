@@ -747,6 +747,16 @@ def test_section_pads_by_terminal_columns():
     assert len({wcwidth.wcswidth(line) for line in rows}) == 1, rows
 
 
+def test_column_slice_cuts_by_terminal_columns():
+    cut = netsnoop.column_slice
+    assert cut("abcdef", 1, 3) == "bc"
+    assert cut("ab\u7f51cd", 0, 3) == "ab "           # half a wide char: a blank
+    assert cut("ab\u7f51cd", 3) == " cd"
+    assert cut("ab\u7f51cd", 2, 4) == "\u7f51"
+    assert cut("x\u0301yz", 0, 1) == "x\u0301"      # the accent stays with its letter
+    assert cut("x\u0301yz", 1) == "yz"               # ... and goes with it
+
+
 def test_session_columns_stay_aligned_with_wide_names(tmp_path):
     pid = 4242
     base = fake_proc(tmp_path, pid)
@@ -762,4 +772,29 @@ def test_session_columns_stay_aligned_with_wide_names(tmp_path):
         rows = [ln for ln in text.splitlines() if any(name in ln for name in WIDE_NAMES)]
         assert len(rows) == 3, rows
         assert second_field_edges(rows) == [right_edge(header, "RX bytes")] * 3, rows
+        quit_ok(term)
+
+
+def test_narrow_session_clips_and_pans_by_terminal_columns(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    dev = DEV % 1280
+    lo = dev.splitlines(True)[-1]
+    # the wide names last: a line drawn too long would run into the blank line below
+    (base / "net" / "dev").write_text(dev + "".join(lo.replace("    lo:", "%6s:" % name)
+                                                    for name in WIDE_NAMES[1::-1]),
+                                      encoding="utf-8")
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3", "--tab", "traffic"], cols=31) as term:
+        term.wait_for(lambda t: all(name in t for name in WIDE_NAMES))
+        lines = term.screen.display
+        last = next(i for i, ln in enumerate(lines) if WIDE_NAMES[0] in ln)
+        assert lines[last + 1].strip() == "", lines
+        assert all(wcwidth.wcswidth(ln) <= 31 for ln in lines), lines
+        term.send(">")                                       # pan past the names
+        lines = term.wait_for(lambda t: WIDE_NAMES[0] not in t).splitlines()
+        top = next(i for i, ln in enumerate(lines) if "RX pkts" in ln)
+        rows = lines[top + 1:top + 4]
+        edges = [right_edge(ln, ln.split()[1]) for ln in rows]
+        assert edges == [right_edge(lines[top], "RX pkts")] * 3, lines
         quit_ok(term)
