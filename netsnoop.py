@@ -2467,8 +2467,8 @@ def analysis_tables(data, prev=None):
 
 # --- processes: one row shape for the --procs feed, --once and the session ------
 
-PROC_COLUMNS = [Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
-                Column("CMDLINE", L)]
+PROC_COLUMNS = (Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
+                Column("CMDLINE", L))       # a tuple: every procs Table shares it
 
 
 def cmdline_text(rec):
