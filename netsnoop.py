@@ -2152,28 +2152,6 @@ class ProcFeed(object):
 
 # --- output ---------------------------------------------------------------------
 
-def cmdline_text(rec):
-    """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
-    import shlex
-    if not rec.get("cmdline"):
-        return "[%s]" % rec.get("comm")
-    return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
-
-
-def format_event(event):
-    """An event -> "HH:MM:SS.mmm PID PPID USER CMDLINE" ("[ct]" marks another container)."""
-    when = time.localtime(event["time"])
-    marks = ""
-    if event.get("container"):
-        marks += "[ct] "
-    if event["event"] == "exec":
-        marks += "exec> "
-    return "%s.%03d %7d %7d %-8s %s%s" % (
-        time.strftime("%H:%M:%S", when), int(event["time"] * 1000) % 1000,
-        event["pid"], event["ppid"], printable(event["user"], 32), marks,
-        printable(cmdline_text(event), CELL_LIMIT * 10))
-
-
 def event_matches(event, regex):
     """--filter: the regex searched in the command line, the name and the user."""
     if regex is None:
@@ -2320,27 +2298,6 @@ def collect_procs(procfs, pid):
         processes.append(rec)
         todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))
     return collections.OrderedDict(processes=processes)
-
-
-def procs_tables(data):
-    """{"processes": [record or event, ...]} -> [Table]; "depth" indents the tree."""
-    columns = [Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
-               Column("CMDLINE", L)]
-    rows = []
-    for rec in data.get("processes", []):
-        when = rec.get("time", rec.get("start_time"))
-        stamp = time.strftime("%H:%M:%S", time.localtime(when)) if when else "?"
-        marks = ("[ct] " if rec.get("container") else "") + (
-            "exec> " if rec.get("event") == "exec" else "")
-        indent = "  " * max(0, rec.get("depth", 1) - 1)
-        rows.append(Row([stamp, str(rec["pid"]), str(rec["ppid"]), rec["user"],
-                         indent + marks + cmdline_text(rec)],
-                        "new" if rec.get("event") == "new" else None,
-                        (rec["pid"], rec.get("start_time"))))
-    notes = ["%d processes" % len(rows)]
-    if data.get("note"):
-        notes.append(data["note"])
-    return [Table("procs", columns, rows, notes)]
 
 
 # ---------------------------------------------------------------------------
@@ -2553,6 +2510,64 @@ def analysis_tables(data, prev=None):
     return tables
 
 
+# --- processes: one row shape for the --procs feed, --once and the session ------
+
+PROC_COLUMNS = (Column("Time", L), Column("PID", R), Column("PPID", R), Column("USER", L),
+                Column("CMDLINE", L))       # a tuple: every procs Table shares it
+
+
+def cmdline_text(rec):
+    """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
+    import shlex
+    if not rec.get("cmdline"):
+        return "[%s]" % rec.get("comm")
+    return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
+
+
+def clock_text(when):
+    """Epoch seconds -> local "HH:MM:SS.mmm"; None -> "?"."""
+    if when is None:
+        return "?"
+    return "%s.%03d" % (time.strftime("%H:%M:%S", time.localtime(when)),
+                        int(when * 1000) % 1000)
+
+
+def proc_marks(rec):
+    """What goes before the command line: "[ct] " for another container (pid or
+    net namespace), "exec> " for a reported process that ran a new program."""
+    return ("[ct] " if rec.get("container") else "") + (
+        "exec> " if rec.get("event") == "exec" else "")
+
+
+def proc_row(rec):
+    """A feed event or a --once record -> cells for PROC_COLUMNS (not escaped):
+    [HH:MM:SS.mmm, PID, PPID, USER, marks + CMDLINE].  The time is when the
+    feed saw the process, or its start time for a record without one."""
+    when = rec.get("time", rec.get("start_time"))
+    return [clock_text(when), str(rec["pid"]), str(rec["ppid"]), rec["user"],
+            proc_marks(rec) + cmdline_text(rec)]
+
+
+def format_event(event):
+    """An event -> "HH:MM:SS.mmm PID PPID USER CMDLINE" (escaped, marks before CMDLINE)."""
+    stamp, pid, ppid, user, command = proc_row(event)
+    return "%s %7s %7s %-8s %s" % (stamp, pid, ppid, printable(user, 32),
+                                   printable(command, CELL_LIMIT * 10))
+
+
+def procs_tables(data):
+    """{"processes": [record or event, ...]} -> [Table]; "depth" indents the tree."""
+    rows = []
+    for rec in data.get("processes", []):
+        cells = proc_row(rec)
+        cells[-1] = "  " * max(0, rec.get("depth", 1) - 1) + cells[-1]
+        rows.append(Row(cells, None, (rec["pid"], rec.get("start_time"))))
+    notes = ["%d processes" % len(rows)]
+    if data.get("note"):
+        notes.append(data["note"])
+    return [Table("procs", PROC_COLUMNS, rows, notes)]
+
+
 def tab_tables(tab, data, prev=None, dt=None):
     """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too."""
     if tab in ("tcp", "udp", "raw"):
@@ -2580,6 +2595,31 @@ def text_width(text):
     if text.isascii():
         return len(text)
     return sum(_char_width(ch) for ch in text)
+
+
+def column_slice(text, start=0, stop=None):
+    """The part of (already printable) text between terminal columns start and
+    stop; half of a wide character becomes a blank, so what follows keeps its
+    column, and combining marks stay with the character they follow."""
+    if text.isascii():
+        return text[start:stop]
+    out, col, kept = [], 0, False
+    for ch in text:
+        width = _char_width(ch)
+        if width == 0:
+            if kept:
+                out.append(ch)
+            continue
+        if stop is not None and col + width > stop:
+            out.append(" " * max(0, min(stop - col, stop - start)))
+            break
+        kept = col >= start
+        if kept:
+            out.append(ch)
+        elif col + width > start:
+            out.append(" " * (col + width - start))
+        col += width
+    return "".join(out)
 
 
 def _pad(cell, width, align):
@@ -2771,17 +2811,16 @@ class Section(object):
         self.rows = rows                       # [(cells, role)]
         self.notes = ["(%s)" % printable(n) for n in table.notes if n]
         widths = [len(c.title) for c in table.columns]
-        if rows:
+        if rows:            # terminal columns, not characters: CJK takes two, combining none
             for i, column in enumerate(zip(*[cells for cells, _ in rows])):
-                widths[i] = max(widths[i], max(map(len, column)))
+                widths[i] = max(widths[i], max(map(text_width, column)))
         self.widths = widths
         self.width = 2 + sum(widths) + 2 * (len(widths) - 1)
         self.count = 2 + len(rows) + len(self.notes) + 1
 
     def _text(self, cells):
-        parts = []
-        for cell, column, width in zip(cells, self.columns, self.widths):
-            parts.append(cell.rjust(width) if column.align == R else cell.ljust(width))
+        parts = [_pad(cell, width, column.align)
+                 for cell, column, width in zip(cells, self.columns, self.widths)]
         return "  ".join(parts).rstrip()
 
     def header(self):
@@ -2894,11 +2933,11 @@ class TabView(object):
 # --- the procs tab -------------------------------------------------------------
 
 class ProcsPane(object):
-    """The procs tab: the process feed (when this build has one), started on first view.
+    """The procs tab: a ProcFeed, started on first view.
 
-    The feed is another section's component, used only through its interface
-    (poll/close/backend/seen/missed); a failure there disables this tab
-    instead of ending the session.
+    A feed that cannot start (no readable last-PID counter, say) or stops on
+    an error disables this tab, with the reason shown, instead of ending the
+    session.
     """
 
     def __init__(self, procfs, pid, backend="auto"):
@@ -2915,13 +2954,9 @@ class ProcsPane(object):
         if self.started:
             return
         self.started = True
-        feed_class = globals().get("ProcFeed")
-        if feed_class is None:
-            self.problem = "process feed not available in this build"
-            return
         try:
-            self.feed = feed_class(self.procfs, backend=self.backend)
-        except Exception as err:       # a foreign component: lose the tab, keep the session
+            self.feed = ProcFeed(self.procfs, backend=self.backend)
+        except (NetsnoopError, OSError) as err:
             self.problem = "process feed failed to start: %s" % err
 
     @property
@@ -2932,12 +2967,7 @@ class ProcsPane(object):
         """Take new events from the feed -> True when there were some."""
         if self.feed is None:
             return False
-        try:
-            events = self.feed.poll()
-        except Exception as err:       # see the class docstring
-            self.problem = "process feed stopped: %s" % err
-            self.close()
-            return True
+        events = self.feed.poll()
         for event in events:
             pid, ppid = event.get("pid"), event.get("ppid")
             self.parents[pid] = ppid
@@ -2956,36 +2986,23 @@ class ProcsPane(object):
         return False
 
     def tables(self):
-        columns = [Column("Time", L), Column("Event", L), Column("PID", R),
-                   Column("PPID", R), Column("User", L), Column("Command line", L)]
-        rows = []
-        for e in self.events:
-            when = e.get("time") or 0
-            stamp = time.strftime("%H:%M:%S", time.localtime(when)) + (
-                ".%03d" % int((when % 1) * 1000))
-            cmdline = " ".join(e.get("cmdline") or []) or "[%s]" % (e.get("comm") or "?")
-            rows.append(Row([stamp, str(e.get("event", "new")), str(e.get("pid")),
-                             str(e.get("ppid")), str(e.get("user")), cmdline],
-                            "owned" if e.get("descendant") else None,
-                            (e.get("pid"), e.get("start_time"))))
+        rows = [Row(proc_row(e), "owned" if e["descendant"] else None,
+                    (e["pid"], e["start_time"]))
+                for e in self.events]
         notes = []
-        if self.problem:
-            notes.append(self.problem)
+        problem = self.problem or (self.feed.error if self.feed is not None else None)
+        if problem:
+            notes.append(problem)       # the feed's thread stores why it stopped
         if self.feed is not None:
-            notes.append("newest first; * = descendant of %d; backend %s, seen %s, "
-                         "missed %s" % (
-                             self.pid, getattr(self.feed, "backend", "?"),
-                             getattr(self.feed, "seen", "?"),
-                             getattr(self.feed, "missed", "?")))
-        return [Table("procs", columns, rows, notes)]
+            notes.append("newest first; * = descendant of %d; backend %s, seen %d, "
+                         "missed %d" % (self.pid, self.feed.backend, self.feed.seen,
+                                        self.feed.missed))
+        return [Table("procs", PROC_COLUMNS, rows, notes)]
 
     def close(self):
         feed, self.feed = self.feed, None
         if feed is not None:
-            try:
-                feed.close()
-            except Exception:          # closing must not mask how the session ended
-                pass
+            feed.close()
 
 
 # --- state -------------------------------------------------------------------
@@ -3055,11 +3072,12 @@ class SessionState(object):
         widest = max(0, self.view.width - self.body_width)
         self.hscroll[self.tab] = max(0, min(column, widest))
 
-    def snapshot(self):
+    def save_view(self):
+        """What a key may change (tab, sorts, owned-only, scrolling), for restore_view."""
         return (self.tab, dict(self.sort), self.owned_only, dict(self.scroll))
 
-    def restore(self, snap):
-        self.tab, sort, self.owned_only, scroll = snap
+    def restore_view(self, saved):
+        self.tab, sort, self.owned_only, scroll = saved
         self.sort.update(sort)
         self.scroll.update(scroll)
 
@@ -3139,7 +3157,7 @@ class KeyHandler(object):
         if binding is None:
             return self.unbound(key)
         if isinstance(key, str) and key.isalpha():
-            self.last_letter = (time.monotonic(), key, st.snapshot())
+            self.last_letter = (time.monotonic(), key, st.save_view())
         else:
             self.last_letter = None
         return self.call(binding)
@@ -3158,7 +3176,7 @@ class KeyHandler(object):
         last, self.last_letter = self.last_letter, None
         if last is not None and time.monotonic() - last[0] <= TYPEAHEAD_SECONDS:
             tab = st.tab
-            st.restore(last[2])
+            st.restore_view(last[2])
             st.message = None          # whatever that key said no longer holds
             prefix = last[1]
             if st.tab != tab:
@@ -3390,7 +3408,7 @@ class Painter(object):
         height, width = self.win.getmaxyx()
         if y < 0 or y >= height or x < 0 or x >= width:
             return
-        text = text[:width - x]
+        text = column_slice(text, 0, width - x)     # CJK takes two columns: cut by columns
         if not text:
             return
         attr = self.theme.attr(role)
@@ -3519,7 +3537,7 @@ def draw_body(painter, st, top, height):
     shift = st.hscroll[st.tab] if st.mode != "help" else 0
     for i, (text, role) in enumerate(lines[:height]):
         if shift and role != "title":
-            text = text[:2] + text[2 + shift:]      # the mark column stays
+            text = text[:2] + column_slice(text[2:], shift)     # the mark column stays
         painter.put(top + i, 0, text, role)
 
 
@@ -3708,15 +3726,13 @@ def run_plain(procfs, state, problem):
         first = True
         while True:
             snap = snapshot(procfs, state.pid, (state.tab,))
-            sys.stdout.write(("" if first else "\n") + format_snapshot(snap))
-            sys.stdout.flush()
+            write_stdout(("" if first else "\n") + format_snapshot(snap))
             first = False
             if plain_wait(commands, state):
                 return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
-    except ProcessGone:
-        sys.stdout.flush()
+    except ProcessGone:               # write_stdout flushed every snapshot already
         sys.stderr.write("%s: process %d exited\n" % (PROG, state.pid))
         return EXIT_OK
 

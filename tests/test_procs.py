@@ -1,6 +1,7 @@
 """--procs: real processes spawned with unique markers, caught by each backend."""
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -355,6 +356,58 @@ def test_procfeed_polls_without_blocking(backend):
     finally:
         feed.close()
     assert threading.active_count() == 1
+
+
+def test_feed_once_tab_and_session_pane_show_one_row(tmp_path):
+    """The --procs line, the --once procs table and the session's procs tab quote
+    a command line the same way (an argument with a space stays one word)."""
+    argv0 = marker() + " x"
+    quoted = "'%s' 3" % argv0
+    feed = Feed(tmp_path)
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS("/proc"), os.getpid(), backend="python")
+    pane.start()
+    child = spawn_sleep(argv0, 3)
+    try:
+        row = None
+        deadline = time.monotonic() + 5
+        while row is None and time.monotonic() < deadline:
+            pane.poll()
+            row = next((r for r in pane.tables()[0].rows if r.cells[1] == str(child.pid)),
+                       None)
+            time.sleep(0.02)
+        once = run_netsnoop(os.getpid(), "--once", "--tab", "procs")
+    finally:
+        child.kill()
+        child.wait()
+        pane.close()
+    feed.stop()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert row is not None and row.role == "owned"          # a child of this test
+    assert row.cells[1:] == [str(child.pid), str(os.getpid()), user, quoted]
+    assert [c.title for c in pane.tables()[0].columns] == ["Time", "PID", "PPID", "USER",
+                                                           "CMDLINE"]
+    fed = [ln for ln in feed.stdout.splitlines() if argv0 in ln]
+    assert len(fed) == 1 and fed[0].split()[1:4] == [str(child.pid), str(os.getpid()), user]
+    assert fed[0].endswith(" " + quoted)
+    listed = [ln for ln in once.stdout.splitlines() if argv0 in ln]
+    assert len(listed) == 1 and listed[0].split()[1:4] == [str(child.pid), str(os.getpid()),
+                                                          user]
+    assert listed[0].endswith("  " + quoted)
+
+
+def test_marks_go_before_the_command_line_everywhere():
+    event = {"event": "exec", "time": 1700000000.25, "start_time": 1700000000.0,
+             "pid": 7, "ppid": 1, "user": "nobody", "comm": "sh", "container": True,
+             "cmdline": ["sh", "-c", "echo a\x1bb"]}
+    assert netsnoop.proc_marks(event) == "[ct] exec> "
+    line = netsnoop.format_event(event)
+    stamp = time.strftime("%H:%M:%S", time.localtime(1700000000)) + ".250"
+    assert line.split(" ", 1)[0] == stamp
+    assert line.split(" ", 1)[1] == "      7       1 nobody   [ct] exec> sh -c 'echo a\\eb'"
+    table = netsnoop.procs_tables({"processes": [dict(event, depth=2)]})[0]
+    assert table.rows[0].cells[0] == stamp
+    assert table.rows[0].cells[1:] == ["7", "1", "nobody", "  [ct] exec> sh -c 'echo a\x1bb'"]
+    assert netsnoop.format_table(table)[2].endswith("  [ct] exec> sh -c 'echo a\\eb'")
 
 
 def test_lone_copy_runs_the_python_backend(tmp_path):

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import wcwidth
 
 from conftest import NETSNOOP, needs_root_netns
 from ptyterm import PtyTerm
@@ -617,3 +618,183 @@ def test_session_on_a_fake_proc_tree(tmp_path):
         assert term.wait_exit() == 0
         assert term.stderr() == "netsnoop: process %d exited\n" % pid
         assert term.tty_modes() == (True, True)
+
+
+LOADAVG = "0.00 0.01 0.05 1/80 %d\n"
+
+
+def wait_for_note(pane, text, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        notes = pane.tables()[0].notes
+        if any(text in note for note in notes) or time.monotonic() > deadline:
+            return notes
+        time.sleep(0.02)
+
+
+def test_procs_tab_says_why_its_feed_stopped(tmp_path):
+    fake_proc(tmp_path, 4242)
+    (tmp_path / "loadavg").write_text(LOADAVG % 4242)
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 4242, backend="python")
+    try:
+        pane.start()
+        assert pane.active and pane.problem is None
+        assert not any("stopped" in note for note in pane.tables()[0].notes)
+        (tmp_path / "loadavg").write_text("garbage\n")      # the scanner's next read fails
+        notes = wait_for_note(pane, "process feed stopped")
+        assert notes[0].startswith("process feed stopped: "), notes
+    finally:
+        pane.close()
+
+
+def test_procs_tab_without_a_counter_is_disabled_not_fatal(tmp_path):
+    fake_proc(tmp_path, 4242)                                # no loadavg in this tree
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 4242, backend="python")
+    pane.start()
+    assert not pane.active and not pane.poll()
+    notes = pane.tables()[0].notes
+    assert notes == ["process feed failed to start: cannot read the last-PID counter %s: "
+                     "No such file or directory" % (tmp_path / "loadavg")]
+    pane.close()
+
+
+def test_session_shows_a_stopped_feed_and_goes_on(tmp_path):
+    pid = 4242
+    fake_proc(tmp_path, pid)
+    (tmp_path / "loadavg").write_text(LOADAVG % pid)
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3", "--backend", "python"]) as term:
+        term.wait_for("rows 2")
+        term.send("0")
+        term.wait_for(lambda t: "[0:procs]" in t and "backend python" in t)
+        (tmp_path / "loadavg").write_text("garbage\n")
+        term.wait_for("(process feed stopped: ")
+        term.send("1")                                       # the other tabs still work
+        term.wait_for(lambda t: "== tcp ==" in t and "127.0.0.1:8080" in t)
+        quit_ok(term)
+
+
+def test_state_save_view_and_restore_view():
+    state = netsnoop.SessionState(1, "tcp", 2.0)
+    saved = state.save_view()
+    state.tab, state.owned_only = "udp", True
+    state.sort["tcp"] = (1, True)
+    state.scroll["tcp"] = 5
+    state.restore_view(saved)
+    assert (state.tab, state.owned_only, state.sort["tcp"], state.scroll["tcp"]) == (
+        "tcp", False, None, 0)
+
+
+def plain_session(tmp_path, pid, stdout, env=None):
+    return subprocess.Popen([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                             "--interval", "0.2", "--tab", "traffic"],
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                            env=env)
+
+
+def test_no_tty_snapshots_on_an_ascii_stdout(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    (base / "stat").write_text("%d (n\u00e9t\u7f51) S 1 %d %d 0 -1 4194560 0 0 0 0\n"
+                               % (pid, pid, pid), encoding="utf-8")
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    proc = plain_session(tmp_path, pid, subprocess.PIPE, env)
+    try:
+        heading = proc.stdout.readline().decode("ascii")
+        os.rename(str(base), str(tmp_path / "gone"))              # the process is gone
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert heading.startswith("netsnoop %s: pid %d (n\\xe9t\\u7f51), netns unknown"
+                              % (netsnoop.__version__, pid)), heading
+    assert proc.returncode == 0, err
+    assert err.decode().splitlines()[-1] == "netsnoop: process %d exited" % pid
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_no_tty_snapshots_to_a_full_disk(tmp_path):
+    fake_proc(tmp_path, 4242)
+    with open("/dev/full", "w") as full:
+        proc = plain_session(tmp_path, 4242, full)
+        _, err = proc.communicate(timeout=10)
+    err = err.decode()
+    assert proc.returncode == 1
+    assert err.splitlines()[-1] == "netsnoop: cannot write output: No space left on device"
+    assert "Traceback" not in err and "internal error" not in err
+
+
+WIDE_NAMES = ["\u7f51\u53610", "x\u0301th1", "lo"]     # CJK (2 columns each); a combining
+# accent with no precomposed form (pyte composes to NFC)
+
+
+def right_edge(line, field):
+    """Terminal column where `field` (the first occurrence) ends in line."""
+    return wcwidth.wcswidth(line[:line.index(field) + len(field)])
+
+
+def second_field_edges(lines):
+    return [right_edge(line, line.split()[1]) for line in lines]
+
+
+def test_section_pads_by_terminal_columns():
+    Column, Row, Table = netsnoop.Column, netsnoop.Row, netsnoop.Table
+    rows = [Row([name, str(10 ** i), "x"], None, name) for i, name in enumerate(WIDE_NAMES)]
+    view = netsnoop.TabView([Table("t", [Column("Name", "<"), Column("Bytes", ">"),
+                                         Column("End", "<")], rows, [])])
+    view.layout()
+    header, *rows = [text for text, _ in view.visible(1, 4)]
+    assert second_field_edges(rows) == [right_edge(header, "Bytes")] * 3, rows
+    assert len({wcwidth.wcswidth(line) for line in rows}) == 1, rows
+
+
+def test_column_slice_cuts_by_terminal_columns():
+    cut = netsnoop.column_slice
+    assert cut("abcdef", 1, 3) == "bc"
+    assert cut("ab\u7f51cd", 0, 3) == "ab "           # half a wide char: a blank
+    assert cut("ab\u7f51cd", 3) == " cd"
+    assert cut("ab\u7f51cd", 2, 4) == "\u7f51"
+    assert cut("x\u0301yz", 0, 1) == "x\u0301"      # the accent stays with its letter
+    assert cut("x\u0301yz", 1) == "yz"               # ... and goes with it
+
+
+def test_session_columns_stay_aligned_with_wide_names(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    dev = DEV % 1280
+    lo = dev.splitlines(True)[-1]
+    (base / "net" / "dev").write_text(dev + "".join(lo.replace("    lo:", "%6s:" % name)
+                                                    for name in WIDE_NAMES[:2]),
+                                      encoding="utf-8")
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3", "--tab", "traffic"]) as term:
+        text = term.wait_for(lambda t: all(name in t for name in WIDE_NAMES))
+        header = next(ln for ln in text.splitlines() if "RX bytes" in ln)
+        rows = [ln for ln in text.splitlines() if any(name in ln for name in WIDE_NAMES)]
+        assert len(rows) == 3, rows
+        assert second_field_edges(rows) == [right_edge(header, "RX bytes")] * 3, rows
+        quit_ok(term)
+
+
+def test_narrow_session_clips_and_pans_by_terminal_columns(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    dev = DEV % 1280
+    lo = dev.splitlines(True)[-1]
+    # the wide names last: a line drawn too long would run into the blank line below
+    (base / "net" / "dev").write_text(dev + "".join(lo.replace("    lo:", "%6s:" % name)
+                                                    for name in WIDE_NAMES[1::-1]),
+                                      encoding="utf-8")
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3", "--tab", "traffic"], cols=31) as term:
+        term.wait_for(lambda t: all(name in t for name in WIDE_NAMES))
+        lines = term.screen.display
+        last = next(i for i, ln in enumerate(lines) if WIDE_NAMES[0] in ln)
+        assert lines[last + 1].strip() == "", lines
+        assert all(wcwidth.wcswidth(ln) <= 31 for ln in lines), lines
+        term.send(">")                                       # pan past the names
+        lines = term.wait_for(lambda t: WIDE_NAMES[0] not in t).splitlines()
+        top = next(i for i, ln in enumerate(lines) if "RX pkts" in ln)
+        rows = lines[top + 1:top + 4]
+        edges = [right_edge(ln, ln.split()[1]) for ln in rows]
+        assert edges == [right_edge(lines[top], "RX pkts")] * 3, lines
+        quit_ok(term)
