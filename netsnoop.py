@@ -1504,6 +1504,11 @@ class PythonBackend(object):
         return self._inotify().inotify_add_watch(fd, os.fsencode(path), mask)
 
 
+def _micros(seconds):
+    """Seconds -> whole microseconds for a C int (clamped to 0..INT_MAX)."""
+    return max(0, min(int(seconds * 1e6), 0x7FFFFFFF))
+
+
 class FastBackend(object):
     """The C scanner: getdents64 listing, and a wait loop that runs without the GIL."""
     name = "fast"
@@ -1526,8 +1531,11 @@ class FastBackend(object):
             self._buf = self.ffi.new("int[]", self._cap)
 
     def wait(self, counter_fd, notify_fd, last, timeout, step):
-        got = self.lib.fs_wait(counter_fd, notify_fd, last, int(timeout * 1e6),
-                               max(1, int(step * 1e6)), self._counter)
+        # fs_wait takes int microseconds: a step past the timeout is useless, and a
+        # timeout past ~2147 s would overflow (it ends early instead: a WAIT_TIMEOUT)
+        step = min(step, timeout)
+        got = self.lib.fs_wait(counter_fd, notify_fd, last, _micros(timeout),
+                               max(1, _micros(step)), self._counter)
         if got < 0:
             raise OSError(-got, os.strerror(-got), "/proc/loadavg")
         return got, self._counter[0]
@@ -1840,7 +1848,8 @@ class ProcScanner(object):
         """-> (timeout, poll step): fast while something is happening, relaxed when quiet."""
         if self.pending or self.newborns:
             return min(FAST_PERIOD, limit), FAST_PERIOD
-        step = ACTIVE_PERIOD if now - self.last_birth < ACTIVE_FOR else self.slowest
+        quiet = min(self.slowest, MAX_WAIT)     # a wait never lasts longer anyway
+        step = ACTIVE_PERIOD if now - self.last_birth < ACTIVE_FOR else quiet
         timeout = min(limit, MAX_WAIT)
         if self.watched:
             timeout = min(timeout, max(self.next_sweep - now, 0.0))

@@ -110,6 +110,20 @@ def test_wait_times_out_when_nothing_moves(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_takes_steps_and_timeouts_past_a_c_int(tmp_path, backend):
+    """--interval 3000 gives a 3000 s step: 3e9 us does not fit fs_wait's int."""
+    io = netsnoop.make_backend(backend)
+    fd = fixed_counter(tmp_path)
+    try:
+        start = time.monotonic()
+        assert io.wait(fd, -1, 4242, 0.05, 3000.0) == (netsnoop.WAIT_TIMEOUT, 4242)
+        assert time.monotonic() - start < 0.5
+        assert io.wait(fd, -1, 4241, 3000.0, 3000.0) == (netsnoop.WAIT_MOVED, 4242)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_wait_wakes_on_inotify(tmp_path, backend):
     io = netsnoop.make_backend(backend)
     watched = tmp_path / "watched"

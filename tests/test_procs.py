@@ -259,6 +259,15 @@ def test_duration_ends_the_feed(tmp_path):
     assert "backend python" in res.stderr
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interval_longer_than_a_c_int_of_microseconds(backend):
+    res = run_netsnoop("--procs", "--backend", backend, "--interval", "3000",
+                       "--duration", "1")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    assert "new processes seen" in res.stderr
+
+
 # --- --log -------------------------------------------------------------------
 
 def test_log_created_0600_and_appended(tmp_path):
