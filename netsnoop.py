@@ -2277,9 +2277,13 @@ def collect_procs(procfs, pid):
     for child, st in stats.items():
         children[st.ppid].append(child)
     processes = []
+    visited = {pid}         # parent links read at different moments (or a damaged --proc) can loop
     todo = [(child, 1) for child in sorted(children.get(pid, ()), reverse=True)]
     while todo:
         child, depth = todo.pop()
+        if child in visited:
+            continue
+        visited.add(child)
         rec = ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or [])
         rec["depth"] = depth
         processes.append(rec)

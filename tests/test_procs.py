@@ -342,6 +342,35 @@ def test_once_procs_tab_lists_descendants():
     assert text.returncode == 0 and tag + "-child 5" in text.stdout
 
 
+def proc_tree(root, parents, btime="1700000000"):
+    """A --proc fixture: /proc/stat with `btime`, and pid -> ppid entries (stat, cmdline,
+    status, an empty net/) whose start times are 100, 200, ... ticks."""
+    root.mkdir(exist_ok=True)
+    (root / "stat").write_text("cpu  1 2 3 4\nbtime %s\n" % btime)
+    for i, (pid, ppid) in enumerate(sorted(parents.items())):
+        entry = root / str(pid)
+        (entry / "net").mkdir(parents=True)
+        fields = ["S", str(ppid)] + ["0"] * 17 + [str(100 * (i + 1))]
+        (entry / "stat").write_text("%d (p%d) %s\n" % (pid, pid, " ".join(fields)))
+        (entry / "cmdline").write_bytes(b"prog-%d\0arg\0" % pid)
+        (entry / "status").write_text("Name:\tp%d\nUid:\t0\t0\t0\t0\n" % pid)
+    return root
+
+
+def once_procs(root, pid):
+    res = run_netsnoop("--proc", root, pid, "--once", "--tab", "procs", "--json", timeout=10)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)["tabs"]["procs"]["processes"]
+
+
+def test_once_procs_tab_survives_a_parent_cycle(tmp_path):
+    """Parent links read at different moments can form a loop: each process once."""
+    root = proc_tree(tmp_path / "proc", {100: 102, 101: 100, 102: 101, 103: 101, 7: 1})
+    procs = once_procs(root, 100)
+    assert [(p["pid"], p["depth"]) for p in procs] == [(101, 1), (102, 2), (103, 2)]
+    assert procs[0]["cmdline"] == ["prog-101", "arg"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_procfeed_polls_without_blocking(backend):
     feed = netsnoop.ProcFeed(netsnoop.ProcFS("/proc"), backend)
