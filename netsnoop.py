@@ -1646,8 +1646,8 @@ class ProcContext(object):
             for line in self.procfs.read("stat").splitlines():
                 if line.startswith("btime "):
                     btime = float(line.split()[1])
-        except OSError:
-            pass
+        except (OSError, ValueError, IndexError):
+            btime = None        # a damaged --proc tree: the clock, else times from 0
         clock = getattr(time, "CLOCK_BOOTTIME", None)
         if clock is not None and os.path.realpath(self.procfs.root) == "/proc":
             precise = time.time() - time.clock_gettime(clock)

@@ -371,6 +371,21 @@ def test_once_procs_tab_survives_a_parent_cycle(tmp_path):
     assert procs[0]["cmdline"] == ["prog-101", "arg"]
 
 
+@pytest.mark.parametrize("btime", ["x", "", "1700000000 junk"])
+def test_once_procs_tab_survives_a_damaged_btime(tmp_path, btime):
+    root = proc_tree(tmp_path / "proc", {100: 1, 101: 100}, btime=btime)
+    procs = once_procs(root, 100)
+    assert [p["pid"] for p in procs] == [101]
+    assert isinstance(procs[0]["start_time"], float)
+
+
+def test_once_procs_start_time_is_btime_plus_ticks(tmp_path):
+    root = proc_tree(tmp_path / "proc", {100: 1, 101: 100})
+    procs = once_procs(root, 100)
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert procs[0]["start_time"] == round(1700000000 + 200.0 / ticks, 3)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_procfeed_polls_without_blocking(backend):
     feed = netsnoop.ProcFeed(netsnoop.ProcFS("/proc"), backend)
