@@ -2186,8 +2186,7 @@ class FeedOutput(object):
         self.write(json.dumps(event) if self.json else format_event(event))
 
     def write(self, line):
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        write_stdout(line + "\n")      # escapes what an ASCII stdout cannot take
         if self.log_fd is not None:
             self._log(line + "\n")
 

@@ -33,7 +33,7 @@ class Feed(object):
         with open(self.out_path, "w") as out:
             self.proc = subprocess.Popen(cmd + ["--procs"] + [str(a) for a in args],
                                          stdout=out, stderr=subprocess.PIPE,
-                                         universal_newlines=True)
+                                         universal_newlines=True, env=kw.get("env"))
         self.banner = self.proc.stderr.readline()
         assert "watching for new processes" in self.banner, self.banner + self.proc.stderr.read()
 
@@ -216,6 +216,33 @@ def test_control_chars_escaped_in_text_and_exact_in_json(tmp_path):
     assert "\\e[31m\\nred\\x07\\u202e" in lines[0]
     found = by_marker(json_feed.events(), {argv0})
     assert found[argv0]["cmdline"] == [argv0, "0.1"]
+
+
+def test_non_ascii_cmdline_on_an_ascii_stdout(tmp_path):
+    argv0 = marker() + "-caf\u00e9-\u732b"
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    feed = Feed(tmp_path, env=env)
+    spawn_and_wait([(argv0, 0.05)])
+    feed.stop()
+    assert feed.returncode == 0, feed.stderr
+    assert "Error" not in feed.stderr and "new processes seen" in feed.stderr
+    tag = argv0.split("-caf")[0]
+    lines = [ln for ln in feed.stdout.splitlines() if tag in ln]
+    assert len(lines) == 1 and tag + "-caf\\xe9-\\u732b" in lines[0]
+
+
+def test_stdout_on_a_full_disk_is_one_clear_line():
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        feed = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--duration", "3"],
+                                stdout=full, stderr=subprocess.PIPE, universal_newlines=True)
+    assert "watching for new processes" in feed.stderr.readline()
+    spawn_and_wait([(marker(), 0.05)])
+    stderr = feed.stderr.read()
+    assert feed.wait(10) == 1
+    assert "netsnoop: cannot write output: No space left on device" in stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr
 
 
 def test_text_line_format(tmp_path):
