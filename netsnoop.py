@@ -2200,16 +2200,26 @@ class FeedOutput(object):
                                 "were kept)" % (self.log_path, err.strerror))
 
     def summary(self, scanner):
-        sys.stderr.write("%s: %d new processes seen, %d missed (%d gone before they could "
-                         "be read, %d exec'd but gone before their command line could be "
-                         "read); %d threads skipped; backend %s\n" % (
-                             PROG, scanner.seen, scanner.missed, scanner.vanished,
-                             scanner.lost_cmdline, scanner.threads, scanner.backend))
+        """--json: the last line, {"event": "summary", ...}."""
         if self.json:
             self.write(json.dumps(collections.OrderedDict((
                 ("event", "summary"), ("seen", scanner.seen), ("missed", scanner.missed),
                 ("backend", scanner.backend), ("missed_unreadable", scanner.vanished),
                 ("missed_cmdline", scanner.lost_cmdline), ("threads", scanner.threads)))))
+
+    @staticmethod
+    def report(scanner):
+        """The counts on stderr; also after an error, so they are never lost."""
+        try:
+            sys.stderr.write(
+                "%s: %d new processes seen, %d missed (%d gone before they could be read, "
+                "%d exec'd but gone before their command line could be read); %d threads "
+                "skipped; backend %s\n" % (
+                    PROG, scanner.seen, scanner.missed, scanner.vanished,
+                    scanner.lost_cmdline, scanner.threads, scanner.backend))
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass            # no stderr: nothing to tell, and the error in flight matters more
 
     def close(self):
         _close(self.log_fd)
@@ -2240,10 +2250,12 @@ def run_procs(args, procfs):
     """--procs: stream new processes until Ctrl+C, SIGTERM/SIGHUP or --duration."""
     output = FeedOutput(args)
     scanner = None
+    started = False
     try:
         scanner = ProcScanner(procfs, args.backend, args.interval)
         with _StopFlag() as stop:
             present = scanner.start()
+            started = True
             sys.stderr.write("%s: watching for new processes (backend %s, %d present); "
                              "Ctrl+C ends\n" % (PROG, scanner.backend, present))
             sys.stderr.flush()
@@ -2256,6 +2268,8 @@ def run_procs(args, procfs):
                     output.emit(event)
         output.summary(scanner)
     finally:
+        if started:         # a failing --log or stdout ends the feed: the counts still go out
+            output.report(scanner)
         if scanner is not None:
             scanner.close()
         output.close()

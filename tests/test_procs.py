@@ -331,6 +331,15 @@ def test_log_refuses_a_directory(tmp_path):
     assert res.returncode == 1 and res.stderr.count("\n") == 1
 
 
+def assert_log_error_then_summary(stderr):
+    """One error line (last, from main) after the counts, which are not lost."""
+    lines = stderr.splitlines()
+    assert len(lines) == 2, stderr
+    assert lines[0].startswith("netsnoop: ") and "new processes seen" in lines[0]
+    assert lines[1].startswith("netsnoop: cannot write to log ")
+    assert "No space left on device" in lines[1]
+
+
 def test_log_disk_full_is_one_line_and_status_1(tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
@@ -339,8 +348,44 @@ def test_log_disk_full_is_one_line_and_status_1(tmp_path):
     returncode = feed.proc.wait(10)
     stderr = feed.proc.stderr.read()
     assert returncode == 1
-    assert stderr.count("\n") == 1 and "No space left on device" in stderr
-    assert "Traceback" not in stderr
+    assert_log_error_then_summary(stderr)
+
+
+FULL_TMPFS_SCRIPT = r'''
+import os, subprocess, sys
+netsnoop, mnt = sys.argv[1:3]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt], check=True)
+fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError:
+    pass
+os.execv(sys.executable, [sys.executable, netsnoop, "--procs", "--json", "--duration", "5",
+                          "--log", os.path.join(mnt, "events.log")])
+'''
+
+
+def can_unshare_mount():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare_mount(), reason="needs root and unshare -m (to mount a tmpfs)")
+def test_log_on_a_full_tmpfs_still_gives_the_summary(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    feed = subprocess.Popen(["unshare", "-m", sys.executable, "-c", FULL_TMPFS_SCRIPT,
+                             NETSNOOP, str(mnt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    assert "watching for new processes" in feed.stderr.readline()
+    spawn_and_wait([(marker(), 0.05)])
+    stdout, stderr = feed.communicate(timeout=10)
+    assert feed.returncode == 1
+    assert_log_error_then_summary(stderr)
+    assert '"event": "new"' in stdout and '"summary"' not in stdout
+    assert os.listdir(str(mnt)) == []       # the tmpfs was private to the feed
 
 
 # --- the procs tab and the session feed ----------------------------------------
