@@ -2078,13 +2078,17 @@ class ProcFeed(object):
         import threading
         self._scanner = ProcScanner(procfs, backend)
         self.backend = self._scanner.backend
-        self._scanner.start()
         self._queue = collections.deque(maxlen=10000)
         self._stop = threading.Event()
         self.error = None
         self._thread = threading.Thread(target=self._run, name="netsnoop-procs")
         self._thread.daemon = True
-        self._thread.start()
+        try:
+            self._scanner.start()
+            self._thread.start()
+        except BaseException:
+            self._scanner.close()   # the counter / inotify fds opened before the failure
+            raise
 
     def _run(self):
         try:
@@ -2092,6 +2096,9 @@ class ProcFeed(object):
                 self._queue.extend(self._scanner.step(0.1))
         except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
             self.error = "process feed stopped: %s" % (err,)
+        finally:
+            # closed here, by the only thread using it: close() need not outwait a slow step
+            self._scanner.close()
 
     @property
     def seen(self):
@@ -2109,10 +2116,9 @@ class ProcFeed(object):
         return out
 
     def close(self):
+        """Stop the thread; it closes the scanner's fds as it ends (at once, or after its step)."""
         self._stop.set()
-        self._thread.join(0.5)
-        if not self._thread.is_alive():
-            self._scanner.close()
+        self._thread.join(1.0)
 
 
 # --- output ---------------------------------------------------------------------

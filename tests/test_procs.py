@@ -458,8 +458,23 @@ def test_once_procs_start_time_is_btime_plus_ticks(tmp_path):
     assert procs[0]["start_time"] == round(1700000000 + 200.0 / ticks, 3)
 
 
+def open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_procfeed_that_fails_to_start_leaves_no_fd_open(tmp_path, backend):
+    root = proc_tree(tmp_path / "proc", {100: 1})
+    (root / "loadavg").write_text("0.00 0.01 0.05 1/80 x\n")       # a damaged counter
+    before = open_fds()
+    with pytest.raises(netsnoop.NetsnoopError, match="last-PID counter"):
+        netsnoop.ProcFeed(netsnoop.ProcFS(str(root)), backend)
+    assert open_fds() == before
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_procfeed_polls_without_blocking(backend):
+    fds = open_fds()
     feed = netsnoop.ProcFeed(netsnoop.ProcFS("/proc"), backend)
     try:
         assert feed.backend == backend
@@ -480,6 +495,7 @@ def test_procfeed_polls_without_blocking(backend):
     finally:
         feed.close()
     assert threading.active_count() == 1
+    assert open_fds() == fds            # the thread closed the scanner as it ended
 
 
 def test_lone_copy_runs_the_python_backend(tmp_path):
