@@ -1889,12 +1889,22 @@ class ProcScanner(object):
             self.threads += 1
             watch.close()
             return True
-        if (verify and self.known.get(pid) == st.start) or pid in self.newborns \
-                or pid in self.watched:
+        old = self.newborns.get(pid) or self.watched.get(pid)
+        if (verify and self.known.get(pid) == st.start) or (old and old.st.start == st.start):
             watch.close()                   # already known: not new
             return True
+        if old is not None:
+            self._pid_reused(old, events)
         self._adopt(watch, st, events)
         return True
+
+    def _pid_reused(self, old, events):
+        """The PID is another process now: the one watched under it ended unnoticed."""
+        if self.newborns.get(old.pid) is old:
+            self._newborn_died(old, None, events)
+        else:
+            del self.watched[old.pid]
+            old.close()
 
     def _adopt(self, watch, st, events):
         """Note what the child looked like at fork: its parent's name and arguments."""
@@ -2042,8 +2052,9 @@ class ProcScanner(object):
         for pid in [p for p in self.known if p not in alive]:
             del self.known[pid]
         for pid in pids:
-            if pid in self.newborns or pid in self.watched or pid in self.pending:
+            if pid in self.pending:
                 continue
+            # a watched PID too: _probe tells a reused one by its start time
             if pid not in self.known or verify:
                 self._probe(pid, now, events, verify=True)
         if self.notifier is not None:

@@ -203,6 +203,46 @@ def test_reused_pid_is_reported_again(tmp_path):
     assert second[0]["start_time"] > first[0]["start_time"]
 
 
+PIDNS_WATCHED_SCRIPT = r'''
+import json, os, subprocess, sys, time
+netsnoop, sleep, tag = sys.argv[1:4]
+out = open(sys.argv[4], "w")
+feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
+                        stderr=subprocess.PIPE)
+feed.stderr.readline()
+first = os.fork()
+if first == 0:              # a fork without exec: reported, then watched for a late exec
+    time.sleep(1.2)
+    os._exit(0)
+os.waitpid(first, 0)        # ... and reused at once, before a sweep sees it gone
+subprocess.run(["true"])    # the counter moves past it, then back (else it would not move)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(first - 1))
+second = subprocess.Popen([tag + "-second", "0.2"], executable=sleep)
+second.wait()
+time.sleep(0.2)
+feed.terminate()
+feed.wait()
+print(json.dumps([first, second.pid]))
+'''
+
+
+@pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
+def test_pid_reused_while_its_old_process_is_watched(tmp_path):
+    tag = marker()
+    out = tmp_path / "events.jsonl"
+    res = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
+                          PIDNS_WATCHED_SCRIPT, NETSNOOP, SLEEP, tag, str(out)],
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
+    first_pid, second_pid = json.loads(res.stdout)
+    assert first_pid == second_pid
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    mine = [e for e in events if e.get("pid") == first_pid]
+    assert [e["cmdline"][:1] for e in mine] == [[sys.executable], [tag + "-second"]]
+    assert [e["event"] for e in mine] == ["new", "new"]
+    assert mine[1]["start_time"] > mine[0]["start_time"]
+
+
 def test_control_chars_escaped_in_text_and_exact_in_json(tmp_path):
     argv0 = "%s\x1b[31m\nred\x07\u202e" % marker()
     text_feed = Feed(tmp_path)
