@@ -1319,7 +1319,7 @@ PF_KTHREAD = 0x00200000  # include/linux/sched.h
 IN_OPEN, IN_IGNORED = 0x20, 0x8000    # include/uapi/linux/inotify.h
 LD_CACHE = "/etc/ld.so.cache"
 WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY, WAIT_INTERRUPTED = 0, 1, 2, 3
+WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what a wait saw
 
 # One /proc/N/stat line, the fields the scanner uses (man 5 proc: state 3,
 # ppid 4, flags 9, starttime 22, exit_signal 38).
@@ -1515,6 +1515,12 @@ class FastBackend(object):
 
     def __init__(self, module):
         self.ffi, self.lib = module.ffi, module.lib
+        lib = self.lib
+        self._woke = {lib.FS_TIMEOUT: WAIT_TIMEOUT, lib.FS_MOVED: WAIT_MOVED,
+                      lib.FS_NOTIFY: WAIT_NOTIFY,
+                      # a signal: back in Python its handler runs; the caller then
+                      # looks at its stop flag as after any timeout
+                      lib.FS_INTERRUPTED: WAIT_TIMEOUT}
         self._cap = 4096
         self._buf = self.ffi.new("int[]", self._cap)
         self._counter = self.ffi.new("int *")
@@ -1538,7 +1544,7 @@ class FastBackend(object):
                                max(1, _micros(step)), self._counter)
         if got < 0:
             raise OSError(-got, os.strerror(-got), "/proc/loadavg")
-        return got, self._counter[0]
+        return self._woke[got], self._counter[0]
 
     def inotify_init(self):
         return self.lib.fs_inotify_init()
