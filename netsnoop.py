@@ -26,13 +26,16 @@ import gc
 import json
 import locale
 import os
+import pwd
 import re
+import resource
 import select
 import signal
 import socket
 import stat
 import struct
 import sys
+import threading
 import time
 import unicodedata
 
@@ -1456,7 +1459,6 @@ class PythonBackend(object):
         return pids
 
     def _poller(self, fd):
-        import select
         poller = self._pollers.get(fd)
         if poller is None:
             poller = self._pollers[fd] = select.poll()
@@ -1670,7 +1672,6 @@ class ProcContext(object):
             return "?"
         name = self.users.get(uid)
         if name is None:
-            import pwd
             try:
                 name = pwd.getpwuid(uid).pw_name
             except (KeyError, OverflowError):
@@ -2070,12 +2071,11 @@ class ProcScanner(object):
 def _raise_fd_limit():
     """Newborns are held open: allow up to 4096 fds when the hard limit permits."""
     try:
-        import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
         if soft != resource.RLIM_INFINITY and soft < want:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):
+    except (ValueError, OSError):
         pass
 
 
@@ -2092,7 +2092,6 @@ class ProcFeed(object):
     """
 
     def __init__(self, procfs, backend="auto"):
-        import threading
         self._scanner = ProcScanner(procfs, backend)
         self.backend = self._scanner.backend
         self._queue = collections.deque(maxlen=10000)
