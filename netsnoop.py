@@ -1384,18 +1384,14 @@ def read_proc_cmdline(procfs, pid):
 
 
 def _pread_all(fd):
-    """The whole content of a kept-open /proc file, regenerated (trap 5)."""
+    """The whole content of a kept-open /proc file, regenerated (trap 5): one small
+    pread as a rule (it runs every ms for a newborn), read_fd_all from the start
+    for a long one."""
     data = os.pread(fd, 4096, 0)
     if len(data) < 4096:
         return data
-    parts = [data]
-    offset = len(data)
-    while True:
-        chunk = os.pread(fd, READ_CHUNK, offset)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        offset += len(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return read_fd_all(fd)
 
 
 def _open_ro(path):
@@ -1645,7 +1641,7 @@ class ProcContext(object):
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
         self.boot = self._boot_time()
         self.users = {}
-        self.own_ns = (self.ns("self", "pid"), self.ns("self", "net"))
+        self.own_ns = (self.pid_ns("self"), procfs.netns("self"))
 
     def _boot_time(self):
         """btime of /proc/stat; refined from CLOCK_BOOTTIME (btime is whole seconds)."""
@@ -1680,14 +1676,15 @@ class ProcContext(object):
                 self.users[uid] = name
         return name
 
-    def ns(self, pid, kind):
-        """"pid:[4026531836]" or None when unreadable (another user's process)."""
+    def pid_ns(self, pid):
+        """"pid:[4026531836]" or None when unreadable (as ProcFS.netns for the net one)."""
         try:
-            return os.readlink(self.procfs.path(pid, "ns", kind))
+            return os.readlink(self.procfs.path(pid, "ns", "pid"))
         except OSError:
             return None
 
     def read(self, pid, name):
+        """ProcFS.read, or None: a process that is gone or hidden gets null fields."""
         try:
             return self.procfs.read(pid, name)
         except OSError:
@@ -1723,8 +1720,8 @@ class ProcContext(object):
         rec["kernel_thread"] = bool(st.flags & PF_KTHREAD)
         cgroup = self.read(pid, "cgroup")
         rec["cgroup"] = parse_cgroup(cgroup) if cgroup else None
-        rec["pid_ns"] = self.ns(pid, "pid")
-        rec["net_ns"] = self.ns(pid, "net")
+        rec["pid_ns"] = self.pid_ns(pid)
+        rec["net_ns"] = self.procfs.netns(pid)
         rec["container"] = self.in_container(rec["pid_ns"], rec["net_ns"])
         return rec
 

@@ -576,6 +576,23 @@ def test_parse_cmdline_keeps_empty_and_undecodable_args():
     assert netsnoop.parse_cmdline(b"") == []
 
 
+def test_a_kept_open_cmdline_is_read_whole_again_and_again():
+    """Past the first 4 KiB pread the rest is read too, from the start, every time."""
+    args = [sys.executable, "-c", "import sys, time; print(); sys.stdout.flush(); "
+            "time.sleep(5)"] + ["%d-%s" % (i, "x" * 3000) for i in range(4)]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE)
+    child.stdout.readline()             # past execve: its own command line is in place
+    fd = os.open("/proc/%d/cmdline" % child.pid, os.O_RDONLY)
+    try:
+        want = ("\0".join(args) + "\0").encode()
+        assert netsnoop._pread_all(fd) == want
+        assert netsnoop._pread_all(fd) == want
+    finally:
+        os.close(fd)
+        child.kill()
+        child.wait()
+
+
 def test_kernel_thread_shown_as_its_name_in_brackets():
     event = {"event": "new", "time": time.time(), "pid": 2, "ppid": 0, "user": "root",
              "comm": "kthreadd", "cmdline": []}
