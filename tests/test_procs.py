@@ -1,4 +1,5 @@
 """--procs: real processes spawned with unique markers, caught by each backend."""
+import gc
 import json
 import os
 import shutil
@@ -499,7 +500,15 @@ def test_once_procs_start_time_is_btime_plus_ticks(tmp_path):
 
 
 def open_fds():
-    return sorted(os.listdir("/proc/self/fd"))
+    """{fd: what it is}, once the garbage of earlier tests (Popen pipes) is collected."""
+    gc.collect()
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            pass                        # the listing's own fd, closed by now
+    return fds
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
