@@ -2316,7 +2316,9 @@ def collect_procs(procfs, pid):
         if child in visited:
             continue
         visited.add(child)
-        rec = ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or [])
+        # the feed's keys: "new" (as the feed reports a process first seen) and when it was read
+        rec = collections.OrderedDict(event="new", time=round(time.time(), 6))
+        rec.update(ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or []))
         rec["depth"] = depth
         processes.append(rec)
         todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))

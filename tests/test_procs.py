@@ -431,8 +431,9 @@ def test_log_on_a_full_tmpfs_still_gives_the_summary(tmp_path):
 
 # --- the procs tab and the session feed ----------------------------------------
 
-def test_once_procs_tab_lists_descendants():
+def test_once_procs_tab_lists_descendants(tmp_path):
     tag = marker()
+    feed = Feed(tmp_path, "--json")
     parent = subprocess.Popen([sys.executable, "-c",
                                "import subprocess, sys; "
                                "c = subprocess.Popen(['%s-child', '5'], executable='%s'); "
@@ -442,16 +443,22 @@ def test_once_procs_tab_lists_descendants():
     try:
         child_pid = int(parent.stdout.readline())
         time.sleep(0.05)
+        before = time.time()
         res = run_netsnoop(parent.pid, "--once", "--tab", "procs", "--json")
         text = run_netsnoop(parent.pid, "--once", "--tab", "procs")
     finally:
         if child_pid:
             os.kill(child_pid, signal.SIGTERM)
         parent.wait()
+        feed.stop()
     assert res.returncode == 0, res.stderr
     procs = json.loads(res.stdout)["tabs"]["procs"]["processes"]
     assert [p["cmdline"] for p in procs] == [[tag + "-child", "5"]]
     assert procs[0]["ppid"] == parent.pid and procs[0]["comm"] == "sleep"
+    # "as in the --procs feed": every key of the feed's event for the same process
+    event = by_marker(feed.events(), {tag + "-child"})[tag + "-child"]
+    assert [k for k in event if k not in procs[0]] == []
+    assert procs[0]["event"] == "new" and before <= procs[0]["time"] <= time.time()
     assert text.returncode == 0 and tag + "-child 5" in text.stdout
 
 
