@@ -26,13 +26,16 @@ import gc
 import json
 import locale
 import os
+import pwd
 import re
+import resource
 import select
 import signal
 import socket
 import stat
 import struct
 import sys
+import threading
 import time
 import unicodedata
 
@@ -1363,7 +1366,7 @@ PF_KTHREAD = 0x00200000  # include/linux/sched.h
 IN_OPEN, IN_IGNORED = 0x20, 0x8000    # include/uapi/linux/inotify.h
 LD_CACHE = "/etc/ld.so.cache"
 WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY, WAIT_INTERRUPTED = 0, 1, 2, 3
+WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what a wait saw
 
 # One /proc/N/stat line, the fields the scanner uses (man 5 proc: state 3,
 # ppid 4, flags 9, starttime 22, exit_signal 38).
@@ -1425,18 +1428,14 @@ def read_proc_cmdline(procfs, pid):
 
 
 def _pread_all(fd):
-    """The whole content of a kept-open /proc file, regenerated (trap 5)."""
+    """The whole content of a kept-open /proc file, regenerated (trap 5): one small
+    pread as a rule (it runs every ms for a newborn), read_fd_all from the start
+    for a long one."""
     data = os.pread(fd, 4096, 0)
     if len(data) < 4096:
         return data
-    parts = [data]
-    offset = len(data)
-    while True:
-        chunk = os.pread(fd, READ_CHUNK, offset)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        offset += len(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return read_fd_all(fd)
 
 
 def _open_ro(path):
@@ -1500,7 +1499,6 @@ class PythonBackend(object):
         return pids
 
     def _poller(self, fd):
-        import select
         poller = self._pollers.get(fd)
         if poller is None:
             poller = self._pollers[fd] = select.poll()
@@ -1548,12 +1546,23 @@ class PythonBackend(object):
         return self._inotify().inotify_add_watch(fd, os.fsencode(path), mask)
 
 
+def _micros(seconds):
+    """Seconds -> whole microseconds for a C int (clamped to 0..INT_MAX)."""
+    return max(0, min(int(seconds * 1e6), 0x7FFFFFFF))
+
+
 class FastBackend(object):
     """The C scanner: getdents64 listing, and a wait loop that runs without the GIL."""
     name = "fast"
 
     def __init__(self, module):
         self.ffi, self.lib = module.ffi, module.lib
+        lib = self.lib
+        self._woke = {lib.FS_TIMEOUT: WAIT_TIMEOUT, lib.FS_MOVED: WAIT_MOVED,
+                      lib.FS_NOTIFY: WAIT_NOTIFY,
+                      # a signal: back in Python its handler runs; the caller then
+                      # looks at its stop flag as after any timeout
+                      lib.FS_INTERRUPTED: WAIT_TIMEOUT}
         self._cap = 4096
         self._buf = self.ffi.new("int[]", self._cap)
         self._counter = self.ffi.new("int *")
@@ -1570,11 +1579,14 @@ class FastBackend(object):
             self._buf = self.ffi.new("int[]", self._cap)
 
     def wait(self, counter_fd, notify_fd, last, timeout, step):
-        got = self.lib.fs_wait(counter_fd, notify_fd, last, int(timeout * 1e6),
-                               max(1, int(step * 1e6)), self._counter)
+        # fs_wait takes int microseconds: a step past the timeout is useless, and a
+        # timeout past ~2147 s would overflow (it ends early instead: a WAIT_TIMEOUT)
+        step = min(step, timeout)
+        got = self.lib.fs_wait(counter_fd, notify_fd, last, _micros(timeout),
+                               max(1, _micros(step)), self._counter)
         if got < 0:
             raise OSError(-got, os.strerror(-got), "/proc/loadavg")
-        return got, self._counter[0]
+        return self._woke[got], self._counter[0]
 
     def inotify_init(self):
         return self.lib.fs_inotify_init()
@@ -1673,7 +1685,7 @@ class ProcContext(object):
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
         self.boot = self._boot_time()
         self.users = {}
-        self.own_ns = (self.ns("self", "pid"), self.ns("self", "net"))
+        self.own_ns = (self.pid_ns("self"), procfs.netns("self"))
 
     def _boot_time(self):
         """btime of /proc/stat; refined from CLOCK_BOOTTIME (btime is whole seconds)."""
@@ -1682,8 +1694,8 @@ class ProcContext(object):
             for line in self.procfs.read("stat").splitlines():
                 if line.startswith("btime "):
                     btime = float(line.split()[1])
-        except OSError:
-            pass
+        except (OSError, ValueError, IndexError):
+            btime = None        # a damaged --proc tree: the clock, else times from 0
         clock = getattr(time, "CLOCK_BOOTTIME", None)
         if clock is not None and os.path.realpath(self.procfs.root) == "/proc":
             precise = time.time() - time.clock_gettime(clock)
@@ -1700,7 +1712,6 @@ class ProcContext(object):
             return "?"
         name = self.users.get(uid)
         if name is None:
-            import pwd
             try:
                 name = pwd.getpwuid(uid).pw_name
             except (KeyError, OverflowError):
@@ -1709,14 +1720,15 @@ class ProcContext(object):
                 self.users[uid] = name
         return name
 
-    def ns(self, pid, kind):
-        """"pid:[4026531836]" or None when unreadable (another user's process)."""
+    def pid_ns(self, pid):
+        """"pid:[4026531836]" or None when unreadable (as ProcFS.netns for the net one)."""
         try:
-            return os.readlink(self.procfs.path(pid, "ns", kind))
+            return os.readlink(self.procfs.path(pid, "ns", "pid"))
         except OSError:
             return None
 
     def read(self, pid, name):
+        """ProcFS.read, or None: a process that is gone or hidden gets null fields."""
         try:
             return self.procfs.read(pid, name)
         except OSError:
@@ -1752,8 +1764,8 @@ class ProcContext(object):
         rec["kernel_thread"] = bool(st.flags & PF_KTHREAD)
         cgroup = self.read(pid, "cgroup")
         rec["cgroup"] = parse_cgroup(cgroup) if cgroup else None
-        rec["pid_ns"] = self.ns(pid, "pid")
-        rec["net_ns"] = self.ns(pid, "net")
+        rec["pid_ns"] = self.pid_ns(pid)
+        rec["net_ns"] = self.procfs.netns(pid)
         rec["container"] = self.in_container(rec["pid_ns"], rec["net_ns"])
         return rec
 
@@ -1884,7 +1896,8 @@ class ProcScanner(object):
         """-> (timeout, poll step): fast while something is happening, relaxed when quiet."""
         if self.pending or self.newborns:
             return min(FAST_PERIOD, limit), FAST_PERIOD
-        step = ACTIVE_PERIOD if now - self.last_birth < ACTIVE_FOR else self.slowest
+        quiet = min(self.slowest, MAX_WAIT)     # a wait never lasts longer anyway
+        step = ACTIVE_PERIOD if now - self.last_birth < ACTIVE_FOR else quiet
         timeout = min(limit, MAX_WAIT)
         if self.watched:
             timeout = min(timeout, max(self.next_sweep - now, 0.0))
@@ -1924,12 +1937,22 @@ class ProcScanner(object):
             self.threads += 1
             watch.close()
             return True
-        if (verify and self.known.get(pid) == st.start) or pid in self.newborns \
-                or pid in self.watched:
+        old = self.newborns.get(pid) or self.watched.get(pid)
+        if (verify and self.known.get(pid) == st.start) or (old and old.st.start == st.start):
             watch.close()                   # already known: not new
             return True
+        if old is not None:
+            self._pid_reused(old, events)
         self._adopt(watch, st, events)
         return True
+
+    def _pid_reused(self, old, events):
+        """The PID is another process now: the one watched under it ended unnoticed."""
+        if self.newborns.get(old.pid) is old:
+            self._newborn_died(old, None, events)
+        else:
+            del self.watched[old.pid]
+            old.close()
 
     def _adopt(self, watch, st, events):
         """Note what the child looked like at fork: its parent's name and arguments."""
@@ -2077,8 +2100,9 @@ class ProcScanner(object):
         for pid in [p for p in self.known if p not in alive]:
             del self.known[pid]
         for pid in pids:
-            if pid in self.newborns or pid in self.watched or pid in self.pending:
+            if pid in self.pending:
                 continue
+            # a watched PID too: _probe tells a reused one by its start time
             if pid not in self.known or verify:
                 self._probe(pid, now, events, verify=True)
         if self.notifier is not None:
@@ -2088,12 +2112,11 @@ class ProcScanner(object):
 def _raise_fd_limit():
     """Newborns are held open: allow up to 4096 fds when the hard limit permits."""
     try:
-        import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
         if soft != resource.RLIM_INFINITY and soft < want:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):
+    except (ValueError, OSError):
         pass
 
 
@@ -2110,16 +2133,19 @@ class ProcFeed(object):
     """
 
     def __init__(self, procfs, backend="auto"):
-        import threading
         self._scanner = ProcScanner(procfs, backend)
         self.backend = self._scanner.backend
-        self._scanner.start()
         self._queue = collections.deque(maxlen=10000)
         self._stop = threading.Event()
         self.error = None
         self._thread = threading.Thread(target=self._run, name="netsnoop-procs")
         self._thread.daemon = True
-        self._thread.start()
+        try:
+            self._scanner.start()
+            self._thread.start()
+        except BaseException:
+            self._scanner.close()   # the counter / inotify fds opened before the failure
+            raise
 
     def _run(self):
         try:
@@ -2127,6 +2153,9 @@ class ProcFeed(object):
                 self._queue.extend(self._scanner.step(0.1))
         except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
             self.error = "process feed stopped: %s" % (err,)
+        finally:
+            # closed here, by the only thread using it: close() need not outwait a slow step
+            self._scanner.close()
 
     @property
     def seen(self):
@@ -2144,10 +2173,9 @@ class ProcFeed(object):
         return out
 
     def close(self):
+        """Stop the thread; it closes the scanner's fds as it ends (at once, or after its step)."""
         self._stop.set()
-        self._thread.join(0.5)
-        if not self._thread.is_alive():
-            self._scanner.close()
+        self._thread.join(1.0)
 
 
 # --- output ---------------------------------------------------------------------
@@ -2199,8 +2227,7 @@ class FeedOutput(object):
         self.write(json.dumps(event) if self.json else format_event(event))
 
     def write(self, line):
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        write_stdout(line + "\n")      # escapes what an ASCII stdout cannot take
         if self.log_fd is not None:
             self._log(line + "\n")
 
@@ -2214,16 +2241,26 @@ class FeedOutput(object):
                                 "were kept)" % (self.log_path, err.strerror))
 
     def summary(self, scanner):
-        sys.stderr.write("%s: %d new processes seen, %d missed (%d gone before they could "
-                         "be read, %d exec'd but gone before their command line could be "
-                         "read); %d threads skipped; backend %s\n" % (
-                             PROG, scanner.seen, scanner.missed, scanner.vanished,
-                             scanner.lost_cmdline, scanner.threads, scanner.backend))
+        """--json: the last line, {"event": "summary", ...}."""
         if self.json:
             self.write(json.dumps(collections.OrderedDict((
                 ("event", "summary"), ("seen", scanner.seen), ("missed", scanner.missed),
                 ("backend", scanner.backend), ("missed_unreadable", scanner.vanished),
                 ("missed_cmdline", scanner.lost_cmdline), ("threads", scanner.threads)))))
+
+    @staticmethod
+    def report(scanner):
+        """The counts on stderr; also after an error, so they are never lost."""
+        try:
+            sys.stderr.write(
+                "%s: %d new processes seen, %d missed (%d gone before they could be read, "
+                "%d exec'd but gone before their command line could be read); %d threads "
+                "skipped; backend %s\n" % (
+                    PROG, scanner.seen, scanner.missed, scanner.vanished,
+                    scanner.lost_cmdline, scanner.threads, scanner.backend))
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass            # no stderr: nothing to tell, and the error in flight matters more
 
     def close(self):
         _close(self.log_fd)
@@ -2254,10 +2291,12 @@ def run_procs(args, procfs):
     """--procs: stream new processes until Ctrl+C, SIGTERM/SIGHUP or --duration."""
     output = FeedOutput(args)
     scanner = None
+    started = False
     try:
         scanner = ProcScanner(procfs, args.backend, args.interval)
         with _StopFlag() as stop:
             present = scanner.start()
+            started = True
             sys.stderr.write("%s: watching for new processes (backend %s, %d present); "
                              "Ctrl+C ends\n" % (PROG, scanner.backend, present))
             sys.stderr.flush()
@@ -2270,6 +2309,8 @@ def run_procs(args, procfs):
                     output.emit(event)
         output.summary(scanner)
     finally:
+        if started:         # a failing --log or stdout ends the feed: the counts still go out
+            output.report(scanner)
         if scanner is not None:
             scanner.close()
         output.close()
@@ -2290,10 +2331,16 @@ def collect_procs(procfs, pid):
     for child, st in stats.items():
         children[st.ppid].append(child)
     processes = []
+    visited = {pid}         # parent links read at different moments (or a damaged --proc) can loop
     todo = [(child, 1) for child in sorted(children.get(pid, ()), reverse=True)]
     while todo:
         child, depth = todo.pop()
-        rec = ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or [])
+        if child in visited:
+            continue
+        visited.add(child)
+        # the feed's keys: "new" (as the feed reports a process first seen) and when it was read
+        rec = collections.OrderedDict(event="new", time=round(time.time(), 6))
+        rec.update(ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or []))
         rec["depth"] = depth
         processes.append(rec)
         todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))

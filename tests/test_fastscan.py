@@ -1,5 +1,6 @@
 """The C scanner (_fastscan.c via cffi) against its pure-Python twin."""
 import os
+import signal
 import time
 
 import pytest
@@ -110,6 +111,20 @@ def test_wait_times_out_when_nothing_moves(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_takes_steps_and_timeouts_past_a_c_int(tmp_path, backend):
+    """--interval 3000 gives a 3000 s step: 3e9 us does not fit fs_wait's int."""
+    io = netsnoop.make_backend(backend)
+    fd = fixed_counter(tmp_path)
+    try:
+        start = time.monotonic()
+        assert io.wait(fd, -1, 4242, 0.05, 3000.0) == (netsnoop.WAIT_TIMEOUT, 4242)
+        assert time.monotonic() - start < 0.5
+        assert io.wait(fd, -1, 4241, 3000.0, 3000.0) == (netsnoop.WAIT_MOVED, 4242)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_wait_wakes_on_inotify(tmp_path, backend):
     io = netsnoop.make_backend(backend)
     watched = tmp_path / "watched"
@@ -153,8 +168,19 @@ def test_cache_watch_survives_replacement_by_rename(tmp_path, backend):
         notifier.close()
 
 
-def test_wait_results_mean_the_same_in_c_and_python(fast):
-    lib = module.lib
-    assert (lib.FS_TIMEOUT, lib.FS_MOVED, lib.FS_NOTIFY, lib.FS_INTERRUPTED) == (
-        netsnoop.WAIT_TIMEOUT, netsnoop.WAIT_MOVED, netsnoop.WAIT_NOTIFY,
-        netsnoop.WAIT_INTERRUPTED)
+def test_a_signal_ends_the_c_wait_early(tmp_path, fast):
+    """fs_wait runs without the GIL: a signal returns to Python (its handler runs,
+    then --procs sees its stop flag) long before the timeout."""
+    caught = []
+    saved = signal.signal(signal.SIGALRM, lambda signum, frame: caught.append(signum))
+    fd = fixed_counter(tmp_path)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        start = time.monotonic()
+        assert fast.wait(fd, -1, 4242, 5.0, 5.0) == (netsnoop.WAIT_TIMEOUT, 4242)
+        assert time.monotonic() - start < 1.0
+        assert caught == [signal.SIGALRM]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved)
+        os.close(fd)

@@ -1,4 +1,5 @@
 """--procs: real processes spawned with unique markers, caught by each backend."""
+import gc
 import json
 import os
 import pwd
@@ -34,7 +35,7 @@ class Feed(object):
         with open(self.out_path, "w") as out:
             self.proc = subprocess.Popen(cmd + ["--procs"] + [str(a) for a in args],
                                          stdout=out, stderr=subprocess.PIPE,
-                                         universal_newlines=True)
+                                         universal_newlines=True, env=kw.get("env"))
         self.banner = self.proc.stderr.readline()
         assert "watching for new processes" in self.banner, self.banner + self.proc.stderr.read()
 
@@ -204,6 +205,46 @@ def test_reused_pid_is_reported_again(tmp_path):
     assert second[0]["start_time"] > first[0]["start_time"]
 
 
+PIDNS_WATCHED_SCRIPT = r'''
+import json, os, subprocess, sys, time
+netsnoop, sleep, tag = sys.argv[1:4]
+out = open(sys.argv[4], "w")
+feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
+                        stderr=subprocess.PIPE)
+feed.stderr.readline()
+first = os.fork()
+if first == 0:              # a fork without exec: reported, then watched for a late exec
+    time.sleep(1.2)
+    os._exit(0)
+os.waitpid(first, 0)        # ... and reused at once, before a sweep sees it gone
+subprocess.run(["true"])    # the counter moves past it, then back (else it would not move)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(first - 1))
+second = subprocess.Popen([tag + "-second", "0.2"], executable=sleep)
+second.wait()
+time.sleep(0.2)
+feed.terminate()
+feed.wait()
+print(json.dumps([first, second.pid]))
+'''
+
+
+@pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
+def test_pid_reused_while_its_old_process_is_watched(tmp_path):
+    tag = marker()
+    out = tmp_path / "events.jsonl"
+    res = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
+                          PIDNS_WATCHED_SCRIPT, NETSNOOP, SLEEP, tag, str(out)],
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
+    first_pid, second_pid = json.loads(res.stdout)
+    assert first_pid == second_pid
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    mine = [e for e in events if e.get("pid") == first_pid]
+    assert [e["cmdline"][:1] for e in mine] == [[sys.executable], [tag + "-second"]]
+    assert [e["event"] for e in mine] == ["new", "new"]
+    assert mine[1]["start_time"] > mine[0]["start_time"]
+
+
 def test_control_chars_escaped_in_text_and_exact_in_json(tmp_path):
     argv0 = "%s\x1b[31m\nred\x07\u202e" % marker()
     text_feed = Feed(tmp_path)
@@ -217,6 +258,33 @@ def test_control_chars_escaped_in_text_and_exact_in_json(tmp_path):
     assert "\\e[31m\\nred\\x07\\u202e" in lines[0]
     found = by_marker(json_feed.events(), {argv0})
     assert found[argv0]["cmdline"] == [argv0, "0.1"]
+
+
+def test_non_ascii_cmdline_on_an_ascii_stdout(tmp_path):
+    argv0 = marker() + "-caf\u00e9-\u732b"
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    feed = Feed(tmp_path, env=env)
+    spawn_and_wait([(argv0, 0.05)])
+    feed.stop()
+    assert feed.returncode == 0, feed.stderr
+    assert "Error" not in feed.stderr and "new processes seen" in feed.stderr
+    tag = argv0.split("-caf")[0]
+    lines = [ln for ln in feed.stdout.splitlines() if tag in ln]
+    assert len(lines) == 1 and tag + "-caf\\xe9-\\u732b" in lines[0]
+
+
+def test_stdout_on_a_full_disk_is_one_clear_line():
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        feed = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--duration", "3"],
+                                stdout=full, stderr=subprocess.PIPE, universal_newlines=True)
+    assert "watching for new processes" in feed.stderr.readline()
+    spawn_and_wait([(marker(), 0.05)])
+    stderr = feed.stderr.read()
+    assert feed.wait(10) == 1
+    assert "netsnoop: cannot write output: No space left on device" in stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr
 
 
 def test_text_line_format(tmp_path):
@@ -260,6 +328,15 @@ def test_duration_ends_the_feed(tmp_path):
     assert "backend python" in res.stderr
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interval_longer_than_a_c_int_of_microseconds(backend):
+    res = run_netsnoop("--procs", "--backend", backend, "--interval", "3000",
+                       "--duration", "1")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    assert "new processes seen" in res.stderr
+
+
 # --- --log -------------------------------------------------------------------
 
 def test_log_created_0600_and_appended(tmp_path):
@@ -296,6 +373,15 @@ def test_log_refuses_a_directory(tmp_path):
     assert res.returncode == 1 and res.stderr.count("\n") == 1
 
 
+def assert_log_error_then_summary(stderr):
+    """One error line (last, from main) after the counts, which are not lost."""
+    lines = stderr.splitlines()
+    assert len(lines) == 2, stderr
+    assert lines[0].startswith("netsnoop: ") and "new processes seen" in lines[0]
+    assert lines[1].startswith("netsnoop: cannot write to log ")
+    assert "No space left on device" in lines[1]
+
+
 def test_log_disk_full_is_one_line_and_status_1(tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
@@ -304,14 +390,51 @@ def test_log_disk_full_is_one_line_and_status_1(tmp_path):
     returncode = feed.proc.wait(10)
     stderr = feed.proc.stderr.read()
     assert returncode == 1
-    assert stderr.count("\n") == 1 and "No space left on device" in stderr
-    assert "Traceback" not in stderr
+    assert_log_error_then_summary(stderr)
+
+
+FULL_TMPFS_SCRIPT = r'''
+import os, subprocess, sys
+netsnoop, mnt = sys.argv[1:3]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt], check=True)
+fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError:
+    pass
+os.execv(sys.executable, [sys.executable, netsnoop, "--procs", "--json", "--duration", "5",
+                          "--log", os.path.join(mnt, "events.log")])
+'''
+
+
+def can_unshare_mount():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare_mount(), reason="needs root and unshare -m (to mount a tmpfs)")
+def test_log_on_a_full_tmpfs_still_gives_the_summary(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    feed = subprocess.Popen(["unshare", "-m", sys.executable, "-c", FULL_TMPFS_SCRIPT,
+                             NETSNOOP, str(mnt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    assert "watching for new processes" in feed.stderr.readline()
+    spawn_and_wait([(marker(), 0.05)])
+    stdout, stderr = feed.communicate(timeout=10)
+    assert feed.returncode == 1
+    assert_log_error_then_summary(stderr)
+    assert '"event": "new"' in stdout and '"summary"' not in stdout
+    assert os.listdir(str(mnt)) == []       # the tmpfs was private to the feed
 
 
 # --- the procs tab and the session feed ----------------------------------------
 
-def test_once_procs_tab_lists_descendants():
+def test_once_procs_tab_lists_descendants(tmp_path):
     tag = marker()
+    feed = Feed(tmp_path, "--json")
     parent = subprocess.Popen([sys.executable, "-c",
                                "import subprocess, sys; "
                                "c = subprocess.Popen(['%s-child', '5'], executable='%s'); "
@@ -321,21 +444,94 @@ def test_once_procs_tab_lists_descendants():
     try:
         child_pid = int(parent.stdout.readline())
         time.sleep(0.05)
+        before = time.time()
         res = run_netsnoop(parent.pid, "--once", "--tab", "procs", "--json")
         text = run_netsnoop(parent.pid, "--once", "--tab", "procs")
     finally:
         if child_pid:
             os.kill(child_pid, signal.SIGTERM)
         parent.wait()
+        feed.stop()
     assert res.returncode == 0, res.stderr
     procs = json.loads(res.stdout)["tabs"]["procs"]["processes"]
     assert [p["cmdline"] for p in procs] == [[tag + "-child", "5"]]
     assert procs[0]["ppid"] == parent.pid and procs[0]["comm"] == "sleep"
+    # "as in the --procs feed": every key of the feed's event for the same process
+    event = by_marker(feed.events(), {tag + "-child"})[tag + "-child"]
+    assert [k for k in event if k not in procs[0]] == []
+    assert procs[0]["event"] == "new" and before <= procs[0]["time"] <= time.time()
     assert text.returncode == 0 and tag + "-child 5" in text.stdout
+
+
+def proc_tree(root, parents, btime="1700000000"):
+    """A --proc fixture: /proc/stat with `btime`, and pid -> ppid entries (stat, cmdline,
+    status, an empty net/) whose start times are 100, 200, ... ticks."""
+    root.mkdir(exist_ok=True)
+    (root / "stat").write_text("cpu  1 2 3 4\nbtime %s\n" % btime)
+    for i, (pid, ppid) in enumerate(sorted(parents.items())):
+        entry = root / str(pid)
+        (entry / "net").mkdir(parents=True)
+        fields = ["S", str(ppid)] + ["0"] * 17 + [str(100 * (i + 1))]
+        (entry / "stat").write_text("%d (p%d) %s\n" % (pid, pid, " ".join(fields)))
+        (entry / "cmdline").write_bytes(b"prog-%d\0arg\0" % pid)
+        (entry / "status").write_text("Name:\tp%d\nUid:\t0\t0\t0\t0\n" % pid)
+    return root
+
+
+def once_procs(root, pid):
+    res = run_netsnoop("--proc", root, pid, "--once", "--tab", "procs", "--json", timeout=10)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)["tabs"]["procs"]["processes"]
+
+
+def test_once_procs_tab_survives_a_parent_cycle(tmp_path):
+    """Parent links read at different moments can form a loop: each process once."""
+    root = proc_tree(tmp_path / "proc", {100: 102, 101: 100, 102: 101, 103: 101, 7: 1})
+    procs = once_procs(root, 100)
+    assert [(p["pid"], p["depth"]) for p in procs] == [(101, 1), (102, 2), (103, 2)]
+    assert procs[0]["cmdline"] == ["prog-101", "arg"]
+
+
+@pytest.mark.parametrize("btime", ["x", "", "1700000000 junk"])
+def test_once_procs_tab_survives_a_damaged_btime(tmp_path, btime):
+    root = proc_tree(tmp_path / "proc", {100: 1, 101: 100}, btime=btime)
+    procs = once_procs(root, 100)
+    assert [p["pid"] for p in procs] == [101]
+    assert isinstance(procs[0]["start_time"], float)
+
+
+def test_once_procs_start_time_is_btime_plus_ticks(tmp_path):
+    root = proc_tree(tmp_path / "proc", {100: 1, 101: 100})
+    procs = once_procs(root, 100)
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert procs[0]["start_time"] == round(1700000000 + 200.0 / ticks, 3)
+
+
+def open_fds():
+    """{fd: what it is}, once the garbage of earlier tests (Popen pipes) is collected."""
+    gc.collect()
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            pass                        # the listing's own fd, closed by now
+    return fds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_procfeed_that_fails_to_start_leaves_no_fd_open(tmp_path, backend):
+    root = proc_tree(tmp_path / "proc", {100: 1})
+    (root / "loadavg").write_text("0.00 0.01 0.05 1/80 x\n")       # a damaged counter
+    before = open_fds()
+    with pytest.raises(netsnoop.NetsnoopError, match="last-PID counter"):
+        netsnoop.ProcFeed(netsnoop.ProcFS(str(root)), backend)
+    assert open_fds() == before
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_procfeed_polls_without_blocking(backend):
+    fds = open_fds()
     feed = netsnoop.ProcFeed(netsnoop.ProcFS("/proc"), backend)
     try:
         assert feed.backend == backend
@@ -356,6 +552,7 @@ def test_procfeed_polls_without_blocking(backend):
     finally:
         feed.close()
     assert threading.active_count() == 1
+    assert open_fds() == fds            # the thread closed the scanner as it ended
 
 
 def test_feed_once_tab_and_session_pane_show_one_row(tmp_path):
@@ -446,6 +643,23 @@ def test_parse_proc_stat_takes_the_last_paren_and_the_thread_marker():
 def test_parse_cmdline_keeps_empty_and_undecodable_args():
     assert netsnoop.parse_cmdline(b"ls\0\0-l\xff\0") == ["ls", "", "-l\udcff"]
     assert netsnoop.parse_cmdline(b"") == []
+
+
+def test_a_kept_open_cmdline_is_read_whole_again_and_again():
+    """Past the first 4 KiB pread the rest is read too, from the start, every time."""
+    args = [sys.executable, "-c", "import sys, time; print(); sys.stdout.flush(); "
+            "time.sleep(5)"] + ["%d-%s" % (i, "x" * 3000) for i in range(4)]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE)
+    child.stdout.readline()             # past execve: its own command line is in place
+    fd = os.open("/proc/%d/cmdline" % child.pid, os.O_RDONLY)
+    try:
+        want = ("\0".join(args) + "\0").encode()
+        assert netsnoop._pread_all(fd) == want
+        assert netsnoop._pread_all(fd) == want
+    finally:
+        os.close(fd)
+        child.kill()
+        child.wait()
 
 
 def test_kernel_thread_shown_as_its_name_in_brackets():
