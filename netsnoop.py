@@ -30,6 +30,7 @@ import pwd
 import re
 import resource
 import select
+import shlex
 import signal
 import socket
 import stat
@@ -886,7 +887,6 @@ class Ownership(object):
     """
 
     def __init__(self, procfs, pid):
-        import threading        # only here: importing netsnoop stays cheap
         self._result = None
         self._scan = threading.Thread(target=self._run_scan, args=(procfs, pid),
                                       name="netsnoop-fd-scan")
@@ -2565,7 +2565,6 @@ PROC_COLUMNS = (Column("Time", L), Column("PID", R), Column("PPID", R), Column("
 
 def cmdline_text(rec):
     """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
-    import shlex
     if not rec.get("cmdline"):
         return "[%s]" % rec.get("comm")
     return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
@@ -2591,6 +2590,10 @@ def proc_row(rec):
     [HH:MM:SS.mmm, PID, PPID, USER, marks + CMDLINE].  The time is when the
     feed saw the process, or its start time for a record without one."""
     when = rec.get("time", rec.get("start_time"))
+    return proc_cells(rec, when)
+
+
+def proc_cells(rec, when):
     return [clock_text(when), str(rec["pid"]), str(rec["ppid"]), rec["user"],
             proc_marks(rec) + cmdline_text(rec)]
 
@@ -2603,10 +2606,14 @@ def format_event(event):
 
 
 def procs_tables(data):
-    """{"processes": [record or event, ...]} -> [Table]; "depth" indents the tree."""
+    """--once: {"processes": [record, ...]} -> [Table]; "depth" indents the tree.
+
+    These processes were there before netsnoop looked, so the time shown
+    is when each started (the same on every run), not when it was read.
+    """
     rows = []
     for rec in data.get("processes", []):
-        cells = proc_row(rec)
+        cells = proc_cells(rec, rec.get("start_time"))
         cells[-1] = "  " * max(0, rec.get("depth", 1) - 1) + cells[-1]
         rows.append(Row(cells, None, (rec["pid"], rec.get("start_time"))))
     notes = ["%d processes" % len(rows)]
