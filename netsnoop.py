@@ -686,6 +686,10 @@ READ_CHUNK = 1 << 20
 SEQ_END_BELOW = 4096 - 512
 
 
+def _open_ro(path):
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def read_fd_all(fd, end_below=0):
     """Read an open file to the end in large chunks (seq files fill what they can).
 
@@ -716,7 +720,7 @@ class ProcFS(object):
         return os.path.join(self.root, *[str(p) for p in parts])
 
     def read_bytes(self, *parts, end_below=0):
-        fd = os.open(self.path(*parts), os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_ro(self.path(*parts))
         try:
             return read_fd_all(fd, end_below)
         finally:
@@ -935,8 +939,7 @@ class Ownership(object):
         return self.inodes is not None
 
     def owns(self, inode):
-        inodes = self.inodes
-        return inodes is not None and inode != 0 and inode in inodes
+        return inode in self.held()
 
     def held(self):
         """The inodes to test rows against: empty when unknown, never 0."""
@@ -1452,10 +1455,6 @@ def _pread_all(fd):
     return read_fd_all(fd)
 
 
-def _open_ro(path):
-    return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-
-
 def _close(fd):
     if fd is not None and fd >= 0:
         try:
@@ -1553,7 +1552,7 @@ class PythonBackend(object):
         libc = self._inotify()
         if not libc:
             return -errno.ENOSYS
-        fd = libc.inotify_init1(os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         return fd if fd >= 0 else -1
 
     def inotify_add(self, fd, path, mask):
@@ -2205,7 +2204,7 @@ def event_matches(event, regex):
 def open_log(path):
     """--log FILE: append-only fd, created 0600, never through a symlink, never a directory."""
     flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-             | getattr(os, "O_CLOEXEC", 0))
+             | os.O_CLOEXEC)
     try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
             raise NetsnoopError("cannot log to %s: it is a directory" % path)
@@ -2695,22 +2694,29 @@ def _pad(cell, width, align):
     return fill + cell if align == R else cell + fill
 
 
+def column_widths(columns, body):
+    """Terminal columns each column needs: its title, or its widest (escaped) cell."""
+    widths = [len(c.title) for c in columns]
+    for cells in body:
+        for i, cell in enumerate(cells):
+            widths[i] = max(widths[i], text_width(cell))
+    return widths
+
+
+def aligned(cells, columns, widths):
+    """Escaped cells -> one line, each padded to its column, two blanks apart."""
+    parts = [_pad(cell, width, col.align) for cell, col, width in zip(cells, columns, widths)]
+    return "  ".join(parts).rstrip()
+
+
 def format_table(table, limit=CELL_LIMIT):
     """A Table -> aligned text lines (title, header, rows, notes), like ss / route -n."""
     header = [c.title for c in table.columns]
     body = [[printable(cell, limit) for cell in row.cells] for row in table.rows]
-    widths = [len(h) for h in header]
-    for cells in body:
-        for i, cell in enumerate(cells):
-            widths[i] = max(widths[i], text_width(cell))
-
-    def line(cells):
-        parts = [_pad(cell, width, col.align)
-                 for cell, col, width in zip(cells, table.columns, widths)]
-        return "  ".join(parts).rstrip()
-
-    out = ["== %s ==" % printable(table.title, limit), line(header)]
-    out.extend(line(cells) for cells in body)
+    widths = column_widths(table.columns, body)
+    out = ["== %s ==" % printable(table.title, limit),
+           aligned(header, table.columns, widths)]
+    out.extend(aligned(cells, table.columns, widths) for cells in body)
     out.extend("  (%s)" % printable(note) for note in table.notes if note)
     return out
 
@@ -2878,18 +2884,14 @@ class Section(object):
         self.columns = table.columns
         self.rows = rows                       # [(cells, role)]
         self.notes = ["(%s)" % printable(n) for n in table.notes if n]
-        widths = [len(c.title) for c in table.columns]
-        if rows:            # terminal columns, not characters: CJK takes two, combining none
-            for i, column in enumerate(zip(*[cells for cells, _ in rows])):
-                widths[i] = max(widths[i], max(map(text_width, column)))
+        # terminal columns, not characters: CJK takes two, combining none
+        widths = column_widths(table.columns, (cells for cells, _ in rows))
         self.widths = widths
         self.width = 2 + sum(widths) + 2 * (len(widths) - 1)
         self.count = 2 + len(rows) + len(self.notes) + 1
 
     def _text(self, cells):
-        parts = [_pad(cell, width, column.align)
-                 for cell, column, width in zip(cells, self.columns, self.widths)]
-        return "  ".join(parts).rstrip()
+        return aligned(cells, self.columns, self.widths)
 
     def header(self):
         return "  " + self._text([c.title for c in self.columns]), "header"
