@@ -54,17 +54,21 @@ def netsnoop_sockets(sockets, protos=("tcp", "udp", "raw")):
     return out
 
 
-def ip_routes_v4(routes):
-    """`ip -j route` (main table) -> set of (destination/len, gateway, dev)."""
+def _ip_routes(routes, any_address, host_len, no_dev):
     out = set()
     for r in routes:
         dst = r["dst"]
         if dst == "default":
-            dst = "0.0.0.0/0"
+            dst = any_address + "/0"
         elif "/" not in dst:
-            dst += "/32"
-        out.add((dst, r.get("gateway", "0.0.0.0"), r.get("dev", "*")))
+            dst += host_len
+        out.add((dst, r.get("gateway", any_address), r.get("dev", no_dev)))
     return out
+
+
+def ip_routes_v4(routes):
+    """`ip -j route` (main table) -> set of (destination/len, gateway, dev)."""
+    return _ip_routes(routes, "0.0.0.0", "/32", "*")
 
 
 def mask_len(mask):
@@ -78,15 +82,7 @@ def netsnoop_routes_v4(rows):
 
 def ip_routes_v6(routes):
     """`ip -j -6 route show table all` -> set of (destination/len, next hop, dev)."""
-    out = set()
-    for r in routes:
-        dst = r["dst"]
-        if dst == "default":
-            dst = "::/0"
-        elif "/" not in dst:
-            dst += "/128"
-        out.add((dst, r.get("gateway", "::"), r.get("dev")))
-    return out
+    return _ip_routes(routes, "::", "/128", None)
 
 
 def netsnoop_routes_v6(rows):

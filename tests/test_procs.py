@@ -189,15 +189,20 @@ def can_unshare_pid():
 
 
 @pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
-def test_reused_pid_is_reported_again(tmp_path):
-    tag = marker()
+def run_in_pid_namespace(script, tag, tmp_path):
+    """Run a reuse script in a new PID namespace -> (first pid, second pid, feed events)."""
     out = tmp_path / "events.jsonl"
     res = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
-                          PIDNS_SCRIPT, NETSNOOP, SLEEP, tag, str(out)],
+                          script, NETSNOOP, SLEEP, tag, str(out)],
                          stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
     first_pid, second_pid = json.loads(res.stdout)
+    return first_pid, second_pid, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_reused_pid_is_reported_again(tmp_path):
+    tag = marker()
+    first_pid, second_pid, events = run_in_pid_namespace(PIDNS_SCRIPT, tag, tmp_path)
     assert first_pid == second_pid
-    events = [json.loads(line) for line in out.read_text().splitlines()]
     first = [e for e in events if e.get("cmdline", [""])[0] == tag + "-first"]
     second = [e for e in events if e.get("cmdline", [""])[0] == tag + "-second"]
     assert len(first) == 1 and len(second) == 1
@@ -232,13 +237,8 @@ print(json.dumps([first, second.pid]))
 @pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
 def test_pid_reused_while_its_old_process_is_watched(tmp_path):
     tag = marker()
-    out = tmp_path / "events.jsonl"
-    res = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
-                          PIDNS_WATCHED_SCRIPT, NETSNOOP, SLEEP, tag, str(out)],
-                         stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
-    first_pid, second_pid = json.loads(res.stdout)
+    first_pid, second_pid, events = run_in_pid_namespace(PIDNS_WATCHED_SCRIPT, tag, tmp_path)
     assert first_pid == second_pid
-    events = [json.loads(line) for line in out.read_text().splitlines()]
     mine = [e for e in events if e.get("pid") == first_pid]
     assert [e["cmdline"][:1] for e in mine] == [[sys.executable], [tag + "-second"]]
     assert [e["event"] for e in mine] == ["new", "new"]

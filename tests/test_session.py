@@ -757,14 +757,19 @@ def test_column_slice_cuts_by_terminal_columns():
     assert cut("x\u0301yz", 1) == "yz"               # ... and goes with it
 
 
-def test_session_columns_stay_aligned_with_wide_names(tmp_path):
-    pid = 4242
+def fake_proc_with_interfaces(tmp_path, pid, names):
+    """A fake tree whose net/dev lists lo and then an interface for each of `names`."""
     base = fake_proc(tmp_path, pid)
     dev = DEV % 1280
     lo = dev.splitlines(True)[-1]
     (base / "net" / "dev").write_text(dev + "".join(lo.replace("    lo:", "%6s:" % name)
-                                                    for name in WIDE_NAMES[:2]),
+                                                    for name in names),
                                       encoding="utf-8")
+
+
+def test_session_columns_stay_aligned_with_wide_names(tmp_path):
+    pid = 4242
+    fake_proc_with_interfaces(tmp_path, pid, WIDE_NAMES[:2])
     with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
                   "--interval", "0.3", "--tab", "traffic"]) as term:
         text = term.wait_for(lambda t: all(name in t for name in WIDE_NAMES))
@@ -777,13 +782,8 @@ def test_session_columns_stay_aligned_with_wide_names(tmp_path):
 
 def test_narrow_session_clips_and_pans_by_terminal_columns(tmp_path):
     pid = 4242
-    base = fake_proc(tmp_path, pid)
-    dev = DEV % 1280
-    lo = dev.splitlines(True)[-1]
     # the wide names last: a line drawn too long would run into the blank line below
-    (base / "net" / "dev").write_text(dev + "".join(lo.replace("    lo:", "%6s:" % name)
-                                                    for name in WIDE_NAMES[1::-1]),
-                                      encoding="utf-8")
+    fake_proc_with_interfaces(tmp_path, pid, WIDE_NAMES[1::-1])
     with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
                   "--interval", "0.3", "--tab", "traffic"], cols=31) as term:
         term.wait_for(lambda t: all(name in t for name in WIDE_NAMES))
