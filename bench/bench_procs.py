@@ -15,7 +15,10 @@ that lists /proc every 100 ms (pspy's default, without inotify) -- the bench:
 3. counts those reported with their full command line ([marker, SECONDS]),
    the detection latency (event time - spawn time), the scanner's CPU while
    spawning (utime+stime of /proc/PID/stat) and, with no spawns, idle CPU;
-   peak RSS is VmHWM.
+   memory three ways: the peak over the whole life, start-up included
+   (ru_maxrss from wait4: it covers the run before netsnoop's rerun too), the
+   peak after start-up (VmHWM, reset through /proc/PID/clear_refs once the
+   scanner says it is watching) and VmRSS at the end.
 The machine may be shared: figures are medians over rounds that alternate
 the scanners; expect noise of a few tenths of a percent of CPU.
 """
@@ -75,6 +78,30 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / float(TICKS)
+
+
+def reset_peak_rss(pid):
+    """Start VmHWM again from the current RSS (Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def stop_scanner(proc):
+    """SIGTERM, reap; -> the peak RSS of its whole life in MB (ru_maxrss of wait4)."""
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = status
+            return usage.ru_maxrss / 1024.0
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.02)
 
 
 def memory_mb(pid, field):
@@ -164,8 +191,10 @@ def percentile(values, p):
 def run_one(name, tag, lone_dir, per_lifetime, idle_seconds, workdir):
     out_path = os.path.join(workdir, "%s.jsonl" % tag)
     proc = start_scanner(name, lone_dir, out_path)
+    life_peak = float("nan")
     try:
         time.sleep(0.5)                             # after start-up
+        peak_known = reset_peak_rss(proc.pid)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         spawned = spawn_marked(tag, per_lifetime)
         time.sleep(0.3)                             # let the last reports land
@@ -174,18 +203,15 @@ def run_one(name, tag, lone_dir, per_lifetime, idle_seconds, workdir):
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(idle_seconds)
         idle_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-        rss, rss_now = memory_mb(proc.pid, "VmHWM"), memory_mb(proc.pid, "VmRSS")
+        rss = memory_mb(proc.pid, "VmHWM") if peak_known else float("nan")
+        rss_now = memory_mb(proc.pid, "VmRSS")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        life_peak = stop_scanner(proc)
     caught, latencies = score(out_path, spawned)
     return {"caught": caught, "p50": percentile(latencies, 50),
             "p99": percentile(latencies, 99), "load_cpu": 100 * load_cpu,
-            "idle_cpu": 100 * idle_cpu, "rss": rss, "rss_now": rss_now}
+            "idle_cpu": 100 * idle_cpu, "rss": rss, "rss_now": rss_now,
+            "rss_life": life_peak}
 
 
 def median_of(results, key, sub=None):
@@ -198,8 +224,8 @@ def print_table(by_scanner, rounds, per_lifetime, idle_seconds):
           "1,000 idle extra processes, idle %.0f s; medians; scanners run by %s" % (
               rounds, per_lifetime, RATE, idle_seconds, PYTHON[0]))
     head = "%-22s" % "scanner" + "".join("%8s" % ("%dms" % ms) for ms in LIFETIMES_MS) + \
-        "%9s%9s%10s%10s%9s%9s" % ("p50 ms", "p99 ms", "CPU load", "CPU idle", "peakRSS",
-                                  "RSS end")
+        "%9s%9s%10s%10s%9s%9s%9s" % ("p50 ms", "p99 ms", "CPU load", "CPU idle", "RSS run",
+                                     "RSS end", "RSS life")
     print(head)
     print("-" * len(head))
     labels = {"fast": "fast (C, cffi)", "python": "python (-I lone copy)",
@@ -207,12 +233,15 @@ def print_table(by_scanner, rounds, per_lifetime, idle_seconds):
     for name, results in by_scanner.items():
         cells = "".join("%7.1f%%" % (100 * median_of(results, "caught", ms))
                         for ms in LIFETIMES_MS)
-        print("%-22s%s%9.1f%9.1f%9.2f%%%9.2f%%%9.1f%9.1f" % (
+        print("%-22s%s%9.1f%9.1f%9.2f%%%9.2f%%%9.1f%9.1f%9.1f" % (
             labels[name], cells, median_of(results, "p50"), median_of(results, "p99"),
             median_of(results, "load_cpu"), median_of(results, "idle_cpu"),
-            median_of(results, "rss"), median_of(results, "rss_now")))
+            median_of(results, "rss"), median_of(results, "rss_now"),
+            median_of(results, "rss_life")))
     print("caught = reported with the full command line; CPU = utime+stime of the "
-          "scanner (% of one core); RSS in MB: peak (VmHWM) and at the end (VmRSS)")
+          "scanner (% of one core);\nRSS in MB: run = peak after start-up (VmHWM reset "
+          "once watching), end = VmRSS at the end,\nlife = peak of the whole life, "
+          "start-up included (ru_maxrss)")
 
 
 def main():

@@ -630,6 +630,75 @@ def test_script_run_isolated_finds_the_so_beside_it():
     assert "process scanner: fast" in res.stdout
 
 
+# --- the script's long runs: rerun compiled, without the script's syntax tree ------
+
+def status_kb(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
+def test_script_feed_reruns_compiled_keeps_its_flags_and_gives_memory_back(tmp_path):
+    feed = Feed(tmp_path, "--json", cmd=[sys.executable, "-I", NETSNOOP])
+    with open("/proc/%d/cmdline" % feed.proc.pid, "rb") as f:
+        argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
+    rss, peak = status_kb(feed.proc.pid, "VmRSS"), status_kb(feed.proc.pid, "VmHWM")
+    argv0 = marker()
+    spawn_and_wait([(argv0, 0.02)])
+    feed.stop()
+    assert feed.returncode == 0 and argv0 in by_marker(feed.events(), {argv0})
+    code = argv.index("-c")
+    assert "-I" in argv[1:code]                     # same interpreter flags
+    assert argv[code + 1] == netsnoop.RERUN_CODE
+    assert argv[code + 2:] == [NETSNOOP, "--procs", "--json"]
+    # the compile's peak (syntax tree included) was handed back: a script that kept
+    # its tree, or a rerun without malloc_trim, stays at its peak (~7 MB more here)
+    assert peak - rss > 3000, (peak, rss)
+
+
+def test_script_rerun_never_imports_from_the_working_directory(tmp_path):
+    # `python3 -c` puts the working directory first on sys.path: a planted runpy.py or
+    # ctypes.py there must not run (a script's own run looks in its directory only)
+    for name in ("runpy", "ctypes", "json", "subprocess"):
+        (tmp_path / (name + ".py")).write_text(
+            "open(%r, 'w').close()\n" % str(tmp_path / ("planted-" + name)))
+    res = subprocess.run([sys.executable, NETSNOOP, "--procs", "--duration", "0.2"],
+                         cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True)
+    assert res.returncode == 0 and "watching for new processes" in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.glob("planted-*")) == []
+
+
+def test_rerun_that_cannot_exec_goes_on_in_place(tmp_path, monkeypatch):
+    # an interpreter that cannot be executed (ENOEXEC): rerun_compiled returns, we go on
+    not_exe = tmp_path / "python3"
+    not_exe.write_text("")
+    not_exe.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(not_exe))
+    assert netsnoop.rerun_compiled(NETSNOOP, ["--procs"]) is None
+    monkeypatch.setattr(sys, "executable", "")
+    assert netsnoop.rerun_compiled(NETSNOOP, ["--procs"]) is None
+
+
+def test_netsnoop_run_through_runpy_does_not_rerun(tmp_path):
+    # only a script the interpreter started reruns: one run by runpy keeps what its
+    # runner set up (had it rerun, the runner's own code after run_path would be gone)
+    probe = tmp_path / "probe.py"
+    probe.write_text("import runpy, sys\n"
+                     "sys.argv = [%r, '--procs', '--duration', '0.1']\n"
+                     "try:\n"
+                     "    runpy.run_path(%r, run_name='__main__')\n"
+                     "except SystemExit as done:\n"
+                     "    sys.stderr.write('runner got back %%s\\n' %% done.code)\n"
+                     % (NETSNOOP, NETSNOOP))
+    res = subprocess.run([sys.executable, str(probe)], stderr=subprocess.PIPE,
+                         universal_newlines=True)
+    assert "watching for new processes" in res.stderr
+    assert res.stderr.endswith("runner got back 0\n"), res.stderr
+
+
 # --- parsers ----------------------------------------------------------------------
 
 def test_parse_proc_stat_takes_the_last_paren_and_the_thread_marker():

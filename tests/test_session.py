@@ -263,6 +263,16 @@ def test_set_interval(sleeper):
         quit_ok(term, "\x04")
 
 
+def test_session_runs_compiled_without_the_script_tree(sleeper):
+    with session(sleeper.pid) as term:
+        term.wait_for("every 2s")
+        with open("/proc/%d/cmdline" % term.proc.pid, "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
+        assert argv[argv.index("-c") + 1:] == [netsnoop.RERUN_CODE, NETSNOOP,
+                                                str(sleeper.pid)], argv
+        quit_ok(term, "q")
+
+
 # --- filter, scroll, sort, owned -------------------------------------------------
 
 def first_row(term):
