@@ -25,6 +25,7 @@ int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us
             int *counter);
 int fs_inotify_init(void);
 int fs_inotify_add(int fd, const char *path, unsigned int mask);
+int fs_socket_inodes(int dir_fd, uint64_t *out, int cap);
 """
 
 ffibuilder = FFI()

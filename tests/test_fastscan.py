@@ -184,3 +184,53 @@ def test_a_signal_ends_the_c_wait_early(tmp_path, fast):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, saved)
         os.close(fd)
+
+
+# --- the fd scan of the net views: C and Python walk the same way ------------------
+
+def fd_scans(dir_path):
+    """-> (C result, Python result) for one directory of links, each on a fresh fd."""
+    results = []
+    for scan in (lambda fd: netsnoop.fast_fd_socket_inodes(module, fd),
+                 netsnoop.python_fd_socket_inodes):
+        fd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            results.append(scan(fd))
+        finally:
+            os.close(fd)
+    return tuple(results)
+
+
+@needs_c
+def test_fd_scans_agree_on_a_tree_of_odd_links(tmp_path):
+    links = {"0": "socket:[11]", "1": "/dev/null", "2": "socket:[22]", "3": "pipe:[33]",
+             "5": "socket:[]", "6": "socket:[4x]", "7": "socket:[44", "8": "Socket:[55]",
+             "9": "socket:[" + "9" * 21 + "]", "10": "socket:[\u0661]",     # no 64-bit inode
+             "200": "socket:[66]",          # far past a gap: found by the listing
+             "007": "socket:[77]",          # not a name probing "7" reads
+             "x": "socket:[88]", "11": "socket:[18446744073709551615]"}
+    for name, target in links.items():
+        os.symlink(target, str(tmp_path / name))
+    c_scan, py_scan = fd_scans(str(tmp_path))
+    assert c_scan == py_scan == {11, 22, 66, 77, 88, 18446744073709551615}
+
+
+@needs_c
+def test_fd_scans_agree_on_this_process_and_grow_past_their_array():
+    import socket
+    held = [socket.socket() for _ in range(1500)]      # past the first 1,024 + 64 slots
+    try:
+        c_scan, py_scan = fd_scans("/proc/self/fd")
+        assert c_scan == py_scan
+        assert {os.fstat(s.fileno()).st_ino for s in held} <= c_scan
+    finally:
+        for s in held:
+            s.close()
+
+
+@needs_c
+def test_fd_scan_of_a_process_gone_raises(tmp_path):
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    os.close(fd)
+    with pytest.raises(OSError):
+        netsnoop.fast_fd_socket_inodes(module, fd)      # EBADF, as Python's would

@@ -79,3 +79,24 @@ def test_seq_read_loses_nothing_on_many_pages():
     lines = dict(line.split() for line in res.stdout.splitlines())
     assert int(lines["tcp"]) == 401 and int(lines["tcp6"]) == 401     # header + 400 listeners
     assert int(lines["udp"]) == 401 and int(lines["udp6"]) == 401
+
+
+def test_read_ahead_yields_in_order_and_raises_at_the_failing_files_turn():
+    seen = []
+
+    def read(name):
+        seen.append((name, threading.current_thread().name))
+        if name == "bad":
+            raise netsnoop.ProcessGone("gone at " + name)
+        return name.upper()
+
+    files = netsnoop.read_ahead(read, ["tcp", "tcp6", "bad", "never"])
+    assert next(files) == ("tcp", "TCP")
+    assert next(files) == ("tcp6", "TCP6")
+    try:
+        next(files)
+        raise AssertionError("the failing read was not raised")
+    except netsnoop.ProcessGone as err:
+        assert str(err) == "gone at bad"
+    # read in the reader thread, never in the caller's
+    assert {thread for _, thread in seen} == {"netsnoop-read-ahead"}
