@@ -919,6 +919,21 @@ def socket_dict(sock, owned):
     return dict(zip(SOCKET_KEYS, sock + (owned,)))
 
 
+# CPU time used by the helper threads of a collection (fd scan, read-ahead): the
+# session counts it into a refresh's cost with its own thread's (timed_refresh).
+_HELPER_CPU = [0.0]
+_HELPER_CPU_LOCK = threading.Lock()
+
+
+def helper_cpu_seconds():
+    return _HELPER_CPU[0]
+
+
+def _count_helper_cpu(seconds):
+    with _HELPER_CPU_LOCK:
+        _HELPER_CPU[0] += seconds
+
+
 class Ownership(object):
     """Which socket inodes PID holds; read once per snapshot.
 
@@ -939,10 +954,12 @@ class Ownership(object):
         self._scan.start()
 
     def _run_scan(self, procfs, pid):
+        started = time.thread_time()
         try:
             self._result = procfs.socket_inodes(pid) + (None,)
         except Exception as err:            # handed to the asking thread
             self._result = (None, None, err)
+        _count_helper_cpu(time.thread_time() - started)
 
     def _wait(self):
         if self._scan is not None:
@@ -985,10 +1002,12 @@ def read_ahead(read, names):
 
     def reader():
         for i, name in enumerate(names):
+            started = time.thread_time()
             try:
                 results[i] = (read(name), None)
             except Exception as err:        # handed to the caller
                 results[i] = (None, err)
+            _count_helper_cpu(time.thread_time() - started)
             ready.release()
 
     thread = threading.Thread(target=reader, name="netsnoop-read-ahead")
@@ -3684,13 +3703,14 @@ def timed_refresh(state, procfs, procs):
     """refresh_tab, with its CPU cost remembered; the cyclic GC is paused meanwhile
     (a refresh allocates ~10 objects per socket and frees the last refresh's;
     collections triggered meanwhile cost ~15% of a refresh on 20,000 sockets)."""
-    started = time.thread_time()       # this thread only: a feed may run its own
+    # this thread and the collection's helpers only: the feed's thread is not the refresh
+    started, helpers = time.thread_time(), helper_cpu_seconds()
     gc.disable()
     try:
         refresh_tab(state, procfs, procs)
     finally:
         gc.enable()
-    cost = time.thread_time() - started
+    cost = time.thread_time() - started + helper_cpu_seconds() - helpers
     state.refresh_cost = cost if not state.refresh_cost else (
         0.5 * state.refresh_cost + 0.5 * cost)
 

@@ -100,3 +100,20 @@ def test_read_ahead_yields_in_order_and_raises_at_the_failing_files_turn():
         assert str(err) == "gone at bad"
     # read in the reader thread, never in the caller's
     assert {thread for _, thread in seen} == {"netsnoop-read-ahead"}
+
+
+def test_helper_threads_count_their_cpu_for_the_sessions_refresh_cost():
+    import socket
+    held = [socket.socket() for _ in range(200)]
+    try:
+        before = netsnoop.helper_cpu_seconds()
+        owners = netsnoop.Ownership(netsnoop.ProcFS(), os.getpid())
+        assert {os.fstat(s.fileno()).st_ino for s in held} <= owners.held()
+        after_scan = netsnoop.helper_cpu_seconds()
+        assert after_scan > before          # 200 readlinks: measurable thread CPU
+        names = list(netsnoop.read_ahead(lambda name: sum(range(20000)), ["a", "b"]))
+        assert [name for name, _ in names] == ["a", "b"]
+        assert netsnoop.helper_cpu_seconds() > after_scan
+    finally:
+        for s in held:
+            s.close()
