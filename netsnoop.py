@@ -1552,9 +1552,13 @@ def _load_fastscan():
         import importlib.machinery
         import importlib.util
         module, reason = None, ""
-        here = os.path.dirname(os.path.abspath(__file__))
+        me = globals().get("__file__") or "-"
+        # beside this file, or beside the file it links to (/usr/local/bin/netsnoop.py -> ...)
+        here = [os.path.dirname(os.path.abspath(me))]
+        if os.path.dirname(os.path.realpath(me)) not in here:
+            here.append(os.path.dirname(os.path.realpath(me)))
         try:
-            spec = importlib.machinery.PathFinder.find_spec("_fastscan_cffi", [here])
+            spec = importlib.machinery.PathFinder.find_spec("_fastscan_cffi", here)
             if spec is not None:
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
@@ -4065,9 +4069,11 @@ def write_stdout(text):
 # 25.2 -> 17.8 MB (bench/bench_procs.py).  Anything failing: go on as we are.
 
 RERUN_MARK = "_netsnoop_rerun"
-RERUN_CODE = ("import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "   # no cwd on sys.path
-              "import runpy; runpy.run_path(sys.argv.pop(1), {%r: True}, '__main__')"
-              % RERUN_MARK)
+# -c puts the working directory first on sys.path where a script has its own
+# directory: put that back (nothing is imported from the working directory).
+RERUN_CODE = ("import os, sys; p = sys.argv.pop(1); "
+              "sys.path[:1] = [q or os.path.dirname(os.path.realpath(p)) for q in sys.path[:1]]; "
+              "import runpy; runpy.run_path(p, {%r: True}, '__main__')" % RERUN_MARK)
 
 
 def rerun_compiled(script, argv):
@@ -4165,9 +4171,11 @@ def main_exit(script=None, own_process=True):
 
 
 if __name__ == "__main__":
-    # Only a script the interpreter started (it has a loader; -m and runpy give a spec
-    # or none) reruns itself, and only once (RERUN_MARK).
+    # Only a script file the interpreter started (it has a loader; -m and runpy give
+    # a spec or none; `python3 - <netsnoop.py` has no file) reruns itself, and only
+    # once (RERUN_MARK).
     started_as_script = __spec__ is None and __loader__ is not None
     rerun = bool(globals().get(RERUN_MARK))
-    main_exit(os.path.abspath(__file__) if started_as_script and not rerun else None,
+    script = os.path.abspath(globals().get("__file__") or "-")
+    main_exit(script if started_as_script and not rerun and os.path.isfile(script) else None,
               own_process=started_as_script or rerun)

@@ -671,6 +671,29 @@ def test_script_rerun_never_imports_from_the_working_directory(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("planted-*")) == []
 
 
+def test_script_read_from_stdin_does_not_rerun(tmp_path):
+    with open(NETSNOOP, "rb") as source:
+        res = subprocess.run([sys.executable, "-", "--procs", "--duration", "0.2"], stdin=source,
+                             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith("netsnoop: watching for new processes")
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")
+@pytest.mark.parametrize("isolated", [[], ["-I"]])
+def test_symlinked_script_finds_the_so_beside_its_target(tmp_path, isolated):
+    link = tmp_path / "netsnoop.py"
+    link.symlink_to(NETSNOOP)
+    res = subprocess.run([sys.executable] + isolated + [str(link), "--procs", "--duration", "0.2",
+                                                        "--json"],
+                         cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[-1])["backend"] == "fast"
+
+
 def test_rerun_that_cannot_exec_goes_on_in_place(tmp_path, monkeypatch):
     # an interpreter that cannot be executed (ENOEXEC): rerun_compiled returns, we go on
     not_exe = tmp_path / "python3"
