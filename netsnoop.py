@@ -852,10 +852,16 @@ def fd_socket_inodes(dir_fd):
     The C scanner does the same walk without the GIL, when it is built: then
     the scan truly runs beside the parsing (bench_net: 20,000 fds).
     """
-    module = _load_fastscan()[0]
+    module = fast_fd_scanner()
     if module is not None:
         return fast_fd_socket_inodes(module, dir_fd)
     return python_fd_socket_inodes(dir_fd)
+
+
+def fast_fd_scanner():
+    """The C scanner if it has the fd scan (a .so built before it was added has not)."""
+    module = _load_fastscan()[0]
+    return module if module is not None and hasattr(module.lib, "fs_socket_inodes") else None
 
 
 def fast_fd_socket_inodes(module, dir_fd):
@@ -903,7 +909,7 @@ def python_fd_socket_inodes(dir_fd):
         # a --proc tree may hold anything: only well-formed links count
         if target.startswith("socket:[") and target.endswith("]"):
             digits = target[8:-1]
-            if digits.isdigit() and digits.isascii() and int(digits) < 1 << 64:
+            if digits.isdigit() and digits.isascii() and 0 < int(digits) < 1 << 64:
                 inodes.add(int(digits))
     return inodes
 
@@ -947,7 +953,7 @@ class Ownership(object):
 
     def __init__(self, procfs, pid):
         self._result = None
-        self.beside_parsing = _load_fastscan()[0] is not None
+        self.beside_parsing = fast_fd_scanner() is not None
         self._scan = threading.Thread(target=self._run_scan, args=(procfs, pid),
                                       name="netsnoop-fd-scan")
         self._scan.daemon = True            # never keeps a failing netsnoop alive
@@ -1552,18 +1558,27 @@ def _load_fastscan():
         import importlib.machinery
         import importlib.util
         module, reason = None, ""
-        me = globals().get("__file__") or "-"
-        # beside this file, or beside the file it links to (/usr/local/bin/netsnoop.py -> ...)
-        here = [os.path.dirname(os.path.abspath(me))]
-        if os.path.dirname(os.path.realpath(me)) not in here:
+        me = globals().get("__file__")
+        if me and me.startswith("<"):       # "<stdin>": python3 - <netsnoop.py
+            me = None
+        # beside this file, or beside the file it links to (/usr/local/bin/netsnoop.py -> ...);
+        # no file: only where imports look
+        here = [os.path.dirname(os.path.abspath(me))] if me else []
+        if me and os.path.dirname(os.path.realpath(me)) not in here:
             here.append(os.path.dirname(os.path.realpath(me)))
         try:
             spec = importlib.machinery.PathFinder.find_spec("_fastscan_cffi", here)
             if spec is not None:
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
-            else:
-                module = importlib.import_module("_fastscan_cffi")
+            else:       # installed: where imports look, but never the working directory
+                cwd = os.getcwd()
+                spec = importlib.machinery.PathFinder.find_spec(
+                    "_fastscan_cffi", [p for p in sys.path if p and p != cwd])
+                if spec is None:
+                    raise ImportError("No module named '_fastscan_cffi'")
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
         except ImportError as err:
             module, reason = None, str(err) or "not built"
         _FASTSCAN[:] = [module, reason]
@@ -4069,11 +4084,18 @@ def write_stdout(text):
 # 25.2 -> 17.8 MB (bench/bench_procs.py).  Anything failing: go on as we are.
 
 RERUN_MARK = "_netsnoop_rerun"
-# -c puts the working directory first on sys.path where a script has its own
-# directory: put that back (nothing is imported from the working directory).
-RERUN_CODE = ("import os, sys; p = sys.argv.pop(1); "
-              "sys.path[:1] = [q or os.path.dirname(os.path.realpath(p)) for q in sys.path[:1]]; "
-              "import runpy; runpy.run_path(p, {%r: True}, '__main__')" % RERUN_MARK)
+# argv: -c RERUN_CODE DIR SIGNALS SCRIPT ARGS...  Only sys (built in) is imported
+# before sys.path[0], which -c makes the working directory, is set to DIR, the
+# script's real directory, as in a script run.  SIGNALS (e.g. "1,2,15", or "-")
+# were blocked across the exec; main() unblocks them once it can take them.  An
+# OSError can only come from reading the file again.
+RERUN_CODE = (
+    "import sys; d = sys.argv.pop(1); u = sys.argv.pop(1); p = sys.argv.pop(1); "
+    "sys.path[:1] = [q or d for q in sys.path[:1]]; import runpy\n"
+    "try: runpy.run_path(p, {%r: u}, '__main__')\n"
+    "except OSError as e: sys.exit('netsnoop: cannot read %%s again: %%s' %% (p, e.strerror))"
+    % RERUN_MARK)
+RERUN_HELD_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
 
 
 def rerun_compiled(script, argv):
@@ -4083,11 +4105,22 @@ def rerun_compiled(script, argv):
         import subprocess       # for its interpreter-flags helper only: nothing is spawned
         flags = subprocess._args_from_interpreter_flags()
         exe = sys.executable
-        if not exe or not os.access(exe, os.X_OK):
+        # the very binary running now: sys.executable comes from a PATH search when
+        # argv[0] had no slash, and PATH may name another program
+        if not exe or not os.path.samefile(exe, "/proc/self/exe"):
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(exe, [exe] + flags + ["-c", RERUN_CODE, script] + list(argv))
+        here = os.path.dirname(os.path.realpath(script))
+        # Ctrl+C or SIGTERM while the new interpreter starts would end it with a
+        # traceback of its start-up: they wait, blocked, until main() is ready
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, RERUN_HELD_SIGNALS)
+        held = ",".join(str(int(sig)) for sig in RERUN_HELD_SIGNALS if sig not in before)
+        try:
+            os.execv(exe, [exe] + flags + ["-c", RERUN_CODE, here, held or "-", script]
+                     + list(argv))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
     except (AttributeError, OSError, ValueError):
         pass
 
@@ -4126,8 +4159,11 @@ def _quiet_stdout():
         pass
 
 
-def main(argv=None, script=None):
+def main(argv=None, script=None, held_signals=()):
+    """held_signals: blocked across the rerun's exec, taken from here on."""
     try:
+        if held_signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held_signals)
         args = parse_args(argv)
         return run(args, script if argv is None else None)
     except NetsnoopError as err:
@@ -4148,7 +4184,7 @@ def main(argv=None, script=None):
         return EXIT_FAIL
 
 
-def main_exit(script=None, own_process=True):
+def main_exit(script=None, own_process=True, held_signals=()):
     """Console-script entry point.
 
     In a process of its own, ends without the interpreter's teardown once the
@@ -4158,7 +4194,7 @@ def main_exit(script=None, own_process=True):
     that fails takes the usual exit.  Run by another program (runpy, a
     profiler), it returns through SystemExit as usual.
     """
-    status = main(script=script)
+    status = main(script=script, held_signals=held_signals)
     if not own_process:
         sys.exit(status)
     try:
@@ -4171,11 +4207,12 @@ def main_exit(script=None, own_process=True):
 
 
 if __name__ == "__main__":
-    # Only a script file the interpreter started (it has a loader; -m and runpy give
-    # a spec or none; `python3 - <netsnoop.py` has no file) reruns itself, and only
-    # once (RERUN_MARK).
-    started_as_script = __spec__ is None and __loader__ is not None
-    rerun = bool(globals().get(RERUN_MARK))
-    script = os.path.abspath(globals().get("__file__") or "-")
-    main_exit(script if started_as_script and not rerun and os.path.isfile(script) else None,
-              own_process=started_as_script or rerun)
+    # Only a script file the interpreter started reruns itself (it has a file loader;
+    # -m gives a spec, runpy no loader, `python3 - <netsnoop.py` a built-in one), and
+    # only once (RERUN_MARK).
+    started_as_script = (__spec__ is None and "__file__" in globals()
+                         and type(__loader__).__name__ == "SourceFileLoader")
+    rerun = globals().get(RERUN_MARK)       # the signals to unblock, "1,2,15" or "-"
+    main_exit(os.path.abspath(__file__) if started_as_script and not rerun else None,
+              own_process=started_as_script or bool(rerun),
+              held_signals=[int(n) for n in (rerun or "").split(",") if n.isdigit()])

@@ -97,10 +97,12 @@ def stop_scanner(proc):
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
-            proc.returncode = status
+            proc.returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                               else os.WEXITSTATUS(status))
             return usage.ru_maxrss / 1024.0
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             proc.kill()
+            deadline = None
         time.sleep(0.02)
 
 

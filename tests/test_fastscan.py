@@ -1,6 +1,11 @@
 """The C scanner (_fastscan.c via cffi) against its pure-Python twin."""
+import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -208,7 +213,7 @@ def test_fd_scans_agree_on_a_tree_of_odd_links(tmp_path):
              "9": "socket:[" + "9" * 21 + "]", "10": "socket:[\u0661]",     # no 64-bit inode
              "200": "socket:[66]",          # far past a gap: found by the listing
              "007": "socket:[77]",          # not a name probing "7" reads
-             "x": "socket:[88]", "11": "socket:[18446744073709551615]"}
+             "x": "socket:[88]", "11": "socket:[18446744073709551615]", "12": "socket:[0]"}
     for name, target in links.items():
         os.symlink(target, str(tmp_path / name))
     c_scan, py_scan = fd_scans(str(tmp_path))
@@ -234,3 +239,41 @@ def test_fd_scan_of_a_process_gone_raises(tmp_path):
     os.close(fd)
     with pytest.raises(OSError):
         netsnoop.fast_fd_socket_inodes(module, fd)      # EBADF, as Python's would
+
+
+@needs_c
+def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_path):
+    # copying a new netsnoop.py beside an older .so: the fd scan falls back to Python
+    cffi = pytest.importorskip("cffi")
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    root = os.path.dirname(os.path.abspath(netsnoop.__file__))
+    sys.path.insert(0, root)
+    try:
+        import build_fastscan
+    finally:
+        sys.path.remove(root)
+    ffi = cffi.FFI()
+    ffi.cdef("\n".join(line for line in build_fastscan.CDEF.splitlines()
+                       if "fs_socket_inodes" not in line))
+    ffi.set_source("_fastscan_cffi", '#include "_fastscan.c"', include_dirs=[root])
+    ffi.compile(tmpdir=str(tmp_path))
+    shutil.copy(os.path.join(root, "netsnoop.py"), str(tmp_path))
+    script = str(tmp_path / "netsnoop.py")
+    version = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE,
+                             universal_newlines=True)
+    assert "process scanner: fast" in version.stdout
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        res = subprocess.run([sys.executable, script, str(os.getpid()), "--once", "--tab", "tcp",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True)
+        assert res.returncode == 0, res.stderr
+        port = listener.getsockname()[1]
+        mine = [s for s in json.loads(res.stdout)["tabs"]["tcp"]["sockets"]
+                if s["local_port"] == port and s["state"] == "LISTEN"]
+        assert len(mine) == 1 and mine[0]["owned"] is True
+    finally:
+        listener.close()

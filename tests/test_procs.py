@@ -1,5 +1,6 @@
 """--procs: real processes spawned with unique markers, caught by each backend."""
 import gc
+import glob
 import json
 import os
 import pwd
@@ -645,6 +646,8 @@ def test_script_feed_reruns_compiled_keeps_its_flags_and_gives_memory_back(tmp_p
     with open("/proc/%d/cmdline" % feed.proc.pid, "rb") as f:
         argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
     rss, peak = status_kb(feed.proc.pid, "VmRSS"), status_kb(feed.proc.pid, "VmHWM")
+    with open("/proc/%d/status" % feed.proc.pid) as f:
+        blocked = int([line for line in f if line.startswith("SigBlk:")][0].split()[1], 16)
     argv0 = marker()
     spawn_and_wait([(argv0, 0.02)])
     feed.stop()
@@ -652,7 +655,11 @@ def test_script_feed_reruns_compiled_keeps_its_flags_and_gives_memory_back(tmp_p
     code = argv.index("-c")
     assert "-I" in argv[1:code]                     # same interpreter flags
     assert argv[code + 1] == netsnoop.RERUN_CODE
-    assert argv[code + 2:] == [NETSNOOP, "--procs", "--json"]
+    here = os.path.dirname(os.path.realpath(NETSNOOP))
+    held = ",".join(str(int(sig)) for sig in netsnoop.RERUN_HELD_SIGNALS)
+    assert argv[code + 2:] == [here, held, NETSNOOP, "--procs", "--json"]
+    # held across the exec, then taken again: none stays blocked
+    assert not any(blocked & (1 << (sig - 1)) for sig in netsnoop.RERUN_HELD_SIGNALS)
     # the compile's peak (syntax tree included) was handed back: a script that kept
     # its tree, or a rerun without malloc_trim, stays at its peak (~7 MB more here)
     assert peak - rss > 3000, (peak, rss)
@@ -671,14 +678,90 @@ def test_script_rerun_never_imports_from_the_working_directory(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("planted-*")) == []
 
 
-def test_script_read_from_stdin_does_not_rerun(tmp_path):
-    with open(NETSNOOP, "rb") as source:
-        res = subprocess.run([sys.executable, "-", "--procs", "--duration", "0.2"], stdin=source,
-                             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             universal_newlines=True)
+def plant(directory, names):
+    """Files that, if ever run, leave planted-NAME beside them."""
+    for name in names:
+        (directory / name).write_text("open(%r, 'w').close()\n"
+                                      % str(directory / ("planted-" + name.strip("<>"))))
+
+
+def test_script_read_from_stdin_does_not_rerun_anything_in_the_working_directory(tmp_path):
+    # "<stdin>" is what __file__ says: a file of that name must not be run, nor a .so
+    # or .py looked for in the working directory
+    plant(tmp_path, ["<stdin>", "_fastscan_cffi.py"])
+    for isolated in ([], ["-I"]):
+        with open(NETSNOOP, "rb") as source:
+            res = subprocess.run([sys.executable] + isolated + ["-", "--procs", "--duration", "0.2"],
+                                 stdin=source, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, universal_newlines=True)
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.startswith("netsnoop: watching for new processes")
+    assert sorted(p.name for p in tmp_path.glob("planted-*")) == []
+
+
+def older_pythons():
+    """pyenv interpreters 3.7..3.10: their -S start-up does not load os (3.11+ freezes it)."""
+    found = []
+    for version in ("3.7", "3.8", "3.9", "3.10"):
+        for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/%s.*/bin/python3"
+                                                        % version))):
+            found.append(path)
+            break
+    return found
+
+
+@pytest.mark.parametrize("python", older_pythons() or [sys.executable])
+def test_rerun_under_dash_s_imports_nothing_from_the_working_directory(tmp_path, python):
+    plant(tmp_path, ["os.py", "runpy.py", "posixpath.py"])
+    lone = tmp_path / "bin"
+    lone.mkdir()
+    shutil.copy(NETSNOOP, str(lone))
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("os.py", "runpy.py", "posixpath.py"):
+        shutil.move(str(tmp_path / name), str(work / name))
+    res = subprocess.run([python, "-S", str(lone / "netsnoop.py"), "--procs", "--duration", "0.2"],
+                         cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True)
     assert res.returncode == 0, res.stderr
-    assert res.stderr.startswith("netsnoop: watching for new processes")
-    assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.glob("planted-*")) == []
+
+
+def test_rerun_runs_only_the_binary_running_now(tmp_path):
+    # argv[0] without a slash: sys.executable is then found on PATH, where another
+    # "python3" may come first; that one must never be executed
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\ntouch %s\nexit 3\n" % (tmp_path / "planted-exe"))
+    (fake / "python3").chmod(0o755)
+    env = dict(os.environ, PATH="%s:%s" % (fake, os.environ.get("PATH", "")))
+    res = subprocess.run(["python3", NETSNOOP, "--procs", "--duration", "0.2"],
+                         executable=os.path.realpath(sys.executable), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "planted-exe").exists()
+
+
+@pytest.mark.parametrize("delay_ms", [0, 10, 20, 30, 40, 60])
+def test_ctrl_c_while_the_rerun_starts_is_quiet(delay_ms):
+    # SIGINT at moments of the rerun's start (interpreter start-up, compile, the
+    # feed): held until main() can take it (130), or the feed's summary (0)
+    proc = subprocess.Popen([sys.executable, NETSNOOP, "--procs"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/cmdline" % proc.pid, "rb") as f:
+                if b"runpy" in f.read():
+                    break
+        except OSError:
+            pass
+        time.sleep(0.0005)
+    time.sleep(delay_ms / 1000.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 130), (proc.returncode, err)
 
 
 @pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")

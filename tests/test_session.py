@@ -268,8 +268,9 @@ def test_session_runs_compiled_without_the_script_tree(sleeper):
         term.wait_for("every 2s")
         with open("/proc/%d/cmdline" % term.proc.pid, "rb") as f:
             argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
-        assert argv[argv.index("-c") + 1:] == [netsnoop.RERUN_CODE, NETSNOOP,
-                                                str(sleeper.pid)], argv
+        code = argv.index("-c")
+        assert argv[code + 1] == netsnoop.RERUN_CODE
+        assert argv[code + 4:] == [NETSNOOP, str(sleeper.pid)], argv
         quit_ok(term, "q")
 
 
