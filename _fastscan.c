@@ -245,7 +245,11 @@ static uint64_t fs_socket_inode(const char *link, long len)
     return value;
 }
 
-/* Read link `name` of dir_fd; store its socket inode, if any.  -> 1 if it exists. */
+/*
+ * Read link `name` of dir_fd; store its socket inode, if any.  -> 1 if it
+ * exists, 0 if not (a gap, or closed meanwhile), -errno when the kernel
+ * refuses it (EACCES, EPERM: ownership is then unknown, not "none").
+ */
 static int fs_note_link(int dir_fd, const char *name, uint64_t *out, int cap, int *count)
 {
     char link[64];
@@ -253,7 +257,7 @@ static int fs_note_link(int dir_fd, const char *name, uint64_t *out, int cap, in
     uint64_t inode;
 
     if (len < 0)
-        return 0;
+        return (errno == EACCES || errno == EPERM) ? -errno : 0;
     if (len == (long)sizeof(link))
         return 1;               /* cut short: longer than any socket link */
     inode = fs_socket_inode(link, len);
@@ -272,7 +276,8 @@ static int fs_note_link(int dir_fd, const char *name, uint64_t *out, int cap, in
  * fds, so while they are dense the names 0, 1, 2... are read without listing
  * the directory; past too many gaps, or with no count, getdents64 gives the
  * rest.  Writes at most `cap` inodes to `out` and returns how many there are
- * (more than `cap`: retry with a larger array), or -errno.
+ * (more than `cap`: retry with a larger array), or -errno (-EACCES when
+ * a link is refused).
  */
 int fs_socket_inodes(int dir_fd, uint64_t *out, int cap)
 {
@@ -288,8 +293,13 @@ int fs_socket_inodes(int dir_fd, uint64_t *out, int cap)
     expect = (long)st.st_size;
     gaps_left = 64 + expect / 8;
     for (fd = 0; found < expect && gaps_left > 0 && fd < INT_MAX; fd++) {
+        int got;
+
         snprintf(name, sizeof(name), "%d", fd);
-        if (fs_note_link(dir_fd, name, out, cap, &count))
+        got = fs_note_link(dir_fd, name, out, cap, &count);
+        if (got < 0)
+            return got;
+        if (got)
             found++;
         else
             gaps_left--;
@@ -317,7 +327,9 @@ int fs_socket_inodes(int dir_fd, uint64_t *out, int cap)
             /* read above already: the names "0" .. "fd - 1" exactly */
             if (number >= 0 && number < fd && (d->d_name[0] != '0' || d->d_name[1] == '\0'))
                 continue;
-            fs_note_link(dir_fd, d->d_name, out, cap, &count);
+            number = fs_note_link(dir_fd, d->d_name, out, cap, &count);
+            if (number < 0)
+                return number;
         }
     }
     return count;

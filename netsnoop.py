@@ -838,8 +838,9 @@ class ProcFS(object):
                 os.close(dir_fd)
         except OSError as err:
             if err.errno in (errno.EACCES, errno.EPERM):
-                return None, ("cannot read /proc/%d/fd (permission denied: another "
-                              "user's process; run as its user or root)" % pid)
+                return None, ("cannot read /proc/%d/fd (permission denied: another user's "
+                              "process, or one that is not dumpable; run as its user or "
+                              "root)" % pid)
             exc = self._gone(pid, err, "fd")
             if exc is not None:
                 raise exc from err
@@ -876,6 +877,13 @@ def fast_fd_socket_inodes(module, dir_fd):
         cap = n + 1024              # fds opened meanwhile: again, with room
 
 
+def _raise_if_refused(err):
+    """A refused readlink (a process that is not dumpable, or the listing allowed and
+    the links not) leaves ownership unknown: never read it as "no such fd"."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        raise err
+
+
 def python_fd_socket_inodes(dir_fd):
     """fd_socket_inodes in Python.
 
@@ -893,7 +901,8 @@ def python_fd_socket_inodes(dir_fd):
     while len(targets) < count and gaps_left > 0:
         try:
             targets.append(readlink(str(fd), dir_fd=dir_fd))
-        except OSError:             # no such fd: a gap, or closed meanwhile
+        except OSError as err:      # no such fd: a gap, or closed meanwhile
+            _raise_if_refused(err)
             gaps_left -= 1
         fd += 1
     if len(targets) < count or count <= 0:
@@ -902,7 +911,8 @@ def python_fd_socket_inodes(dir_fd):
             if name not in probed:
                 try:
                     targets.append(readlink(name, dir_fd=dir_fd))
-                except OSError:
+                except OSError as err:
+                    _raise_if_refused(err)
                     continue        # closed since the listing
     inodes = set()
     for target in targets:
@@ -2507,9 +2517,12 @@ def socket_table(tab, data):
             (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
              s["remote_port"], s["inode"])))
     notes = _ownership_notes(data) + _read_notes(data)
-    owned = sum(1 for s in data["sockets"] if s["owned"])
-    notes.insert(0, "%d socket%s in the namespace, %d owned by the process (*)"
-                 % (len(rows), "" if len(rows) == 1 else "s", owned))
+    count = "%d socket%s in the namespace" % (len(rows), "" if len(rows) == 1 else "s")
+    if data.get("owned_known", True):
+        owned = sum(1 for s in data["sockets"] if s["owned"])
+        notes.insert(0, "%s, %d owned by the process (*)" % (count, owned))
+    else:
+        notes.insert(0, count + ", which of them the process holds is unknown")
     return Table(tab, columns, rows, notes)
 
 

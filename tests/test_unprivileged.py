@@ -182,3 +182,46 @@ def test_without_hidepid_a_missing_pid_does_not_blame_it(public_netsnoop):
     assert r.returncode == 1
     assert "999999999" in r.stderr and "does not exist" in r.stderr
     assert "hidepid" not in r.stderr, r.stderr
+
+
+# --- a process whose fd directory lists but whose links are refused ----------------
+
+# Not dumpable: in a user namespace, even its "root" may list /proc/PID/fd but not
+# read the links.  Listens on an ephemeral port, sleeps until stdin closes.
+NOT_DUMPABLE = ("import ctypes, socket, sys\n"
+                "ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n"      # PR_SET_DUMPABLE, 0
+                "s = socket.socket()\n"
+                "s.bind(('127.0.0.1', 0))\n"
+                "s.listen(1)\n"
+                "print(s.getsockname()[1], flush=True)\n"
+                "sys.stdin.read()\n")
+
+
+def userns_possible():
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-U", "-r", "true"]).returncode == 0
+
+
+@pytest.mark.skipif(not userns_possible(), reason="needs root and unshare -U -r")
+@pytest.mark.parametrize("scanner", [[], ["-S"]], ids=["as-built", "python-scan"])
+def test_refused_fd_links_leave_ownership_unknown_not_none(scanner):
+    holder = subprocess.Popen([sys.executable, "-c", NOT_DUMPABLE], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        port = int(holder.stdout.readline())
+        cmd = ["unshare", "-U", "-r", sys.executable] + scanner + [
+            NETSNOOP, str(holder.pid), "--once", "--tab", "tcp"]
+        res = subprocess.run(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True)
+        assert res.returncode == 0, res.stderr
+        tab = json.loads(res.stdout)["tabs"]["tcp"]
+        assert tab["owned_known"] is False and "not dumpable" in tab["owned_reason"]
+        mine = [s for s in tab["sockets"] if s["local_port"] == port]
+        assert len(mine) == 1 and mine[0]["owned"] is False
+        text = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True).stdout
+        assert "which of them the process holds is unknown" in text
+        assert "owned by the process (*)" not in text
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
