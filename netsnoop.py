@@ -2854,6 +2854,7 @@ FEED_POLL = 0.1             # seconds between polls of the process feed while pr
 MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
 TYPEAHEAD_SECONDS = 1.5     # "s" then an unbound letter this soon: the user is typing "set 6"
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
+PARENTS_KEPT = 50000        # ppids it remembers (for descendants) before it starts afresh
 HSCROLL_STEP = 8            # columns per < or > press
 ALIVE_CHECK = 1.0           # with long intervals, still notice PID's exit this soon
 # At the default interval, refreshing may use at most this share of one core:
@@ -3143,6 +3144,8 @@ class ProcsPane(object):
         if self.feed is None:
             return False
         events = self.feed.poll()
+        if len(self.parents) > PARENTS_KEPT:    # a long session: read again what is needed
+            self.parents.clear()
         for event in events:
             pid, ppid = event.get("pid"), event.get("ppid")
             self.parents[pid] = ppid
@@ -3151,14 +3154,22 @@ class ProcsPane(object):
         return bool(events)
 
     def descends(self, pid):
-        """True when pid is PID or its ppid chain (through events seen) reaches PID."""
+        """True when pid is PID or its ppid chain reaches PID."""
         seen = set()
         while pid is not None and pid not in seen:
             if pid == self.pid:
                 return True
             seen.add(pid)
-            pid = self.parents.get(pid)
+            pid = self.parent_of(pid)
         return False
+
+    def parent_of(self, pid):
+        """The ppid the feed reported, or for a process born before the feed (a child
+        of PID that was already running) the one in its /proc/N/stat."""
+        if pid not in self.parents:
+            st = read_proc_stat(self.procfs, pid)
+            self.parents[pid] = st.ppid if st is not None else None
+        return self.parents[pid]
 
     def tables(self):
         rows = [Row(proc_row(e), "owned" if e["descendant"] else None,
@@ -4039,15 +4050,31 @@ def parse_args(argv):
     if not args.procs and args.pid is None:
         raise UsageError("a PID or --procs is required (try --help)")
     if args.filter is not None:
-        try:
-            args.filter_re = re.compile(args.filter)
-        except re.error as err:
-            raise UsageError("bad --filter regex: %s" % err)
+        args.filter_re = compile_filter(args.filter)
     if args.tab == "all" and not args.once:
         raise UsageError("--tab all needs --once")
     if args.pid is not None and (args.log or args.filter or args.duration):
         raise UsageError("--log, --filter and --duration go with --procs")
+    if args.procs and (args.once or args.tab):
+        raise UsageError("--once and --tab go with PID, not --procs")
+    if args.json and not (args.once or args.procs):
+        raise UsageError("--json goes with --once or --procs (the session is for a terminal)")
     return args
+
+
+def compile_filter(text):
+    """--filter REGEX -> compiled; any complaint of re (an error, a warning such as
+    "possible nested set" for a POSIX [[:digit:]], a repeat too large) is a usage
+    error, never a warning or traceback."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return re.compile(text)
+    except (re.error, Warning, OverflowError, RecursionError, ValueError) as err:
+        hint = " (POSIX classes such as [[:digit:]] are not Python's: use [0-9])" \
+            if "[[:" in text else ""
+        raise UsageError("bad --filter regex: %s%s" % (err, hint))
 
 
 def run_once(args, procfs):

@@ -98,6 +98,28 @@ def test_pid_and_procs_together():
     assert_one_line_error(run_netsnoop(os.getpid(), "--procs"), 2)
 
 
+@pytest.mark.parametrize("args, names", [
+    (["PID", "--json"], "--json"),                  # no JSON session: a usage error
+    (["--procs", "--once"], "--once"),
+    (["--procs", "--tab", "udp"], "--tab"),
+    (["PID", "--once", "--filter", "x"], "--filter"),
+], ids=["json-without-once", "procs-once", "procs-tab", "filter-with-pid"])
+def test_options_that_do_not_apply_are_refused(args, names):
+    args = [str(os.getpid()) if a == "PID" else a for a in args]
+    assert_one_line_error(run_netsnoop(*args), 2, names)
+
+
+@pytest.mark.parametrize("regex, says", [
+    ("(", "unterminated subpattern"),
+    ("x{99999999999}", "too large"),                # OverflowError inside re
+    ("[[:digit:]]", "[0-9]"),                       # a FutureWarning, made an error
+])
+def test_bad_filter_is_one_usage_line(regex, says):
+    line = assert_one_line_error(run_netsnoop("--procs", "--duration", "0.1", "--filter", regex),
+                                 2, "bad --filter regex")
+    assert says in line
+
+
 def test_control_characters_in_bad_arguments_are_escaped():
     res = run_netsnoop("1\x1b[2J", "--once")
     line = assert_one_line_error(res, 2)

@@ -902,3 +902,36 @@ def test_fork_burst_is_accounted_for(tmp_path, backend):
                 and ev["cmdline"][0].startswith(tag)}
     assert len(reported) + events[-1]["missed"] >= len(children)
     assert len(reported) >= len(children) // 2
+
+
+def test_procs_tab_marks_children_of_a_child_born_before_the_feed():
+    # PID's child already runs when the tab starts; the processes it starts later
+    # are PID's descendants too, though the feed never reported their parent
+    go = "/tmp/netsnoop-go-%s" % uuid.uuid4().hex[:8]
+    argv0 = marker()
+    bash = shutil.which("bash") or pytest.skip("needs bash (exec -a)")
+    target = subprocess.Popen(
+        [bash, "-c", "%s -c 'while [ ! -e %s ]; do sleep 0.05; done; "
+         "(exec -a %s %s 2); true' & wait" % (bash, go, argv0, SLEEP)])
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(), target.pid)
+    try:
+        time.sleep(0.3)                     # the inner sh is running before the feed
+        pane.start()
+        assert pane.problem is None, pane.problem
+        open(go, "w").close()
+        deadline = time.monotonic() + 5
+        found = None
+        while found is None and time.monotonic() < deadline:
+            pane.poll()
+            found = next((e for e in pane.events if e["cmdline"][:1] == [argv0]), None)
+            time.sleep(0.02)
+        assert found is not None, "the grandchild was not reported"
+        assert found["descendant"] is True
+        assert pane.descends(os.getpid()) is False      # the test itself is no descendant
+    finally:
+        pane.close()
+        target.kill()
+        subprocess.run(["pkill", "-f", argv0])
+        target.wait()
+        if os.path.exists(go):
+            os.unlink(go)
