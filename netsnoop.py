@@ -3215,9 +3215,9 @@ class SessionState(object):
         self.message_role = "info"
         self.message_until = 0.0
         self.view = TabView([])
-        self.data = None                       # the current tab's last data (for deltas)
-        self.data_tab = None
-        self.data_time = None                  # monotonic time of that collection
+        # each tab's last data and its monotonic time, for deltas, rates and findings
+        # when the tab is seen again; of the big socket tabs only the last one seen
+        self.last_data = {}
         self.refreshed_mono = None
         self.refreshed_at = None               # wall clock, shown
         self.owned_problem = None
@@ -3278,16 +3278,18 @@ def refresh_tab(state, procfs, procs):
         procs.start()
         procs.poll()
         tables = procs.tables()
-        state.data, state.data_tab = None, None
     else:
         if procs.active:
             procs.poll()               # started once: keep following PID's descendants
         data = collect_tab(procfs, state.pid, state.tab)
-        prev = dt = None
-        if state.data_tab == state.tab and state.data is not None:
-            prev, dt = state.data, now - state.data_time
+        prev, dt = state.last_data.get(state.tab, (None, None))
+        if dt is not None:
+            dt = now - dt
         tables = tab_tables(state.tab, data, prev, dt if dt and dt > 0 else None)
-        state.data, state.data_tab, state.data_time = data, state.tab, now
+        if state.tab in SOCKET_FILES:
+            for tab in SOCKET_FILES:
+                state.last_data.pop(tab, None)
+        state.last_data[state.tab] = (data, now)
         if data.get("owned_known") is False:
             state.owned_problem = data.get("owned_reason") or "cannot read the process's fds"
     state.view = TabView(tables)

@@ -809,3 +809,26 @@ def test_narrow_session_clips_and_pans_by_terminal_columns(tmp_path):
         edges = [right_edge(ln, ln.split()[1]) for ln in rows]
         assert edges == [right_edge(lines[top], "RX pkts")] * 3, lines
         quit_ok(term)
+
+
+def test_a_tab_seen_again_keeps_its_rates_and_deltas(tmp_path):
+    # traffic -> tcp -> traffic: the traffic tab still has its last data, so its
+    # rate columns (and the analysis tab its deltas) do not fall back to "since boot"
+    pid = 4243
+    base = fake_proc(tmp_path, pid)
+    procfs = netsnoop.ProcFS(str(tmp_path))
+    state = netsnoop.SessionState(pid, "traffic", 2.0)
+    procs = netsnoop.ProcsPane(procfs, pid)
+
+    def titles():
+        return [c.title for c in state.view.tables[0].columns]
+
+    netsnoop.refresh_tab(state, procfs, procs)
+    assert "RX/s" not in titles()                   # no earlier data: no rates yet
+    state.tab = "tcp"
+    netsnoop.refresh_tab(state, procfs, procs)
+    (base / "net" / "dev").write_text(DEV % 99999)
+    time.sleep(0.05)
+    state.tab = "traffic"
+    netsnoop.refresh_tab(state, procfs, procs)
+    assert "RX/s" in titles() and "TX/s" in titles()
