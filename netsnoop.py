@@ -2335,6 +2335,7 @@ class FeedOutput(object):
         self.regex = getattr(args, "filter_re", None)
         self.log_path = args.log
         self.log_fd = open_log(args.log) if args.log else None
+        self.hidden = False         # hidepid hides other users' processes from us
 
     def emit(self, event):
         if not event_matches(event, self.regex):
@@ -2363,15 +2364,15 @@ class FeedOutput(object):
                 ("backend", scanner.backend), ("missed_unreadable", scanner.vanished),
                 ("missed_cmdline", scanner.lost_cmdline), ("threads", scanner.threads)))))
 
-    @staticmethod
-    def report(scanner):
+    def report(self, scanner):
         """The counts on stderr; also after an error, so they are never lost."""
         try:
             sys.stderr.write(
-                "%s: %d new processes seen, %d missed (%d gone before they could be read, "
+                "%s: %d new processes seen, %d missed (%d gone%s before they could be read, "
                 "%d exec'd but gone before their command line could be read); %d threads "
                 "skipped; backend %s\n" % (
                     PROG, scanner.seen, scanner.missed, scanner.vanished,
+                    " or hidden by hidepid" if self.hidden else "",
                     scanner.lost_cmdline, scanner.threads, scanner.backend))
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
@@ -2414,6 +2415,11 @@ def run_procs(args, procfs):
             started = True
             sys.stderr.write("%s: watching for new processes (backend %s, %d present); "
                              "Ctrl+C ends\n" % (PROG, scanner.backend, present))
+            if os.geteuid() != 0 and procfs.hidepid():
+                # another user's new process then looks like one gone before it was read
+                output.hidden = True
+                sys.stderr.write("%s: %s is mounted with hidepid: other users' processes are "
+                                 "hidden from you and count as missed\n" % (PROG, procfs.root))
             sys.stderr.flush()
             deadline = time.monotonic() + args.duration if args.duration else None
             while not stop.stopped:

@@ -225,3 +225,14 @@ def test_refused_fd_links_leave_ownership_unknown_not_none(scanner):
     finally:
         holder.stdin.close()
         holder.wait(10)
+
+
+@needs_mount_ns
+@pytest.mark.parametrize("option, warned", [("hidepid=2", True), ("hidepid=0", False)])
+def test_procs_feed_under_hidepid_says_what_it_cannot_see(public_netsnoop, option, warned):
+    r = with_private_proc(option, public_netsnoop, ["--procs", "--duration", "0.3"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("netsnoop: watching for new processes")
+    assert ("other users' processes are hidden from you" in r.stderr) is warned
+    assert ("or hidden by hidepid before they could be read" in lines[-1]) is warned
