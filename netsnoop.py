@@ -2506,6 +2506,15 @@ def _read_notes(data, explained=()):
     return notes
 
 
+def ss_state(sock):
+    """The state as ss prints it in a table: an unconnected udp/raw/icmp socket is
+    UNCONN (the JSON keeps the kernel's CLOSE, as SPEC.md asks).  A listener's
+    Send-Q is shown as "-": /proc does not give its backlog, which ss shows there."""
+    if sock["state"] == "CLOSE" and not sock["proto"].startswith("tcp"):
+        return "UNCONN"
+    return sock["state"]
+
+
 def socket_table(tab, data):
     port_title = {"raw": "Proto", "icmp": "Id"}.get(tab, "Port")
     columns = [Column("Netid", L), Column("State", L), Column("Recv-Q", R),
@@ -2515,7 +2524,8 @@ def socket_table(tab, data):
     rows = []
     for s in data["sockets"]:
         rows.append(Row(
-            [s["proto"], s["state"], str(s["rx_queue"]), str(s["tx_queue"]),
+            [s["proto"], ss_state(s), str(s["rx_queue"]),
+             "-" if s["state"] == "LISTEN" else str(s["tx_queue"]),
              hostport(s["local_address"], s["local_port"]),
              hostport(s["remote_address"], s["remote_port"] or "*"),
              str(s["uid"]), str(s["inode"]), "*" if s["owned"] else ""],
