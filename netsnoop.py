@@ -2368,12 +2368,13 @@ class FeedOutput(object):
         """The counts on stderr; also after an error, so they are never lost."""
         try:
             sys.stderr.write(
-                "%s: %d new processes seen, %d missed (%d gone%s before they could be read, "
-                "%d exec'd but gone before their command line could be read); %d threads "
+                "%s: %d new process%s seen, %d missed (%d gone%s before they could be read, "
+                "%d exec'd but gone before their command line could be read); %d thread%s "
                 "skipped; backend %s\n" % (
-                    PROG, scanner.seen, scanner.missed, scanner.vanished,
-                    " or hidden by hidepid" if self.hidden else "",
-                    scanner.lost_cmdline, scanner.threads, scanner.backend))
+                    PROG, scanner.seen, "" if scanner.seen == 1 else "es", scanner.missed,
+                    scanner.vanished, " or hidden by hidepid" if self.hidden else "",
+                    scanner.lost_cmdline, scanner.threads, "" if scanner.threads == 1 else "s",
+                    scanner.backend))
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
             pass            # no stderr: nothing to tell, and the error in flight matters more
@@ -3444,8 +3445,7 @@ class KeyHandler(object):
             if tab.isdigit() and len(tab) == 1:
                 tab = TABS[(int(tab) - 1) % 10]
             if tab not in TABS:
-                st.complain("tab: no tab %r; tabs are %s" % (printable(rest, 20),
-                                                              " ".join(TABS)))
+                st.complain("no tab %r: %s" % (printable(rest, 12), " ".join(TABS)))
                 return REDRAW
             return self.key_select_tab(tab)
         if name in ("q", "quit", "exit"):
@@ -4196,7 +4196,7 @@ def run(args, script=None):
     """script: this file's path when it runs as `python3 netsnoop.py` (see above)."""
     procfs = ProcFS(args.proc)
     procfs.check_root()
-    if args.once and not args.procs:
+    if args.once:                   # (--procs --once is a usage error)
         return run_once(args, procfs)
     if not args.procs:
         procfs.check_net(args.pid)
