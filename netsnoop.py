@@ -2441,8 +2441,19 @@ def run_procs(args, procfs):
 
 # --- the procs tab (--once --tab procs) -------------------------------------------
 
+def thread_group(procfs, pid):
+    """The process a thread ID belongs to (Tgid), or pid itself: a child's ppid
+    names the process, never one of its threads."""
+    try:
+        match = re.search(r"^Tgid:\s*(\d+)", procfs.read(pid, "status"), re.M)
+    except OSError:
+        return pid
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else pid
+
+
 def collect_procs(procfs, pid):
     """--once --tab procs: PID's descendants (depth-first), with the feed's fields."""
+    pid = thread_group(procfs, pid)
     ctx = ProcContext(procfs)
     stats = {}
     for child in PythonBackend().list_pids(procfs.root):
@@ -3135,7 +3146,7 @@ class ProcsPane(object):
 
     def __init__(self, procfs, pid, backend="auto"):
         self.procfs = procfs
-        self.pid = pid
+        self.pid = thread_group(procfs, pid)        # a thread ID: its process
         self.backend = backend
         self.feed = None
         self.started = False

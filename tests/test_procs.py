@@ -936,3 +936,27 @@ def test_procs_tab_marks_children_of_a_child_born_before_the_feed():
         target.wait()
         if os.path.exists(go):
             os.unlink(go)
+
+
+def test_once_procs_tab_of_a_thread_id_lists_its_process_children():
+    # a TID (from top -H, a log) as PID: the children belong to its process
+    argv0 = marker()
+    code = ("import subprocess, sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "child = subprocess.Popen([%r, '30'], executable=%r)\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n"
+            "child.kill()\n" % (argv0, SLEEP))
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        holder.stdout.readline()
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % holder.pid) if int(t) != holder.pid]
+        assert tids, "the holder has no second thread"
+        res = run_netsnoop(tids[0], "--once", "--tab", "procs", "--json")
+        assert res.returncode == 0, res.stderr
+        procs = json.loads(res.stdout)["tabs"]["procs"]["processes"]
+        assert [p["cmdline"] for p in procs if p["ppid"] == holder.pid] == [[argv0, "30"]]
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
