@@ -4038,7 +4038,7 @@ def build_parser():
     p.add_argument("--tab", choices=TABS + ("all",), metavar="TAB",
                    help="tab to show (default tcp); with --once also 'all'")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("--json", action="store_true", help="JSON output (with --once or --procs)")
     p.add_argument("--procs", action="store_true", help="stream newly created processes")
     p.add_argument("--log", metavar="FILE", help="--procs: append events to FILE (0600)")
     p.add_argument("--filter", metavar="REGEX",
