@@ -2037,7 +2037,7 @@ class ProcScanner(object):
                 if not found:
                     self.vanished += 1
 
-    def _probe(self, pid, born, events, verify=False):
+    def _probe(self, pid, born, events):
         """Start watching a new PID; False when /proc/N does not exist (yet)."""
         try:
             fd = _open_ro(self.procfs.path(pid, "stat"))
@@ -2053,8 +2053,10 @@ class ProcScanner(object):
             watch.close()
             return True
         old = self.newborns.get(pid) or self.watched.get(pid)
-        if (verify and self.known.get(pid) == st.start) or (old and old.st.start == st.start):
-            watch.close()                   # already known: not new
+        # Already known: not new.  After a wrap the counter steps over PIDs still in
+        # use, so a PID in its range may be an old process: its start time tells.
+        if self.known.get(pid) == st.start or (old and old.st.start == st.start):
+            watch.close()
             return True
         if old is not None:
             self._pid_reused(old, events)
@@ -2219,7 +2221,7 @@ class ProcScanner(object):
                 continue
             # a watched PID too: _probe tells a reused one by its start time
             if pid not in self.known or verify:
-                self._probe(pid, now, events, verify=True)
+                self._probe(pid, now, events)
         if self.notifier is not None:
             self.notifier.watch_cache_again()
 

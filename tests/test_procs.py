@@ -190,7 +190,10 @@ def can_unshare_pid():
     return subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"]).returncode == 0
 
 
-@pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
+needs_pidns = pytest.mark.skipif(not can_unshare_pid(),
+                                 reason="needs root and unshare -p -f --mount-proc")
+
+
 def run_in_pid_namespace(script, tag, tmp_path):
     """Run a reuse script in a new PID namespace -> (first pid, second pid, feed events)."""
     out = tmp_path / "events.jsonl"
@@ -201,6 +204,7 @@ def run_in_pid_namespace(script, tag, tmp_path):
     return first_pid, second_pid, [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@needs_pidns
 def test_reused_pid_is_reported_again(tmp_path):
     tag = marker()
     first_pid, second_pid, events = run_in_pid_namespace(PIDNS_SCRIPT, tag, tmp_path)
@@ -236,7 +240,7 @@ print(json.dumps([first, second.pid]))
 '''
 
 
-@pytest.mark.skipif(not can_unshare_pid(), reason="needs root and unshare -p -f --mount-proc")
+@needs_pidns
 def test_pid_reused_while_its_old_process_is_watched(tmp_path):
     tag = marker()
     first_pid, second_pid, events = run_in_pid_namespace(PIDNS_WATCHED_SCRIPT, tag, tmp_path)
@@ -245,6 +249,40 @@ def test_pid_reused_while_its_old_process_is_watched(tmp_path):
     assert [e["cmdline"][:1] for e in mine] == [[sys.executable], [tag + "-second"]]
     assert [e["event"] for e in mine] == ["new", "new"]
     assert mine[1]["start_time"] > mine[0]["start_time"]
+
+
+PIDNS_STEPPED_OVER_SCRIPT = r'''
+import json, os, subprocess, sys, time
+netsnoop, sleep, tag = sys.argv[1:4]
+out = open(sys.argv[4], "w")
+subprocess.run(["true"])                                            # a PID left free
+old = subprocess.Popen([tag + "-old", "30"], executable=sleep)     # runs before the feed
+feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
+                        stderr=subprocess.PIPE)
+feed.stderr.readline()
+time.sleep(0.2)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(old.pid - 2))
+# the next PIDs: old.pid - 1 (the free one), then, old and the feed being in use,
+# feed.pid + 1: the counter steps over the old process, which is not a new one
+for n in (1, 2):
+    subprocess.run([tag + "-new%d" % n, "0.05"], executable=sleep)
+    time.sleep(0.1)
+time.sleep(0.3)
+feed.terminate()
+feed.wait()
+old.kill()
+print(json.dumps([old.pid, 0]))
+'''
+
+
+@needs_pidns
+def test_a_pid_the_counter_steps_over_is_not_a_new_process(tmp_path):
+    tag = marker()
+    old_pid, _, events = run_in_pid_namespace(PIDNS_STEPPED_OVER_SCRIPT, tag, tmp_path)
+    names = [e["cmdline"][0] for e in events if e.get("cmdline")]
+    assert tag + "-new1" in names and tag + "-new2" in names
+    assert [e for e in events if e.get("pid") == old_pid] == []
 
 
 def test_control_chars_escaped_in_text_and_exact_in_json(tmp_path):
