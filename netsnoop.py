@@ -795,7 +795,8 @@ class ProcFS(object):
                               % (pid, name, err.strerror)) from err
 
     def process_status(self, pid):
-        """-> (comm, state letter); raises ProcessGone for a missing PID or a zombie."""
+        """-> (comm, state letter, start ticks or None); raises ProcessGone for a
+        missing PID or a zombie."""
         text = self.pid_read(pid, "stat")
         try:
             comm, rest = parse_stat_line(text)
@@ -804,11 +805,12 @@ class ProcFS(object):
             raise ProcessGone("process %d: unreadable stat" % pid)
         if state in ("Z", "X"):
             raise ZombieError("process %d is a zombie: its network view is gone" % pid)
-        return comm, state
+        start = rest[19] if len(rest) > 19 and rest[19].isdigit() else None   # field 22
+        return comm, state, start
 
     def check_net(self, pid):
         """Fail early, with the SPEC's message, when PID's net view cannot be read."""
-        comm, _ = self.process_status(pid)
+        comm = self.process_status(pid)[0]
         self._check_net_dir(pid)
         return comm
 
@@ -3230,6 +3232,7 @@ class SessionState(object):
         self.pid = pid
         self.comm = "?"
         self.netns = "?"
+        self.start = None                      # PID's start ticks: a reused PID is not PID
         self.tab = tab
         self.interval = interval
         self.interval_chosen = chosen          # by --interval or :set: never stretched
@@ -3298,10 +3301,26 @@ class SessionState(object):
         self.scroll.update(scroll)
 
 
+def check_target(state, procfs):
+    """PID's comm; ProcessGone when it has exited, also when its number now names
+    another process (a start time other than the first refresh saw)."""
+    comm, _, start = procfs.process_status(state.pid)
+    if state.start is None:
+        state.start = start
+    elif start is not None and start != state.start:
+        raise ProcessGone("process %d exited" % state.pid)
+    return comm
+
+
 def refresh_tab(state, procfs, procs):
     """Collect the visible tab (only it) and rebuild the view.  ProcessGone ends the session."""
-    comm, _ = procfs.process_status(state.pid)
-    state.comm = comm
+    state.comm = check_target(state, procfs)
+    netns = procfs.netns(state.pid)
+    if netns and netns != state.netns:
+        if state.netns not in ("?", "netns unknown"):
+            state.say("PID %d moved to another network namespace: %s"
+                      % (state.pid, printable(netns, 40)))
+        state.netns = netns
     now = time.monotonic()
     state.owned_problem = None
     if state.tab == "procs":
@@ -3804,7 +3823,7 @@ def session_loop(painter, curses, procfs, state, procs):
             dirty = True
             next_alive = now + ALIVE_CHECK
         elif now >= next_alive:
-            procfs.process_status(state.pid)    # ProcessGone ends the session
+            check_target(state, procfs)         # ProcessGone ends the session
             next_alive = now + ALIVE_CHECK
         if procs.active and now >= next_feed:
             # the feed keeps its own state; between refreshes poll it only while shown

@@ -832,3 +832,25 @@ def test_a_tab_seen_again_keeps_its_rates_and_deltas(tmp_path):
     state.tab = "traffic"
     netsnoop.refresh_tab(state, procfs, procs)
     assert "RX/s" in titles() and "TX/s" in titles()
+
+
+STAT_WITH_START = "%d (target) S 1 %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n"
+
+
+def test_session_ends_when_the_pid_names_another_process(tmp_path):
+    # the same PID, a new start time: the process watched is gone (PID reuse)
+    pid = 4244
+    base = fake_proc(tmp_path, pid)
+    (base / "stat").write_text(STAT_WITH_START % (pid, pid, pid, 1000))
+    (base / "ns").mkdir()
+    os.symlink("net:[4026531001]", str(base / "ns" / "net"))
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3"]) as term:
+        term.wait_for("net:[4026531001]")
+        os.unlink(str(base / "ns" / "net"))                 # PID changes namespace
+        os.symlink("net:[4026531002]", str(base / "ns" / "net"))
+        term.wait_for("moved to another network namespace: net:[4026531002]")
+        assert "net:[4026531002]" in status_line(term)
+        (base / "stat").write_text(STAT_WITH_START % (pid, pid, pid, 2000))    # reused
+        assert term.wait_exit() == 0
+        assert term.stderr() == "netsnoop: process %d exited\n" % pid
