@@ -3693,18 +3693,25 @@ def tabbar_parts(current, width):
 def status_text(st, width=80):
     st.layout()
     every = "every " + format_interval(st.interval)
-    if st.wait() > st.interval:
+    if st.wait() > st.interval + 0.05:
         every += " (%.1fs)" % st.wait()     # stretched: see REFRESH_SHARE
-    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), printable(st.netns, 32), every]
+    clock = None
     if st.refreshed_at is not None:
-        parts.append(time.strftime("%H:%M:%S", time.localtime(st.refreshed_at)))
+        clock = time.strftime("%H:%M:%S", time.localtime(st.refreshed_at))
     rows = (st.view.shown, st.view.total)
-    parts.append("rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1])
-    if st.owned_problem and st.tab in OWNABLE_TABLES:
-        parts.append("ownership unknown")
+    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), printable(st.netns, 32), every,
+             clock, "rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1],
+             "ownership unknown" if st.owned_problem and st.tab in OWNABLE_TABLES else None]
+    parts = [p for p in parts if p]
     text = "  ".join(parts)
-    if len(text) > width:               # tighter before anything is cut
-        text = " ".join(parts).replace("every ", "", 1)
+    if len(text) > width:               # tighter, then the least needed go whole (not cut)
+        parts[parts.index(every)] = every.replace("every ", "", 1)
+        for least in (clock, printable(st.netns, 32)):
+            if len(" ".join(parts)) <= width:
+                break
+            if least in parts:
+                parts.remove(least)
+        text = " ".join(parts)
     return text
 
 

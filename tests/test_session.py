@@ -854,3 +854,19 @@ def test_session_ends_when_the_pid_names_another_process(tmp_path):
         (base / "stat").write_text(STAT_WITH_START % (pid, pid, pid, 2000))    # reused
         assert term.wait_exit() == 0
         assert term.stderr() == "netsnoop: process %d exited\n" % pid
+
+
+def test_status_line_drops_whole_items_rather_than_cutting_numbers():
+    st = netsnoop.SessionState(4242, "tcp", 2.0)
+    st.comm, st.netns, st.refreshed_at = "python3", "net:[4026531833]", time.time()
+    rows = [netsnoop.Row(["r%d" % i], None, i) for i in range(10005)]
+    st.view = netsnoop.TabView([netsnoop.Table("tcp", [netsnoop.Column("Row", netsnoop.L)],
+                                               rows, [])])
+    st.owned_problem = "cannot read /proc/4242/fd"
+    # from 48 columns the essentials fit: PID, interval, rows, ownership unknown
+    for width in range(48, 81):
+        text = netsnoop.status_text(st, width)
+        assert len(text) <= width, (width, text)
+        assert "rows 10005" in text and text.endswith("ownership unknown"), (width, text)
+    wide = netsnoop.status_text(st, 120)
+    assert "net:[4026531833]" in wide and "every 2s" in wide
