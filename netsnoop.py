@@ -4114,6 +4114,8 @@ def parse_args(argv):
         raise UsageError("--log, --filter and --duration go with --procs")
     if args.procs and (args.once or args.tab):
         raise UsageError("--once and --tab go with PID, not --procs")
+    if args.once and args.interval is not None:
+        raise UsageError("--interval goes with the session or --procs, not --once")
     if args.json and not (args.once or args.procs):
         raise UsageError("--json goes with --once or --procs (the session is for a terminal)")
     return args

@@ -103,7 +103,8 @@ def test_pid_and_procs_together():
     (["--procs", "--once"], "--once"),
     (["--procs", "--tab", "udp"], "--tab"),
     (["PID", "--once", "--filter", "x"], "--filter"),
-], ids=["json-without-once", "procs-once", "procs-tab", "filter-with-pid"])
+    (["PID", "--once", "--interval", "1"], "--interval"),
+], ids=["json-without-once", "procs-once", "procs-tab", "filter-with-pid", "once-interval"])
 def test_options_that_do_not_apply_are_refused(args, names):
     args = [str(os.getpid()) if a == "PID" else a for a in args]
     assert_one_line_error(run_netsnoop(*args), 2, names)
