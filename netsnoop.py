@@ -921,8 +921,10 @@ def python_fd_socket_inodes(dir_fd):
         # a --proc tree may hold anything: only well-formed links count
         if target.startswith("socket:[") and target.endswith("]"):
             digits = target[8:-1]
-            if digits.isdigit() and digits.isascii() and 0 < int(digits) < 1 << 64:
-                inodes.add(int(digits))
+            if digits.isdigit() and digits.isascii():
+                inode = int(digits)
+                if 0 < inode < 1 << 64:
+                    inodes.add(inode)
     return inodes
 
 
@@ -1497,10 +1499,11 @@ def parse_cmdline(data):
     return [decode(arg) for arg in data.split(b"\0")]
 
 
-def parse_uid(status_text):
-    """/proc/N/status -> real uid (the first number of the Uid: line), or None."""
+def parse_status_number(status_text, name):
+    """/proc/N/status -> the first number of line NAME ("Uid": the real uid,
+    "Tgid": the process of a thread), or None."""
     for line in status_text.splitlines():
-        if line.startswith("Uid:"):
+        if line.startswith(name + ":"):
             return int(line.split()[1])
     return None
 
@@ -1578,19 +1581,18 @@ def _load_fastscan():
         here = [os.path.dirname(os.path.abspath(me))] if me else []
         if me and os.path.dirname(os.path.realpath(me)) not in here:
             here.append(os.path.dirname(os.path.realpath(me)))
+        # then, installed: where imports look, but never the working directory
+        try:
+            cwd = os.getcwd()
+        except OSError:             # removed meanwhile: nothing to leave out
+            cwd = None
+        here += [p for p in sys.path if p and p != cwd and p not in here]
         try:
             spec = importlib.machinery.PathFinder.find_spec("_fastscan_cffi", here)
-            if spec is not None:
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-            else:       # installed: where imports look, but never the working directory
-                cwd = os.getcwd()
-                spec = importlib.machinery.PathFinder.find_spec(
-                    "_fastscan_cffi", [p for p in sys.path if p and p != cwd])
-                if spec is None:
-                    raise ImportError("No module named '_fastscan_cffi'")
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
+            if spec is None:
+                raise ImportError("No module named '_fastscan_cffi'")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
         except ImportError as err:
             module, reason = None, str(err) or "not built"
         _FASTSCAN[:] = [module, reason]
@@ -1855,7 +1857,7 @@ class ProcContext(object):
         text = self.read(pid, "status")
         if text:
             try:
-                return parse_uid(text)
+                return parse_status_number(text, "Uid")
             except (ValueError, IndexError):
                 pass
         try:        # the /proc/N inode belongs to the effective uid
@@ -2449,10 +2451,10 @@ def thread_group(procfs, pid):
     """The process a thread ID belongs to (Tgid), or pid itself: a child's ppid
     names the process, never one of its threads."""
     try:
-        match = re.search(r"^Tgid:\s*(\d+)", procfs.read(pid, "status"), re.M)
-    except OSError:
+        tgid = parse_status_number(procfs.read(pid, "status"), "Tgid")
+    except (OSError, ValueError, IndexError):
         return pid
-    return int(match.group(1)) if match and int(match.group(1)) > 0 else pid
+    return tgid if tgid and tgid > 0 else pid
 
 
 def collect_procs(procfs, pid):
@@ -2524,8 +2526,7 @@ def _read_notes(data, explained=()):
 
 def ss_state(sock):
     """The state as ss prints it in a table: an unconnected udp/raw/icmp socket is
-    UNCONN (the JSON keeps the kernel's CLOSE, as SPEC.md asks).  A listener's
-    Send-Q is shown as "-": /proc does not give its backlog, which ss shows there."""
+    UNCONN (the JSON keeps the kernel's CLOSE, as SPEC.md asks)."""
     if sock["state"] == "CLOSE" and not sock["proto"].startswith("tcp"):
         return "UNCONN"
     return sock["state"]
@@ -2540,6 +2541,7 @@ def socket_table(tab, data):
     rows = []
     for s in data["sockets"]:
         rows.append(Row(
+            # a listener's Send-Q is "-": ss shows its backlog there, /proc does not give it
             [s["proto"], ss_state(s), str(s["rx_queue"]),
              "-" if s["state"] == "LISTEN" else str(s["tx_queue"]),
              hostport(s["local_address"], s["local_port"]),
@@ -3699,14 +3701,15 @@ def status_text(st, width=80):
     if st.refreshed_at is not None:
         clock = time.strftime("%H:%M:%S", time.localtime(st.refreshed_at))
     rows = (st.view.shown, st.view.total)
-    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), printable(st.netns, 32), every,
+    netns = printable(st.netns, 32)
+    parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), netns, every,
              clock, "rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1],
              "ownership unknown" if st.owned_problem and st.tab in OWNABLE_TABLES else None]
     parts = [p for p in parts if p]
     text = "  ".join(parts)
     if len(text) > width:               # tighter, then the least needed go whole (not cut)
         parts[parts.index(every)] = every.replace("every ", "", 1)
-        for least in (clock, printable(st.netns, 32)):
+        for least in (clock, netns):
             if len(" ".join(parts)) <= width:
                 break
             if least in parts:
