@@ -28,3 +28,12 @@ def can_unshare():
 
 needs_root_netns = pytest.mark.skipif(
     not can_unshare(), reason="needs root and unshare -n (private network namespace)")
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of our own (root-owned when we are root), alive for any test."""
+    proc = subprocess.Popen(["sleep", "120"])
+    yield proc
+    proc.kill()
+    proc.wait()

@@ -47,15 +47,6 @@ def public_tmp():
     shutil.rmtree(path)
 
 
-@pytest.fixture
-def sleeper():
-    """A live process of our own (root-owned when we are root)."""
-    proc = subprocess.Popen(["sleep", "30"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def wait_state(pid, letters, timeout=5.0):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -163,13 +163,22 @@ def test_missed_count_covers_processes_gone_while_stopped(tmp_path):
     assert "%d missed" % summary["missed"] in feed.stderr
 
 
-PIDNS_SCRIPT = r'''
+# What the PID-namespace scripts share: their arguments (netsnoop.py, sleep, a
+# marker, the events file) and start_feed(), which returns once the feed watches.
+PIDNS_HEAD = r'''
 import json, os, subprocess, sys, time
 netsnoop, sleep, tag = sys.argv[1:4]
 out = open(sys.argv[4], "w")
-feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
-                        stderr=subprocess.PIPE)
-feed.stderr.readline()
+def start_feed():
+    feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
+                            stderr=subprocess.PIPE)
+    feed.stderr.readline()
+    return feed
+'''
+
+
+PIDNS_SCRIPT = PIDNS_HEAD + r'''
+feed = start_feed()
 first = subprocess.Popen([tag + "-first", "0.1"], executable=sleep)
 first.wait()
 subprocess.run(["true"])     # takes the next PID: the counter is past the first one
@@ -216,13 +225,8 @@ def test_reused_pid_is_reported_again(tmp_path):
     assert second[0]["start_time"] > first[0]["start_time"]
 
 
-PIDNS_WATCHED_SCRIPT = r'''
-import json, os, subprocess, sys, time
-netsnoop, sleep, tag = sys.argv[1:4]
-out = open(sys.argv[4], "w")
-feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
-                        stderr=subprocess.PIPE)
-feed.stderr.readline()
+PIDNS_WATCHED_SCRIPT = PIDNS_HEAD + r'''
+feed = start_feed()
 first = os.fork()
 if first == 0:              # a fork without exec: reported, then watched for a late exec
     time.sleep(1.2)
@@ -251,15 +255,10 @@ def test_pid_reused_while_its_old_process_is_watched(tmp_path):
     assert mine[1]["start_time"] > mine[0]["start_time"]
 
 
-PIDNS_STEPPED_OVER_SCRIPT = r'''
-import json, os, subprocess, sys, time
-netsnoop, sleep, tag = sys.argv[1:4]
-out = open(sys.argv[4], "w")
+PIDNS_STEPPED_OVER_SCRIPT = PIDNS_HEAD + r'''
 subprocess.run(["true"])                                            # a PID left free
 old = subprocess.Popen([tag + "-old", "30"], executable=sleep)     # runs before the feed
-feed = subprocess.Popen([sys.executable, netsnoop, "--procs", "--json"], stdout=out,
-                        stderr=subprocess.PIPE)
-feed.stderr.readline()
+feed = start_feed()
 time.sleep(0.2)
 with open("/proc/sys/kernel/ns_last_pid", "w") as f:
     f.write(str(old.pid - 2))

@@ -84,14 +84,6 @@ def netns_target():
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def sleeper():
-    proc = subprocess.Popen(["sleep", "120"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def session(pid, *args, **kw):
     return PtyTerm([sys.executable, NETSNOOP, str(pid)] + list(args), **kw)
 
