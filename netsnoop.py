@@ -1505,13 +1505,15 @@ class SocketOwners(object):
         self.multi = {}         # inode -> number of holders, when more than one
         self.comms = {}         # pid -> comm, for the pids in first
 
-    def scan(self, given=None, changed_only=False):
-        """Walk /proc/N/fd.  given: {pid: inodes} already read (PID's own scan)."""
+    def scan(self, given=None, changed_only=False, pids=None):
+        """Walk /proc/N/fd.  given: {pid: inodes} already read (PID's own scan);
+        pids: only these processes (the feed's: those of its network namespace)."""
         fds, refused = {}, 0
-        try:
-            pids = PythonBackend().list_pids(self.procfs.root)
-        except OSError:
-            pids, refused = [], -1          # no listing: every owner unknown
+        if pids is None:
+            try:
+                pids = PythonBackend().list_pids(self.procfs.root)
+            except OSError:
+                pids, refused = [], -1          # no listing: every owner unknown
         for pid in pids:
             if given and pid in given:
                 fds[pid] = (-1, frozenset(given[pid]))
@@ -1584,10 +1586,10 @@ class SocketOwners(object):
                 self.comms[pid] = self._comm(pid)
         return changed
 
-    def pids_of_uid(self, uid):
-        """The processes whose /proc/N belongs to uid (their effective uid)."""
+    def pids_of_uid(self, uid, pids):
+        """Those of pids whose /proc/N belongs to uid (their effective uid)."""
         out = []
-        for pid in PythonBackend().list_pids(self.procfs.root):
+        for pid in pids:
             try:
                 if os.stat(self.procfs.path(pid)).st_uid == uid:
                     out.append(pid)
@@ -1716,13 +1718,14 @@ def close_diag_sockets():
 _DIAG_SEQ = [0]
 
 
-def diag_dump(entry, states=DIAG_LIVE_STATES):
-    """Every TCP socket (IPv4 and IPv6) in the states of the bitmask -> Records of
-    DiagSocket; the kernel filters the states.  OSError on failure."""
+def diag_dump(entry, states=DIAG_LIVE_STATES, families=(socket.AF_INET, socket.AF_INET6)):
+    """Every TCP socket of the families in the states of the bitmask -> Records of
+    DiagSocket; the kernel filters the states.  OSError on failure.  Each family
+    costs a walk of the kernel's whole TCP hash (~2 ms here, sockets or not)."""
     sock, lock = entry
     out = Records()
     with lock:
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for family in families:
             _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
             sock.send(inet_diag_request(family, states, seq))
             while True:
@@ -3091,7 +3094,8 @@ CONN_FAST = 0.001           # sockstat poll period for CONN_ACTIVE_FOR after a c
 CONN_ACTIVE_FOR = 2.0
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
 CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
-OWNER_WAIT = 0.05           # how long an open waits for its owner's fd
+OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
+UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
 CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
 # the feed's dump: no TIME_WAIT (already destroyed) and no request sockets (a
 # request's cookie is not the cookie of the socket accept() will return)
@@ -3142,11 +3146,15 @@ class ConnScanner(object):
         self.owners = SocketOwners(procfs)
         self.cgroups = CgroupNames()
         self.diag = self.destroy = None
-        self.sockstat_fd = None
-        self.sockstat = None
+        self.stat_fds = {}          # "sockstat", "sockstat6", "snmp" -> kept-open fd
+        self.inuse = {}             # family -> TCP inuse of sockstat / sockstat6
+        self.active_opens = None    # Tcp ActiveOpens + PassiveOpens of /proc/net/snmp
+        self.pending = set()        # cookies of opens waiting for their owner
         self.last_change = self.last_dump = 0.0
         self.dump_cost = 0.0
         self.recent = collections.OrderedDict()     # pids that owned the last opens
+        self.netns_of = {}          # pid -> its network namespace, read once
+        self.own_netns = procfs.netns("self")
         self.uid_pass = 0.0         # when processes were last rescanned by uid
 
     def start(self):
@@ -3157,12 +3165,14 @@ class ConnScanner(object):
             self.close()
             raise NetsnoopError("cannot open sock_diag (NETLINK_SOCK_DIAG): %s"
                                 % (err.strerror or err))
-        try:
-            self.sockstat_fd = _open_ro(self.procfs.path("net", "sockstat"))
-            self.sockstat = self._sockstat()
-        except OSError:
-            self.sockstat_fd = None     # then dumps come from destroys and the clock
-        self.owners.scan()
+        for name in ("sockstat", "sockstat6", "snmp"):
+            try:
+                self.stat_fds[name] = _open_ro(self.procfs.path("net", name))
+            except OSError:
+                pass                # IPv6 off; without any: dumps by the clock only
+        self._inuse_moved()
+        self._opens_moved()
+        self.owners.scan(pids=self.local_pids())
         for sock in self._dump():
             self.known[sock.cookie] = ConnSeen(self._event("open", sock), None)
             self.present += 1
@@ -3172,19 +3182,46 @@ class ConnScanner(object):
         for sock in (self.destroy, self.diag[0] if self.diag else None):
             if sock is not None:
                 sock.close()
-        _close(self.sockstat_fd)
-        self.destroy = self.diag = self.sockstat_fd = None
+        for fd in self.stat_fds.values():
+            _close(fd)
+        self.stat_fds = {}
+        self.destroy = self.diag = None
 
-    def _sockstat(self):
-        """The TCP line of /proc/net/sockstat ("TCP: inuse 5 orphan 0 tw 2 alloc 7 mem 1")."""
-        data = os.pread(self.sockstat_fd, 4096, 0)
-        at = data.find(b"TCP:")
-        return data[at:data.find(b"\n", at)] if at >= 0 else data
+    def _inuse_moved(self):
+        """The families whose count of hashed TCP sockets moved (a connect, accept,
+        listen or close): "TCP: inuse 5 ..." in sockstat, "TCP6: inuse 3" in sockstat6."""
+        moved = []
+        for name, family, head in (("sockstat", socket.AF_INET, b"TCP: inuse "),
+                                   ("sockstat6", socket.AF_INET6, b"TCP6: inuse ")):
+            fd = self.stat_fds.get(name)
+            if fd is None:
+                continue
+            data = os.pread(fd, 4096, 0)
+            at = data.find(head)
+            count = data[at + len(head):].split(None, 1)[0] if at >= 0 else data
+            if self.inuse.get(family) != count:
+                self.inuse[family] = count
+                moved.append(family)
+        return moved
 
-    def _dump(self):
+    def _opens_moved(self):
+        """Did Tcp ActiveOpens + PassiveOpens of /proc/net/snmp move?  (Asked only after
+        a close: an open and a close between two polls leave inuse as it was.)"""
+        fd = self.stat_fds.get("snmp")
+        if fd is None:
+            return True
+        try:
+            tcp = parse_snmp(decode(_pread_all(fd))).get("Tcp", {})
+        except OSError:
+            return True
+        opens = tcp.get("ActiveOpens", 0) + tcp.get("PassiveOpens", 0)
+        moved, self.active_opens = opens != self.active_opens, opens
+        return moved
+
+    def _dump(self, families=(socket.AF_INET, socket.AF_INET6)):
         started = time.monotonic()
         try:
-            found = diag_dump(self.diag, CONN_STATES)
+            found = diag_dump(self.diag, CONN_STATES, families)
         except OSError as err:
             raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
         now = time.monotonic()
@@ -3196,26 +3233,29 @@ class ConnScanner(object):
     def step(self, limit=MAX_WAIT):
         now = time.monotonic()
         period = CONN_FAST if now - self.last_change < CONN_ACTIVE_FOR else self.quiet
-        if self.sockstat_fd is None:
-            period = self.quiet
         deadline = now + max(0.0, limit)
         events = []
         destroyed = []
-        pending = waited = False
+        waited = False
         while True:
-            destroyed.extend(self._read_destroys())
-            moved = self._sockstat_moved()
+            fresh = self._read_destroys()
+            destroyed.extend(fresh)
+            families = self._inuse_moved()
+            if fresh and not families and self._opens_moved():
+                families = [socket.AF_INET, socket.AF_INET6]
             now = time.monotonic()
-            reconcile = now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost)
-            pending = any(seen.pending_until for seen in self.known.values())
-            if destroyed or moved or reconcile or (pending and waited) or now >= deadline:
+            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost) or \
+                    (self.pending and waited):
+                families = [socket.AF_INET, socket.AF_INET6]
+            if destroyed or families or now >= deadline:
                 break
             select.select([self.destroy], [], [],
-                          min(CONN_FAST if pending else period, deadline - now))
+                          min(CONN_FAST if self.pending else period, deadline - now))
             waited = True
-        if moved or destroyed or reconcile or pending:
-            self.last_change = now if (moved or destroyed) else self.last_change
-            self._compare(self._dump(), now, events)
+        if families or destroyed:
+            self.last_change = now
+        if families:
+            self._compare(self._dump(families), now, events, whole=len(families) == 2)
         for sock in destroyed:
             self._closed(sock, events)
         return events
@@ -3234,59 +3274,80 @@ class ConnScanner(object):
                 raise
             out.extend(parse_diag_dump(data)[0])
 
-    def _sockstat_moved(self):
-        if self.sockstat_fd is None:
-            return False
-        cur = self._sockstat()
-        if cur == self.sockstat:
-            return False
-        self.sockstat = cur
-        return True
-
-    def _compare(self, dump, now, events):
-        """New cookies are opens (listens); an open without an owner yet waits a little."""
-        rescanned = False
+    def _compare(self, dump, now, events, whole=True):
+        """New cookies are opens (listens); an open without an owner yet waits a little.
+        whole: both families were dumped, so a waiting open not in it is gone."""
+        if whole and self.pending:
+            present = set(sock.cookie for sock in dump)
+            for cookie in [c for c in self.pending if c not in present]:
+                self._emit_open(self.known[cookie], events)
+        fresh = []
         for sock in dump:
             seen = self.known.get(sock.cookie)
-            if seen is not None and not seen.pending_until:
-                continue
             if seen is None:
                 kind = "listen" if sock.state == TCP_LISTEN else "open"
                 seen = self.known[sock.cookie] = ConnSeen(self._event(kind, sock), now)
-            found = self.owners.owner(sock.inode)
-            if found is None and not rescanned:
-                found = self._find_owner(sock, now)
-                rescanned = True
+            elif not seen.pending_until:
+                continue
+            # accepted but not yet taken by accept(): no inode, no fd to find yet
+            seen.event["inode"] = sock.inode
+            fresh.append((sock, seen))
+        missing = [sock for sock, _ in fresh if sock.inode and not self.owners.owner(sock.inode)]
+        if missing:
+            self._find_owners(missing, now)
+        for sock, seen in fresh:
+            found = self.owners.owner(sock.inode) if sock.inode else None
             if found is not None:
                 self._set_owner(seen.event, found)
             elif seen.pending_until is None:
                 seen.pending_until = now + OWNER_WAIT
+                self.pending.add(sock.cookie)
                 continue
             elif now < seen.pending_until:
                 continue
             self._emit_open(seen, events)
 
-    def _find_owner(self, sock, now):
-        """Look for the owner of a new socket at bounded cost, cheapest first: the
+    def local_pids(self):
+        """The processes in netsnoop's network namespace: a socket belongs to the
+        namespace its maker was in, so only they are searched for owners (the
+        namespace of each PID read once: ~1,000 processes of other namespaces
+        would otherwise cost every search ~10 ms).  Unknown namespace: searched."""
+        try:
+            pids = PythonBackend().list_pids(self.procfs.root)
+        except OSError:
+            return []
+        netns_of = {}
+        for pid in pids:
+            ns = self.netns_of.get(pid, False)
+            if ns is False:
+                ns = self.procfs.netns(pid)
+            netns_of[pid] = ns
+        self.netns_of = netns_of
+        return [pid for pid, ns in netns_of.items() if ns is None or ns == self.own_netns]
+
+    def _find_owners(self, socks, now):
+        """Look for the owners of new sockets at bounded cost, cheapest first: the
         processes that owned the last opens (a client in a loop reuses the same fd
         numbers, so its fd count does not move), then new processes and fd
-        directories whose size changed, then (at most every OWNER_WAIT) every
-        process of the socket's uid."""
+        directories whose size changed, then (at most every UID_PASS seconds) every
+        process of the sockets' uids."""
         owners = self.owners
-        if self.recent and owners.rescan(list(self.recent)):
-            found = owners.owner(sock.inode)
-            if found is not None:
-                return found
-        owners.scan(changed_only=True)
-        found = owners.owner(sock.inode)
-        if found is None and now - self.uid_pass >= OWNER_WAIT:
+
+        def all_found():
+            return all(owners.owner(sock.inode) for sock in socks)
+
+        if self.recent and owners.rescan(list(self.recent)) and all_found():
+            return
+        local = self.local_pids()
+        owners.scan(changed_only=True, pids=local)
+        if not all_found() and now - self.uid_pass >= UID_PASS:
             self.uid_pass = now
-            owners.rescan(owners.pids_of_uid(sock.uid))
-            found = owners.owner(sock.inode)
-        return found
+            for uid in set(sock.uid for sock in socks if not owners.owner(sock.inode)):
+                owners.rescan(owners.pids_of_uid(uid, local))
 
     def _emit_open(self, seen, events):
         seen.pending_until = None
+        self.pending.discard(seen.event["cookie"])
         if seen.event["event"] == "listen":
             self.listens += 1
         else:
@@ -3432,8 +3493,13 @@ def run_conns(args, procfs):
                     raise NetsnoopError(procs.error)
                 held.extend(events + procs.poll())
                 held = _emit_in_order(output, held, time.time() - CONN_HOLD)
-            if procs is not None:
-                held.extend(procs.poll())
+            # what the kernel sent before the stop (destroys queued meanwhile) still goes out
+            last = conns.step(0)
+            if procs is None:
+                for event in last:
+                    output.emit(event)
+            else:
+                held.extend(last + procs.poll())
                 _emit_in_order(output, held, float("inf"))
         output.conn_summary(conns, procs._scanner if procs else None)
     finally:
