@@ -1686,9 +1686,12 @@ def diag_socket_for(procfs, pid):
     if os.path.realpath(procfs.root) != "/proc":
         return None, "TCP bytes come from the kernel (sock_diag), not from a --proc tree"
     theirs = procfs.netns(pid)
+    if theirs is None and shares_netns(procfs, pid):
+        theirs = procfs.netns("self")
     if theirs is None:
-        return None, ("cannot read /proc/%d/ns/net: TCP bytes need PID's network "
-                      "namespace to be known" % pid)
+        return None, ("cannot read /proc/%d/ns/net (another user's process) and its "
+                      "network namespace is not netsnoop's: TCP bytes need the same "
+                      "namespace, or root" % pid)
     entry = _DIAG_SOCKETS.get(theirs)
     if entry is not None:
         return entry, None
@@ -1707,6 +1710,17 @@ def diag_socket_for(procfs, pid):
         close_diag_sockets()
     entry = _DIAG_SOCKETS[theirs] = (sock, threading.Lock())
     return entry, None
+
+
+def shares_netns(procfs, pid):
+    """Is PID in netsnoop's network namespace, when its ns/net link cannot be read
+    (another user's process)?  Each namespace has its own /proc/net entries, so
+    /proc/PID/net/tcp is the very inode of /proc/self/net/tcp exactly then."""
+    try:
+        return os.stat(procfs.path(pid, "net", "tcp")).st_ino == \
+            os.stat(procfs.path("self", "net", "tcp")).st_ino
+    except OSError:
+        return False
 
 
 def close_diag_sockets():

@@ -222,3 +222,78 @@ def test_every_close_and_most_opens_with_owners(space, life, count, parallel, ca
               % (life, len(opened), count, 100 * share))
     if life >= 0.02:
         assert share >= 0.99
+
+
+# --- an unprivileged user (nobody) against root's sockets ---------------------------
+
+ROOT_HOLDER = (
+    "import os, socket, sys, time\n"
+    "lst = socket.socket(); lst.bind(('127.0.0.1', 0)); lst.listen(8)\n"
+    "c = socket.create_connection(lst.getsockname()); a, _ = lst.accept()\n"
+    "c.sendall(b'x' * 7000); got = 0\n"
+    "while got < 7000: got += len(a.recv(65536))\n"
+    "print(os.fstat(c.fileno()).st_ino, os.fstat(a.fileno()).st_ino, flush=True)\n"
+    "sys.stdin.readline(); c.close(); a.close(); time.sleep(0.5)\n")
+
+
+@pytest.fixture
+def nobody_netsnoop():
+    from test_unprivileged import NOBODY, PYTHON
+    if PYTHON is None:
+        pytest.skip("needs root, setpriv and a Python that user nobody can run")
+    d = tempfile.mkdtemp(prefix="netsnoop-conns-")
+    os.chmod(d, 0o755)
+    copy = os.path.join(d, "netsnoop.py")
+    shutil.copyfile(NETSNOOP, copy)
+    os.chmod(copy, 0o644)
+    yield NOBODY + [PYTHON, copy]
+    shutil.rmtree(d)
+
+
+def test_nobody_sees_bytes_and_uids_of_roots_sockets_but_no_owner(nobody_netsnoop):
+    """Without root: sock_diag still gives root's connections' bytes and uid (same
+    namespace); the owners stay null, with the reason, never guessed."""
+    holder = subprocess.Popen([sys.executable, "-c", ROOT_HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        client, server = (int(x) for x in holder.stdout.readline().split())
+        res = subprocess.run(nobody_netsnoop + [str(holder.pid), "--once", "--json",
+                                                "--tab", "tcp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        data = json.loads(res.stdout)["tabs"]["tcp"]
+        rows = {s["inode"]: s for s in data["sockets"]}
+        assert abs(rows[client]["bytes_sent"] - 7000) <= SYN_FIN
+        assert abs(rows[server]["bytes_received"] - 7000) <= SYN_FIN
+        assert rows[client]["uid"] == rows[server]["uid"] == 0
+        assert rows[client]["pid"] is None and rows[server]["pid"] is None
+        assert data["owners_known"] is False and "root sees them" in data["owners_reason"]
+        assert data["bytes_known"] is True
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_nobody_feed_reports_roots_close_with_bytes(nobody_netsnoop):
+    """--conns as nobody: root's connection's close with its bytes and uid, owner null."""
+    with tempfile.TemporaryFile("w+") as out:
+        feed = subprocess.Popen(nobody_netsnoop + ["--conns", "--json"], stdout=out,
+                                stderr=subprocess.PIPE, universal_newlines=True)
+        time.sleep(1.0)
+        holder = subprocess.Popen([sys.executable, "-c", ROOT_HOLDER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, universal_newlines=True)
+        client = int(holder.stdout.readline().split()[0])
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        time.sleep(0.3)
+        feed.send_signal(signal.SIGINT)
+        err = feed.communicate(timeout=30)[1]
+        assert feed.returncode == 0, err
+        out.seek(0)
+        events = [json.loads(line) for line in out]
+    closes = [e for e in events if e["event"] == "close" and e["inode"] == client]
+    assert len(closes) == 1, events
+    close = closes[0]
+    assert abs(close["bytes_sent"] - 7000) <= SYN_FIN and close["uid"] == 0
+    assert close["pid"] is None and close["comm"] is None
