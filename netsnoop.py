@@ -3109,6 +3109,9 @@ CONN_ACTIVE_FOR = 2.0
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
 CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
 OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
+DUMP_SHARE = 0.2            # of a core, at most, spent dumping over time ...
+DUMP_BURST = 0.1            # ... with this many seconds of dumps allowed at once
+BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
 CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
 # the feed's dump: no TIME_WAIT (already destroyed) and no request sockets (a
@@ -3164,6 +3167,8 @@ class ConnScanner(object):
         self.inuse = {}             # family -> TCP inuse of sockstat / sockstat6
         self.active_opens = None    # Tcp ActiveOpens + PassiveOpens of /proc/net/snmp
         self.pending = set()        # cookies of opens waiting for their owner
+        self.want = set()           # families to dump once the gap between dumps is over
+        self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
         self.last_change = self.last_dump = 0.0
         self.dump_cost = 0.0
         self.recent = collections.OrderedDict()     # pids that owned the last opens
@@ -3200,6 +3205,15 @@ class ConnScanner(object):
             _close(fd)
         self.stat_fds = {}
         self.destroy = self.diag = None
+
+    def _dump_gap(self, now):
+        """Seconds until a dump may run.  Each dump walks the kernel's whole TCP hash
+        (~2.2 ms per family on a 262,144-bucket hash, however few sockets the
+        namespace has), so dumps spend at most DUMP_SHARE of a core over time,
+        from a budget that lets a burst of DUMP_BURST seconds of dumps go at once."""
+        self.budget = min(DUMP_BURST, self.budget + (now - self.budget_at) * DUMP_SHARE)
+        self.budget_at = now
+        return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
 
     def _inuse_moved(self):
         """The families whose count of hashed TCP sockets moved (a connect, accept,
@@ -3240,6 +3254,7 @@ class ConnScanner(object):
             raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
         now = time.monotonic()
         self.last_dump, self.dump_cost = now, now - started
+        self.budget -= self.dump_cost
         return found
 
     # -- the loop --
@@ -3250,26 +3265,32 @@ class ConnScanner(object):
         deadline = now + max(0.0, limit)
         events = []
         destroyed = []
+        families = self.want         # moved before, not dumped yet (the gap)
         waited = False
         while True:
             fresh = self._read_destroys()
             destroyed.extend(fresh)
-            families = self._inuse_moved()
-            if fresh and not families and self._opens_moved():
-                families = [socket.AF_INET, socket.AF_INET6]
+            moved = self._inuse_moved()
+            families.update(moved)
+            if fresh and not moved and self._opens_moved():
+                families.update(BOTH_FAMILIES)
             now = time.monotonic()
             if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost) or \
                     (self.pending and waited):
-                families = [socket.AF_INET, socket.AF_INET6]
-            if destroyed or families or now >= deadline:
+                families.update(BOTH_FAMILIES)
+            gap = self._dump_gap(now)
+            if (families and gap <= 0) or (destroyed and not families) or now >= deadline:
                 break
+            wait = CONN_FAST if self.pending else period
             select.select([self.destroy], [], [],
-                          min(CONN_FAST if self.pending else period, deadline - now))
+                          max(0.0, min(max(wait, gap) if families else wait, deadline - now)))
             waited = True
         if families or destroyed:
             self.last_change = now
-        if families:
-            self._compare(self._dump(families), now, events, whole=len(families) == 2)
+        if families and self._dump_gap(now) <= 0:
+            self.want = set()
+            self._compare(self._dump(sorted(families)), now, events,
+                          whole=len(families) == 2)
         for sock in destroyed:
             self._closed(sock, events)
         return events

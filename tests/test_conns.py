@@ -284,6 +284,7 @@ def test_nobody_feed_reports_roots_close_with_bytes(nobody_netsnoop):
         holder = subprocess.Popen([sys.executable, "-c", ROOT_HOLDER], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, universal_newlines=True)
         client = int(holder.stdout.readline().split()[0])
+        time.sleep(0.5)                 # a connection the feed's dumps see open
         holder.stdin.close()
         holder.wait(timeout=10)
         time.sleep(0.3)
