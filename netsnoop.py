@@ -4,6 +4,7 @@
     netsnoop.py PID                     curses session on PID's network view
     netsnoop.py PID --once [--tab TAB|all] [--json]
     netsnoop.py --procs [--json] [--log FILE] [--filter REGEX] ...
+    netsnoop.py --conns [--procs] [--json] [--log FILE] [--filter REGEX] ...
 
 The nine net tabs read /proc/PID/net, which is PID's *network namespace*:
 every socket of every process in that namespace is listed, and a socket is
@@ -5341,7 +5342,7 @@ def build_parser():
     p = ArgumentParser(
         prog=PROG,
         usage="%(prog)s PID [--tab TAB] | PID --once [--tab TAB|all] [--json] | "
-              "--procs [options]",
+              "--procs [options] | --conns [--procs] [options]",
         description="Network view of a process (read from /proc/PID/net, i.e. its "
                     "network namespace) and a feed of new processes.",
         epilog="TAB: " + " ".join(TABS) + ".  Exit status: 0 ok, 1 error, 2 usage.")
@@ -5398,7 +5399,7 @@ def parse_args(argv):
     if args.tab == "all" and not args.once:
         raise UsageError("--tab all needs --once")
     if args.pid is not None and (args.log or args.filter or args.duration):
-        raise UsageError("--log, --filter and --duration go with --procs")
+        raise UsageError("--log, --filter and --duration go with --procs or --conns")
     if feed and (args.once or args.tab):
         raise UsageError("--once and --tab go with PID, not --procs or --conns")
     if args.once and args.interval is not None:

@@ -298,3 +298,47 @@ def test_nobody_feed_reports_roots_close_with_bytes(nobody_netsnoop):
     close = closes[0]
     assert abs(close["bytes_sent"] - 7000) <= SYN_FIN and close["uid"] == 0
     assert close["pid"] is None and close["comm"] is None
+
+
+# --- the command line ------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--conns", "1"], ["--conns", "--once"],
+                                  ["--conns", "--tab", "tcp"]])
+def test_conns_usage_errors(argv):
+    """--conns is a feed: no PID, no --once/--tab (status 2, one line)."""
+    res = run_netsnoop(*argv)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_procs_and_conns_interleave_in_time_order(space, tmp_path):
+    """--procs --conns: a new process is followed by its own connection, in one
+    stream sorted by time; --filter keeps the process's events only; --log gets them."""
+    log = tmp_path / "events.log"
+    script = ("import socket, time\n"
+              "s = socket.create_connection(('127.0.0.1', %d)); s.sendall(bytes(8) + b'x')\n"
+              "time.sleep(0.3); s.close()\n" % space.info["port"])
+    with tempfile.TemporaryFile("w+") as out:
+        feed = subprocess.Popen(
+            ["nsenter", "--net=/proc/%d/ns/net" % space.pid, sys.executable, NETSNOOP,
+             "--procs", "--conns", "--json", "--filter", "conns-marker", "--log", str(log)],
+            stdout=out, stderr=subprocess.PIPE, universal_newlines=True)
+        time.sleep(1.5)
+        client = subprocess.Popen(["nsenter", "--net=/proc/%d/ns/net" % space.pid,
+                                   sys.executable, "-c", script, "conns-marker"])
+        client.wait(timeout=30)
+        time.sleep(0.5)
+        feed.send_signal(signal.SIGINT)
+        err = feed.communicate(timeout=30)[1]
+        assert feed.returncode == 0, err
+        out.seek(0)
+        text = out.read()
+    events = [json.loads(line) for line in text.splitlines()]
+    assert events[-1]["event"] == "summary" and "conns_close" in events[-1] \
+        and "seen" in events[-1]
+    events = events[:-1]
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)
+    kinds = [(e["event"], e["pid"]) for e in events]
+    new = kinds.index(("new", client.pid))
+    assert ("open", client.pid) in kinds[new + 1:] and ("close", client.pid) in kinds[new + 1:]
+    assert all("conns-marker" in " ".join(e["cmdline"] or []) for e in events)
+    assert log.read_text() == text
