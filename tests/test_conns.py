@@ -172,7 +172,7 @@ def feed_events(space, *command):
     """The feed's events while the helper runs `command` (then SIGINT ends it)."""
     with tempfile.TemporaryFile("w+") as out:
         feed = space.feed(120, out)
-        time.sleep(0.8)                     # the feed's first dump is taken
+        assert "watching TCP connections" in feed.stderr.readline()    # listening, first dump done
         answer = space.ask(*command)
         time.sleep(0.5)                     # the last closes' destroy messages
         feed.send_signal(signal.SIGINT)
@@ -194,7 +194,8 @@ def test_close_events_report_bytes_and_owner(space):
               and e["local_port"] in ports}
     server = {e["remote_port"]: e for e in events if e["event"] == "close"
               and e["remote_port"] in ports}
-    assert set(client) == ports and set(server) == ports
+    assert set(client) == ports, (summary, len(events))
+    assert set(server) == ports, (summary, len(events))
     for port in ports:
         assert abs(client[port]["bytes_sent"] - payload - HEADER) <= SYN_FIN
         assert abs(server[port]["bytes_received"] - payload - HEADER) <= SYN_FIN
@@ -280,7 +281,7 @@ def test_nobody_feed_reports_roots_close_with_bytes(nobody_netsnoop):
     with tempfile.TemporaryFile("w+") as out:
         feed = subprocess.Popen(nobody_netsnoop + ["--conns", "--json"], stdout=out,
                                 stderr=subprocess.PIPE, universal_newlines=True)
-        time.sleep(1.0)
+        assert "watching TCP connections" in feed.stderr.readline()
         holder = subprocess.Popen([sys.executable, "-c", ROOT_HOLDER], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, universal_newlines=True)
         client = int(holder.stdout.readline().split()[0])
@@ -322,7 +323,8 @@ def test_procs_and_conns_interleave_in_time_order(space, tmp_path):
             ["nsenter", "--net=/proc/%d/ns/net" % space.pid, sys.executable, NETSNOOP,
              "--procs", "--conns", "--json", "--filter", "conns-marker", "--log", str(log)],
             stdout=out, stderr=subprocess.PIPE, universal_newlines=True)
-        time.sleep(1.5)
+        assert "watching TCP connections" in feed.stderr.readline()
+        time.sleep(0.5)                     # the process feed's own start
         client = subprocess.Popen(["nsenter", "--net=/proc/%d/ns/net" % space.pid,
                                    sys.executable, "-c", script, "conns-marker"])
         client.wait(timeout=30)
