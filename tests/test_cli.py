@@ -5,18 +5,16 @@ process seen through setpriv); fake /proc trees are built under tmp_path with re
 socket:[N] symlinks for the output cases."""
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 import netsnoop as ns
-from conftest import NETSNOOP, run_netsnoop
+from conftest import FIXTURES, NETSNOOP, python_for_nobody, run_netsnoop
 
 NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -36,15 +34,6 @@ def assert_one_line_error(res, status, *words):
 def pid_max():
     with open("/proc/sys/kernel/pid_max") as f:
         return int(f.read())
-
-
-@pytest.fixture
-def public_tmp():
-    """A directory user 65534 can traverse (pytest's tmp_path sits under a 0700 dir)."""
-    path = tempfile.mkdtemp(prefix="netsnoop-test-")
-    os.chmod(path, 0o755)
-    yield pathlib.Path(path)
-    shutil.rmtree(path)
 
 
 def wait_state(pid, letters, timeout=5.0):
@@ -214,26 +203,13 @@ def test_proc_dir_is_a_file(tmp_path):
     assert_one_line_error(run_netsnoop("--proc", str(path), "1", "--once"), 1, str(path))
 
 
-def python_for_nobody():
-    """An interpreter user 65534 can run (ours may live under /root)."""
-    if not shutil.which("setpriv") or os.geteuid() != 0:
-        return None
-    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(python) and subprocess.run(
-                ["setpriv"] + NOBODY + [python, "-c", "import json, curses"],
-                stderr=subprocess.DEVNULL).returncode == 0:
-            return python
-    return None
-
-
 def run_as_nobody(*args):
+    """NETSNOOP (in a directory nobody can read, see conftest) run by user 65534."""
     python = python_for_nobody()
-    if python is None:
+    if python is None or not shutil.which("setpriv"):
         pytest.skip("needs root, setpriv and a python that user 65534 can run")
-    if subprocess.run(["setpriv"] + NOBODY + ["test", "-r", NETSNOOP]).returncode != 0:
-        pytest.skip("netsnoop.py is not readable by user 65534 here")
     return subprocess.run(["setpriv"] + NOBODY + [python, NETSNOOP] + [str(a) for a in args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
                           universal_newlines=True, timeout=60)
 
 
@@ -551,7 +527,7 @@ SPEC_STATES = {"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", 
 
 
 def captured_tree():
-    tree = os.path.join(os.path.dirname(NETSNOOP), "fixtures", "netns_live")
+    tree = os.path.join(FIXTURES, "netns_live")
     with open(os.path.join(tree, "capture.json")) as f:
         return os.path.join(tree, "proc"), json.load(f)
 

@@ -10,18 +10,20 @@ import time
 
 import pytest
 
+from conftest import need_fast, needs_fast
+
 import netsnoop
 
+# conftest built the C scanner for this run and put it where netsnoop looks (sys.path)
 module, reason = netsnoop._load_fastscan()
-needs_c = pytest.mark.skipif(
-    module is None, reason="C scanner not built (python3 build_fastscan.py): %s" % reason)
+needs_c = needs_fast
 BACKENDS = ["python", pytest.param("fast", marks=needs_c)]
 
 
 @pytest.fixture
 def fast():
-    if module is None:
-        pytest.skip("C scanner not built (python3 build_fastscan.py): %s" % reason)
+    need_fast()
+    assert module is not None, "the C scanner was built but does not load: " + reason
     return netsnoop.FastBackend(module)
 
 

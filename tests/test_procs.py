@@ -15,17 +15,12 @@ import uuid
 
 import pytest
 
-from conftest import NETSNOOP, needs_root_netns, run_netsnoop
+from conftest import NETSNOOP, needs_fast, needs_root_netns, run_netsnoop
 
 import netsnoop
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
-FAST_BUILT = netsnoop.available_backend() == "fast"
-BACKENDS = [
-    "python",
-    pytest.param("fast", marks=pytest.mark.skipif(
-        not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")),
-]
+BACKENDS = ["python", pytest.param("fast", marks=needs_fast)]
 
 
 class Feed(object):
@@ -106,7 +101,7 @@ def test_short_processes_caught_with_full_cmdline(tmp_path, backend):
     assert feed.events()[-1]["backend"] == backend
 
 
-@pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")
+@needs_fast
 def test_both_backends_report_the_same_events(tmp_path):
     feeds = [Feed(tmp_path, "--json", "--backend", b) for b in ("fast", "python")]
     specs = [(marker(), 0.05) for _ in range(10)]
@@ -662,7 +657,7 @@ def test_lone_copy_runs_the_python_backend(tmp_path):
     assert res.returncode == 1 and "build_fastscan.py" in res.stderr
 
 
-@pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")
+@needs_fast
 def test_script_run_isolated_finds_the_so_beside_it():
     res = subprocess.run([sys.executable, "-I", NETSNOOP, "--version"],
                          stdout=subprocess.PIPE, universal_newlines=True, cwd="/")
@@ -802,7 +797,7 @@ def test_ctrl_c_while_the_rerun_starts_is_quiet(delay_ms):
     assert proc.returncode in (0, 130), (proc.returncode, err)
 
 
-@pytest.mark.skipif(not FAST_BUILT, reason="C scanner not built (python3 build_fastscan.py)")
+@needs_fast
 @pytest.mark.parametrize("isolated", [[], ["-I"]])
 def test_symlinked_script_finds_the_so_beside_its_target(tmp_path, isolated):
     link = tmp_path / "netsnoop.py"

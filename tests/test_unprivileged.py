@@ -109,8 +109,6 @@ def test_every_tab_as_nobody_no_crash(public_netsnoop, root_holder):
 @needs_nobody
 def test_procs_feed_as_nobody(public_netsnoop):
     r = as_nobody(public_netsnoop, "--procs", "--duration", "1")
-    if "not built yet" in r.stderr:
-        pytest.skip("--procs not landed yet (netsnoop says: not built yet)")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     r = as_nobody(public_netsnoop, "--procs", "--json", "--duration", "1")
