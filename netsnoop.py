@@ -91,7 +91,7 @@ DEV_FIELDS = (
     "tx_drop", "tx_fifo", "tx_colls", "tx_carrier", "tx_compressed",
 )
 
-# softnet_stat columns by position; later kernels append (see PROCFS notes):
+# softnet_stat columns by position; later kernels append (docs/procfs.md):
 # 9 cols 2.6.23, 10 +received_rps, 11 +flow_limit_count, 13 +backlog_len
 # and cpu index (5.10), 15 +input_qlen, process_qlen (6.4).
 SOFTNET_FIELDS = (
@@ -809,7 +809,8 @@ class ProcFS(object):
         return comm, state, start
 
     def check_net(self, pid):
-        """Fail early, with the SPEC's message, when PID's net view cannot be read."""
+        """Fail early, with the message the README's exit statuses give, when PID's net
+        view cannot be read."""
         comm = self.process_status(pid)[0]
         self._check_net_dir(pid)
         return comm
@@ -1173,7 +1174,7 @@ def collect_traffic(procfs, pid):
 
 
 def collect_stats(procfs, pid):
-    """netstat's sections, exactly {SECTION: {COUNTER: int}} as the SPEC gives.
+    """netstat's sections, exactly {SECTION: {COUNTER: int}} as the README's JSON table gives.
 
     What the read noticed rides along as attributes, which JSON does not
     see: .skipped (damaged lines) and .files_missing.
@@ -1224,7 +1225,7 @@ def collect_tab(procfs, pid, tab, owners=None):
 
 
 def snapshot(procfs, pid, tabs, json_rows=False):
-    """The SPEC's --json object for PID and the given tabs.
+    """The --json object for PID and the given tabs (the README's JSON table).
 
     json_rows: tcp/udp/raw rows stay SocketRows, for snapshot_json only.
     """
@@ -1441,7 +1442,8 @@ def _pairs(cur, prev, key, ident):
 # Process scanner (--procs): fast (C, _fastscan) and python backends
 # ---------------------------------------------------------------------------
 #
-# How new processes are caught without root (measured in PROCS-NOTES):
+# How new processes are caught without root (the why, the figures and the traps:
+# docs/scanner.md):
 # - the last field of /proc/loadavg is the last PID allocated; a pread() of a
 #   kept-open fd costs ~0.6 us, so it is polled: every 1 ms while a newborn has
 #   not exec'd yet, every 5 ms for 2 s after a birth, every 50 ms (--interval)
@@ -1464,11 +1466,12 @@ SLOW_PERIOD = 0.05      # when quiet (--interval overrides)
 MAX_WAIT = 1.0          # longest single wait (--duration, sweeps)
 STOP_CHECK = 0.25       # --procs looks at its stop flag at least this often: a signal
                         # interrupts the C wait, but Python's poll resumes after it
-VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (trap 4)
+VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (docs/scanner.md,
+                        # "Trap: the counter runs ahead of /proc")
 FORK_WAIT = 0.03        # a child that has not exec'd by then is reported as is
 SWEEP_PERIOD = 0.02     # how often reported newborns are re-checked for exec
 EXEC_WATCH = 0.5        # how long an exec'd newborn is watched for another exec
-FORKED_WATCH = 30.0     # ... and a fork-only child (trap 8)
+FORKED_WATCH = 30.0     # ... and a fork-only child (docs/scanner.md, "Trap: the late exec")
 MAX_WATCHED = 1000      # cap on reported processes under watch (fds)
 RECONCILE_EVERY = 1.0   # full listing at most this often, when the counter moved
 MAX_SPAN = 4096         # more new PIDs than this at once: list /proc instead
@@ -1539,7 +1542,8 @@ def read_proc_cmdline(procfs, pid):
 
 
 def _pread_all(fd):
-    """The whole content of a kept-open /proc file, regenerated (trap 5): one small
+    """The whole content of a kept-open /proc file, regenerated (docs/scanner.md, "Trap:
+    a kept-open file reads empty the second time"): one small
     pread as a rule (it runs every ms for a newborn), read_fd_all from the start
     for a long one."""
     data = os.pread(fd, 4096, 0)
@@ -2052,7 +2056,8 @@ class ProcScanner(object):
         if st is None:
             watch.close()
             return False
-        if st.exit_signal == -1:            # a thread (trap 3): not a process
+        if st.exit_signal == -1:            # a thread: not a process (docs/scanner.md,
+                                            # "Trap: threads take PIDs too")
             self.threads += 1
             watch.close()
             return True
@@ -2109,7 +2114,8 @@ class ProcScanner(object):
         if cmdline is None:
             return self._newborn_died(watch, None, events)
         if not cmdline and now - watch.born < FORK_WAIT:
-            return                  # inside execve (trap 1): arguments not copied yet
+            return                  # inside execve: arguments not set up yet (docs/scanner.md,
+                                    # "Trap: the empty command line inside execve")
         if watch.fork_cmdline is None:
             watch.fork_cmdline = cmdline
         new_args = cmdline != watch.fork_cmdline
@@ -2133,7 +2139,8 @@ class ProcScanner(object):
         return self.notifier.opens
 
     def _never_execed(self, watch, st):
-        """A zombie keeps its name (trap 2); a reaped child did not exec if nothing
+        """A zombie keeps its name (docs/scanner.md, "Trap: the zombie that kept only its
+        name"); a reaped child did not exec if nothing
         was exec'd anywhere since it was last seen unchanged (no inotify open)."""
         if st is not None:
             return st.comm == watch.fork_comm
@@ -2526,7 +2533,7 @@ def _read_notes(data, explained=()):
 
 def ss_state(sock):
     """The state as ss prints it in a table: an unconnected udp/raw/icmp socket is
-    UNCONN (the JSON keeps the kernel's CLOSE, as SPEC.md asks)."""
+    UNCONN (the JSON keeps the kernel's CLOSE, as the README says)."""
     if sock["state"] == "CLOSE" and not sock["proto"].startswith("tcp"):
         return "UNCONN"
     return sock["state"]
@@ -4033,7 +4040,7 @@ def plain_wait(commands, state):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (SPEC: status 2)."""
+    """argparse that reports a usage error in one line (exit status 2)."""
 
     def error(self, message):
         raise UsageError("%s (try --help)" % message)
