@@ -1,4 +1,4 @@
-"""The SPEC's error table and --once output, through the real program (a subprocess).
+"""The README's exit statuses and --once output, through the real program (a subprocess).
 
 Real processes are spawned for the live cases (a zombie, a vanished PID, another user's
 process seen through setpriv); fake /proc trees are built under tmp_path with real
@@ -20,7 +20,7 @@ NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def assert_one_line_error(res, status, *words):
-    """SPEC: one line `netsnoop: ...` on stderr, the right status, never a traceback."""
+    """One line `netsnoop: ...` on stderr, the right status, never a traceback."""
     assert res.returncode == status, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr
     lines = res.stderr.splitlines()
@@ -517,12 +517,12 @@ def test_ascii_only_stdout(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The SPEC's JSON keys, on the tree captured from a real namespace
+# The README's JSON keys, on the tree captured from a real namespace
 # ---------------------------------------------------------------------------
 
 SOCKET_KEYS = {"proto", "local_address", "local_port", "remote_address", "remote_port",
                "state", "tx_queue", "rx_queue", "uid", "inode", "owned"}
-SPEC_STATES = {"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+JSON_STATES = {"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
                "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"}
 
 
@@ -546,7 +546,7 @@ def test_json_contract_on_captured_tree():
         assert tabs[tab]["sockets"], tab
         for s in tabs[tab]["sockets"]:
             assert set(s) >= SOCKET_KEYS
-            assert s["proto"] in protos and s["state"] in SPEC_STATES
+            assert s["proto"] in protos and s["state"] in JSON_STATES
             for key in ("local_port", "remote_port", "tx_queue", "rx_queue", "uid", "inode"):
                 assert isinstance(s[key], int)
             assert s["owned"] == (s["inode"] in owned_inodes)

@@ -1,6 +1,6 @@
 """netsnoop as an unprivileged user (nobody, 65534) looking at root's processes:
 what it can read it shows, what it cannot it says (owned_known: false), and
-a /proc mounted with hidepid=2 gives the SPEC's one-line message.
+a /proc mounted with hidepid=2 gives the README's one-line message (status 1).
 
 Needs root (to become nobody with setpriv, to mount a private /proc); skips
 otherwise.
