@@ -430,17 +430,13 @@ def test_once_text_lines_are_as_wide_as_the_data_needs():
 
 
 @pytest.mark.parametrize("width", [80, 40])
-def test_views_render_at_narrow_widths(tabs, width):
+def test_views_render_at_narrow_widths(width):
     """format_table has no width: the session clips.  Rendering must not depend on COLUMNS."""
     env = dict(os.environ, COLUMNS=str(width), LINES="24")
     r = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all", env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     wide = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all")
     assert r.stdout.split("\n")[1:] == wide.stdout.split("\n")[1:]   # the heading has the time
-    for tab in ALL_TABS:
-        for table in netsnoop.tab_tables(tab, tabs[tab]):
-            lines = netsnoop.format_table(table)
-            assert all(isinstance(ln, str) for ln in lines)
 
 
 def test_format_snapshot_heading_is_escaped(tabs):
