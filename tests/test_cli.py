@@ -22,7 +22,8 @@ NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def assert_one_line_error(res, status, *words):
-    """SPEC: one line `netsnoop: ...` on stderr, the right status, never a traceback."""
+    """The error contract: one line `netsnoop: ...` on stderr, the right status, never a
+    traceback."""
     assert res.returncode == status, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr
     lines = res.stderr.splitlines()

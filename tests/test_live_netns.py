@@ -4,9 +4,9 @@ A helper (tests/netns_helper.py) runs under `unshare -n`: it builds the namespac
 pair with TEST-NET addresses, a gateway route, a permanent neighbour) and holds known
 sockets.  A second process in the same namespace (`nsenter ... sleep`) holds none.
 netsnoop runs from the host against their PIDs; the reference tools run inside the
-namespace through nsenter.  Traps handled (PROCFS-NOTES.md): ss's `*`/`[::]`/`%dev`
-address forms, fe80 routes appearing late (retry), /sys being the host's under
-`unshare -n` (`ip -j -s link` instead).
+namespace through nsenter.  Differences handled: ss's `*`/`[::]`/`%dev` address forms,
+fe80 routes appearing late (retry), /sys being the host's under `unshare -n`
+(`ip -j -s link` instead).
 """
 import json
 import os
@@ -145,7 +145,7 @@ def test_no_damaged_lines(snap):
     stats = snap["tabs"]["stats"]
     assert stats and all(isinstance(counters, dict) and
                          all(isinstance(v, int) for v in counters.values())
-                         for counters in stats.values())      # SPEC: {SECTION: {COUNTER: int}}
+                         for counters in stats.values())      # the JSON contract: {SECTION: {COUNTER: int}}
     assert snap["tabs"]["analysis"]["skipped_lines"] == 0
 
 
