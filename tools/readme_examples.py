@@ -135,7 +135,11 @@ def run_session(name):
     try:
         with PtyTerm(real_argv(name), cols=cols, rows=rows) as term:
             term.wait_for("RX/s", timeout=20)
-            screen = [line.rstrip() for line in term.screen.display]
+            screen = None
+            while screen != term.text():        # a refresh may arrive in several writes
+                screen = term.text()
+                term.pump(0.3)
+            screen = screen.split("\n")
             term.send("q")
             if term.wait_exit() != 0:
                 raise RuntimeError("%s: %s" % (name, term.stderr()))
