@@ -532,6 +532,17 @@ def once_procs(root, pid):
     return json.loads(res.stdout)["tabs"]["procs"]["processes"]
 
 
+@pytest.mark.parametrize("parents,note", [({100: 1, 101: 100}, "(1 process)"),
+                                          ({100: 1, 101: 100, 102: 100}, "(2 processes)"),
+                                          ({100: 1}, "(0 processes)")])
+def test_once_procs_text_counts_the_descendants(tmp_path, parents, note):
+    """The note under the procs table: fails on a wrong count or '1 processes'."""
+    root = proc_tree(tmp_path / "proc", parents)
+    res = run_netsnoop("--proc", root, 100, "--once", "--tab", "procs", timeout=10)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip("\n").split("\n")[-1] == "  " + note
+
+
 def test_once_procs_tab_survives_a_parent_cycle(tmp_path):
     """Parent links read at different moments can form a loop: each process once."""
     root = proc_tree(tmp_path / "proc", {100: 102, 101: 100, 102: 101, 103: 101, 7: 1})
