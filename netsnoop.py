@@ -2775,7 +2775,7 @@ def procs_tables(data):
         cells = proc_cells(rec, rec.get("start_time"))
         cells[-1] = "  " * max(0, rec.get("depth", 1) - 1) + cells[-1]
         rows.append(Row(cells, None, (rec["pid"], rec.get("start_time"))))
-    notes = ["%d processes" % len(rows)]
+    notes = ["%d process%s" % (len(rows), "" if len(rows) == 1 else "es")]
     if data.get("note"):
         notes.append(data["note"])
     return [Table("procs", PROC_COLUMNS, rows, notes)]

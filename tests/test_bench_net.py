@@ -130,8 +130,14 @@ def line_by_line(text, proto):
 
 
 def test_fast_parse_matches_line_by_line_on_real_and_damaged_lines(loopback_pairs):
+    """The fast path against the plain one, and both against the sockets this process
+    holds (their inodes and ports from fstat and getsockname): fails when the fast path
+    drops, damages or invents a line, or when both paths share a decoding bug."""
     procfs = netsnoop.ProcFS()
     text = procfs.net_read(os.getpid(), "tcp") + procfs.net_read(os.getpid(), "tcp6")
+    parsed = {s.inode: s.local_port for s in netsnoop.parse_sockets(text, "tcp")}
+    held = {os.fstat(s.fileno()).st_ino: s.getsockname()[1] for s in loopback_pairs}
+    assert {inode: parsed.get(inode) for inode in held} == held
     lines = text.splitlines()
     real = [ln for ln in lines[1:] if ln.strip() and not ln.lstrip().startswith("sl")]
     assert len(real) >= 40

@@ -172,8 +172,8 @@ def test_procfs_on_vanished_pid(sleeper):
 
 def test_pid_exiting_during_the_read():
     """Best effort at the race: processes that die while netsnoop reads them.  Each run
-    must end either with a full snapshot (0) or one `netsnoop:` line naming the PID (1)."""
-    outcomes = set()
+    must end either with a full snapshot (0) or one `netsnoop:` line naming the PID (1);
+    fails on a traceback, a half-written snapshot, or an error that does not name the PID."""
     for delay in ("0.02", "0.04", "0.06", "0.08", "0.1", "0.12"):
         proc = subprocess.Popen(["sleep", delay])
         res = run_netsnoop(proc.pid, "--once", "--json", "--tab", "all")
@@ -181,11 +181,8 @@ def test_pid_exiting_during_the_read():
         if res.returncode == 0:
             assert json.loads(res.stdout)["pid"] == proc.pid
             assert res.stderr == ""
-            outcomes.add("read")
         else:
             assert_one_line_error(res, 1, str(proc.pid))
-            outcomes.add("gone")
-    assert outcomes
 
 
 # ---------------------------------------------------------------------------
@@ -241,7 +238,8 @@ def test_output_into_a_closed_pipe():
 @pytest.mark.parametrize("fmt", [[], ["--json"]], ids=["text", "json"])
 def test_head_closes_the_pipe_early(fmt, tmp_path):
     """`netsnoop ... | head -1`: the reader takes one line and goes away.  The output is
-    made larger than a pipe's buffer (64 KiB) so that the writer really hits EPIPE."""
+    made larger than a pipe's buffer (64 KiB) so that the writer really hits EPIPE.
+    Fails on a traceback or status 1 at EPIPE, or when the first line is not the heading."""
     root = build_tree(tmp_path, extra_tcp=3000)
     proc = subprocess.Popen([sys.executable, NETSNOOP, "--proc", root, str(FAKE_PID),
                              "--once", "--tab", "all"] + fmt,
@@ -251,7 +249,9 @@ def test_head_closes_the_pipe_early(fmt, tmp_path):
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(timeout=60) == 0
-    assert first
+    heading = b'{"pid": %d, ' % FAKE_PID if fmt else b"netsnoop %s: pid %d " % (
+        ns.__version__.encode(), FAKE_PID)
+    assert first.startswith(heading), first[:80]
     assert err == ""
 
 
@@ -556,7 +556,8 @@ def test_json_contract_on_captured_tree():
     assert set(tabs["icmp"]["counters"]) == {"Icmp", "IcmpMsg", "Icmp6"}
     for entry in tabs["arp"]["entries"]:
         assert set(entry) >= {"ip_address", "hw_type", "flags", "hw_address", "mask", "device"}
-    assert isinstance(tabs["arp"]["stats"], dict)
+    # stat/arp_cache exists only in the host namespace: no stats, and said so
+    assert (tabs["arp"]["stats"], tabs["arp"]["stats_available"]) == ({}, False)
     for iface in tabs["traffic"]["interfaces"]:
         assert set(iface) == {"name"} | set(ns.DEV_FIELDS)
     assert {"TcpExt", "IpExt"} <= set(tabs["stats"])

@@ -331,7 +331,8 @@ def test_text_line_format(tmp_path):
     assert len(stamp) == 12 and stamp[2] == ":" and stamp[8] == "."
     assert int(ppid) == os.getpid() and int(pid) > 0
     assert cmd == "%s 0.05" % argv0
-    assert user == netsnoop.ProcContext(netsnoop.ProcFS()).user(os.getuid())
+    # the login name as id(1) gives it, not as netsnoop's own uid lookup does
+    assert user == subprocess.check_output(["id", "-un"], universal_newlines=True).strip()
 
 
 def test_filter_keeps_only_matching(tmp_path):
@@ -345,13 +346,21 @@ def test_filter_keeps_only_matching(tmp_path):
 
 
 def test_sigterm_and_sighup_give_the_summary(tmp_path):
+    """Fails when a signal kills the feed without its summary, or the summary does not
+    count what the feed printed before it."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        feed = Feed(tmp_path, "--json").stop(sig)
+        feed = Feed(tmp_path, "--json")
+        argv0 = marker()
+        spawn_and_wait([(argv0, 0.05)])
+        feed.stop(sig)
         assert feed.returncode == 0
         assert "Traceback" not in feed.stderr
         assert re.search(r"new process(es)? seen", feed.stderr)
-        last = feed.events()[-1]
-        assert last["event"] == "summary" and isinstance(last["seen"], int)
+        events = feed.events()
+        assert argv0 in by_marker(events, {argv0})
+        last = events[-1]
+        assert last["event"] == "summary"
+        assert last["seen"] >= sum(1 for e in events[:-1] if e["event"] == "new") >= 1
 
 
 def test_duration_ends_the_feed(tmp_path):
@@ -518,6 +527,17 @@ def once_procs(root, pid):
     return json.loads(res.stdout)["tabs"]["procs"]["processes"]
 
 
+@pytest.mark.parametrize("parents,note", [({100: 1, 101: 100}, "(1 process)"),
+                                          ({100: 1, 101: 100, 102: 100}, "(2 processes)"),
+                                          ({100: 1}, "(0 processes)")])
+def test_once_procs_text_counts_the_descendants(tmp_path, parents, note):
+    """The note under the procs table: fails on a wrong count or '1 processes'."""
+    root = proc_tree(tmp_path / "proc", parents)
+    res = run_netsnoop("--proc", root, 100, "--once", "--tab", "procs", timeout=10)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip("\n").split("\n")[-1] == "  " + note
+
+
 def test_once_procs_tab_survives_a_parent_cycle(tmp_path):
     """Parent links read at different moments can form a loop: each process once."""
     root = proc_tree(tmp_path / "proc", {100: 102, 101: 100, 102: 101, 103: 101, 7: 1})
@@ -526,12 +546,15 @@ def test_once_procs_tab_survives_a_parent_cycle(tmp_path):
     assert procs[0]["cmdline"] == ["prog-101", "arg"]
 
 
-@pytest.mark.parametrize("btime", ["x", "", "1700000000 junk"])
-def test_once_procs_tab_survives_a_damaged_btime(tmp_path, btime):
+@pytest.mark.parametrize("btime,boot", [("x", 0), ("", 0), ("1700000000 junk", 1700000000)])
+def test_once_procs_tab_survives_a_damaged_btime(tmp_path, btime, boot):
+    """An unreadable boot time in a --proc tree counts start times from 0 (a readable
+    number before junk is still taken); fails on a crash or on a time invented from
+    the clock of the machine running the test."""
     root = proc_tree(tmp_path / "proc", {100: 1, 101: 100}, btime=btime)
     procs = once_procs(root, 100)
     assert [p["pid"] for p in procs] == [101]
-    assert isinstance(procs[0]["start_time"], float)
+    assert procs[0]["start_time"] == round(boot + 200.0 / os.sysconf("SC_CLK_TCK"), 3)
 
 
 def test_once_procs_start_time_is_btime_plus_ticks(tmp_path):
@@ -582,7 +605,7 @@ def test_procfeed_polls_without_blocking(backend):
         child.wait()
         assert found is not None and found["cmdline"] == [argv0, "0.05"]
         assert slowest < 0.005
-        assert feed.seen >= 1 and feed.missed >= 0
+        assert feed.seen >= 1
     finally:
         feed.close()
     assert threading.active_count() == 1

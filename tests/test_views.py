@@ -11,6 +11,7 @@ import re
 import shutil
 
 import pytest
+import wcwidth
 
 import netsnoop
 from conftest import FIXTURES, run_netsnoop
@@ -430,17 +431,13 @@ def test_once_text_lines_are_as_wide_as_the_data_needs():
 
 
 @pytest.mark.parametrize("width", [80, 40])
-def test_views_render_at_narrow_widths(tabs, width):
+def test_views_render_at_narrow_widths(width):
     """format_table has no width: the session clips.  Rendering must not depend on COLUMNS."""
     env = dict(os.environ, COLUMNS=str(width), LINES="24")
     r = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all", env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     wide = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all")
     assert r.stdout.split("\n")[1:] == wide.stdout.split("\n")[1:]   # the heading has the time
-    for tab in ALL_TABS:
-        for table in netsnoop.tab_tables(tab, tabs[tab]):
-            lines = netsnoop.format_table(table)
-            assert all(isinstance(ln, str) for ln in lines)
 
 
 def test_format_snapshot_heading_is_escaped(tabs):
@@ -475,7 +472,8 @@ def test_wide_and_combining_cells_align():
                             for name in ("eth0", "\u4e2d\u6587\u7f51\u5361", "e\u0301\u0301th", "\uff21")],
                            [])
     lines = check_aligned(table)
-    assert len({netsnoop.text_width(ln) for ln in lines[2:]}) == 1, lines
+    # measured by wcwidth, not by netsnoop's own text_width
+    assert len({wcwidth.wcswidth(ln) for ln in lines[2:]}) == 1, lines
 
 
 def test_v4_mapped_and_v6_endpoints_like_ss():
