@@ -193,13 +193,20 @@ def printable(text, limit=None):
     if not text.isascii():
         text = _escape_invisible(text)
     if cut:
-        text += "...[+%d chars]" % cut
+        text += "...[+%s]" % plural(cut, "char")
     return text
 
 
 def decode(data):
     """Bytes from /proc -> str; undecodable bytes survive as surrogates."""
     return data.decode("utf-8", "surrogateescape")
+
+
+def plural(n, noun, nouns=None):
+    """A count and its noun, agreed: (1, "line") -> "1 line"; (3, "line") -> "3 lines";
+    (2, "process", "processes") -> "2 processes".  Every count shown to a user goes
+    through here."""
+    return "%d %s" % (n, noun if n == 1 else (nouns or noun + "s"))
 
 
 # ---------------------------------------------------------------------------
@@ -1312,8 +1319,8 @@ def _udp_rules():
                               ("SndbufErrors", "datagrams dropped: send buffer full"),
                               ("InErrors", "datagrams received in error"),
                               ("MemErrors", "datagrams dropped for lack of memory")):
-            yield group, sec, counter, sec + " " + what + ": %d", "warn", None
-        yield (group, sec, "NoPorts", sec + " datagrams to ports nobody listens on: %d",
+            yield group, sec, counter, sec + " " + what + ": {n}", "warn", None
+        yield (group, sec, "NoPorts", sec + " datagrams to ports nobody listens on: {n}",
                "info", None)
 
 
@@ -1324,31 +1331,31 @@ def _ip_rules():
             ("InDiscards", "packets discarded on input", "warn"),
             ("OutDiscards", "packets discarded on output", "warn"),
             ("ReasmFails", "reassembly failures", "warn")):
-        yield "snmp", "Ip", counter, "IP " + what + ": %d", severity, None
-        yield "snmp6", "Ip6", counter, "IPv6 " + what + ": %d", severity, None
+        yield "snmp", "Ip", counter, "IP " + what + ": {n}", severity, None
+        yield "snmp6", "Ip6", counter, "IPv6 " + what + ": {n}", severity, None
 
 
 # Counters that are an anomaly whenever they move: (file group, section,
-# counter, text with the count as %d, severity, count from which it is an
-# alert or None).  Listed in the order findings are reported.
+# counter, text with the count as {n} or as {times} ("1 time", "5 times"),
+# severity, count from which it is an alert or None).  Listed in the order findings are reported.
 COUNTER_RULES = (
-    ("netstat", "TcpExt", "ListenOverflows", "accept queue overflowed %d times", "warn", 100),
-    ("netstat", "TcpExt", "ListenDrops", "listening sockets dropped SYNs %d times", "warn", 100),
+    ("netstat", "TcpExt", "ListenOverflows", "accept queue overflowed {times}", "warn", 100),
+    ("netstat", "TcpExt", "ListenDrops", "listening sockets dropped SYNs {times}", "warn", 100),
     ("netstat", "TcpExt", "TCPAbortOnMemory",
-     "TCP connections aborted for lack of memory: %d", "warn", None),
+     "TCP connections aborted for lack of memory: {n}", "warn", None),
     ("netstat", "TcpExt", "TCPBacklogDrop",
-     "TCP segments dropped from a full socket backlog: %d", "warn", None),
+     "TCP segments dropped from a full socket backlog: {n}", "warn", None),
     ("netstat", "TcpExt", "PruneCalled",
-     "TCP receive queues pruned under memory pressure: %d", "warn", None),
-    ("snmp", "Tcp", "InErrs", "TCP segments received in error: %d", "warn", None),
-    ("snmp", "Tcp", "InCsumErrors", "TCP segments with bad checksums: %d", "warn", None),
+     "TCP receive queues pruned under memory pressure: {n}", "warn", None),
+    ("snmp", "Tcp", "InErrs", "TCP segments received in error: {n}", "warn", None),
+    ("snmp", "Tcp", "InCsumErrors", "TCP segments with bad checksums: {n}", "warn", None),
 ) + tuple(_udp_rules()) + tuple(_ip_rules())
 
 ARP_RULES = (
-    ("arp_cache", None, "res_failed", "ARP resolutions failed: %d", "info", None),
+    ("arp_cache", None, "res_failed", "ARP resolutions failed: {n}", "info", None),
     ("arp_cache", None, "unresolved_discards",
-     "packets discarded waiting for ARP: %d", "warn", None),
-    ("arp_cache", None, "table_fulls", "times the ARP table was full: %d", "alert", None),
+     "packets discarded waiting for ARP: {n}", "warn", None),
+    ("arp_cache", None, "table_fulls", "times the ARP table was full: {n}", "alert", None),
 )
 
 
@@ -1391,7 +1398,8 @@ def _counter_findings(cur, prev, rules):
         if n:
             if alert_at is not None and n >= alert_at:
                 severity = "alert"
-            out.append((severity, "%s (%s %s)" % (text % n, section or group, counter)))
+            text = text.format(n=n, times=plural(n, "time"))
+            out.append((severity, "%s (%s %s)" % (text, section or group, counter)))
     return out
 
 
@@ -1401,11 +1409,11 @@ def _softnet_findings(cur, prev):
     squeezed = sum(_delta(c, p, "time_squeeze") for c, p in rows)
     out = []
     if dropped:
-        out.append(("alert", "softnet backlog full: %d packets dropped (softnet_stat "
-                    "dropped; raise net.core.netdev_max_backlog)" % dropped))
+        out.append(("alert", "softnet backlog full: %s dropped (softnet_stat "
+                    "dropped; raise net.core.netdev_max_backlog)" % plural(dropped, "packet")))
     if squeezed:
-        out.append(("info", "softirq ran out of budget %d times (softnet_stat "
-                    "time_squeeze; net.core.netdev_budget)" % squeezed))
+        out.append(("info", "softirq ran out of budget %s (softnet_stat "
+                    "time_squeeze; net.core.netdev_budget)" % plural(squeezed, "time")))
     return out
 
 
@@ -1419,12 +1427,13 @@ def _interface_findings(cur, prev):
         pkts = _delta(c, p, "rx_packets") + _delta(c, p, "tx_packets")
         name = c.get("name")        # raw like every string in the data; the views escape it
         if errs:
-            out.append(("warn", "interface %s: %d errors (rx_errs+tx_errs)" % (name, errs)))
+            out.append(("warn", "interface %s: %s (rx_errs+tx_errs)"
+                        % (name, plural(errs, "error"))))
         if drops:
             ratio = float(drops) / max(pkts, 1)
             out.append(("warn" if ratio >= IFACE_DROP_WARN else "info",
-                        "interface %s: %d packets dropped (%.2f%% of %d)"
-                        % (name, drops, 100 * ratio, pkts)))
+                        "interface %s: %s dropped (%.2f%% of %d)"
+                        % (name, plural(drops, "packet"), 100 * ratio, pkts)))
     return out
 
 
@@ -2374,12 +2383,12 @@ class FeedOutput(object):
         """The counts on stderr; also after an error, so they are never lost."""
         try:
             sys.stderr.write(
-                "%s: %d new process%s seen, %d missed (%d gone%s before they could be read, "
-                "%d exec'd but gone before their command line could be read); %d thread%s "
+                "%s: %s seen, %d missed (%d gone%s before they could be read, "
+                "%d exec'd but gone before their command line could be read); %s "
                 "skipped; backend %s\n" % (
-                    PROG, scanner.seen, "" if scanner.seen == 1 else "es", scanner.missed,
+                    PROG, plural(scanner.seen, "new process", "new processes"), scanner.missed,
                     scanner.vanished, " or hidden by hidepid" if self.hidden else "",
-                    scanner.lost_cmdline, scanner.threads, "" if scanner.threads == 1 else "s",
+                    scanner.lost_cmdline, plural(scanner.threads, "thread"),
                     scanner.backend))
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
@@ -2520,7 +2529,7 @@ def _read_notes(data, explained=()):
         notes.append("not present: %s" % ", ".join(missing))
     skipped = data.get("skipped_lines")
     if skipped:
-        notes.append("%d damaged lines skipped" % skipped)
+        notes.append("%s skipped" % plural(skipped, "damaged line"))
     return notes
 
 
@@ -2551,7 +2560,7 @@ def socket_table(tab, data):
             (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
              s["remote_port"], s["inode"])))
     notes = _ownership_notes(data) + _read_notes(data)
-    count = "%d socket%s in the namespace" % (len(rows), "" if len(rows) == 1 else "s")
+    count = plural(len(rows), "socket") + " in the namespace"
     if data.get("owned_known", True):
         owned = sum(1 for s in data["sockets"] if s["owned"])
         notes.insert(0, "%s, %d owned by the process (*)" % (count, owned))
@@ -2577,7 +2586,7 @@ def counter_table(title, counters, prev=None, nonzero=True):
             cells.append("%+d" % change if change else "")
             role = "changed" if change else None
         rows.append(Row(cells, role, (title, name)))
-    notes = ["%d zero counters not shown" % hidden] if hidden else []
+    notes = ["%s not shown" % plural(hidden, "zero counter")] if hidden else []
     return Table(title, columns, rows, notes)
 
 
@@ -2768,7 +2777,7 @@ def procs_tables(data):
         cells = proc_cells(rec, rec.get("start_time"))
         cells[-1] = "  " * max(0, rec.get("depth", 1) - 1) + cells[-1]
         rows.append(Row(cells, None, (rec["pid"], rec.get("start_time"))))
-    notes = ["%d processes" % len(rows)]
+    notes = [plural(len(rows), "process", "processes")]
     if data.get("note"):
         notes.append(data["note"])
     return [Table("procs", PROC_COLUMNS, rows, notes)]

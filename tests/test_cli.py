@@ -397,7 +397,7 @@ def test_once_text_on_fake_tree(tmp_path):
     assert "127.0.0.1:8080" in rows["1001"] and "LISTEN" in rows["1001"]
     assert "1 owned by the process" in out
     assert "not present: tcp6" in out
-    assert "1 damaged lines skipped" in out
+    assert "1 damaged line skipped" in out
 
 
 def test_json_comm_with_control_characters_stays_valid(tmp_path):
@@ -644,4 +644,4 @@ def test_stats_json_is_sections_of_ints(tmp_path):
     assert json.loads(res.stdout)["tabs"]["stats"] == {
         "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234}}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
-    assert "ListenOverflows" in res.stdout and "1 damaged lines skipped" in res.stdout
+    assert "ListenOverflows" in res.stdout and "1 damaged line skipped" in res.stdout

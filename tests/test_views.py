@@ -272,7 +272,8 @@ def test_stats_hides_zero_counters_and_counts_them(tabs):
         counters = data[section]
         assert [r.cells for r in table.rows] == [[k, str(v)] for k, v in counters.items() if v]
         zeros = sum(1 for v in counters.values() if not v)
-        assert table.notes == (["%d zero counters not shown" % zeros] if zeros else [])
+        assert table.notes == (["%d zero counter%s not shown" % (zeros, "" if zeros == 1 else "s")]
+                               if zeros else [])
 
 
 def test_analysis_tables(tabs):
@@ -489,3 +490,37 @@ def test_v4_mapped_and_v6_endpoints_like_ss():
         ("[::1]:22", "[::1]:54321"), ("[2001:db8::1]:443", "[2001:db8::2]:40000")]
     assert [r.cells[-1] == "*" for r in table.rows] == [s.inode % 2 == 1 for s in socks]
     check_aligned(table)
+
+
+# --- counts agree with their nouns ---------------------------------------------------------
+
+@pytest.mark.parametrize("n, noun, nouns, text", [
+    (0, "line", None, "0 lines"), (1, "line", None, "1 line"), (2, "line", None, "2 lines"),
+    (1, "process", "processes", "1 process"), (7, "process", "processes", "7 processes")])
+def test_plural(n, noun, nouns, text):
+    assert netsnoop.plural(n, noun, nouns) == text
+
+
+def test_a_count_of_one_reads_singular_everywhere():
+    """Users saw "1 damaged lines", "1 processes", "1 zero counters", "ran out of budget
+    1 times": every count shown goes through plural()."""
+    assert netsnoop.counter_table("Tcp", {"A": 0, "B": 5}).notes == ["1 zero counter not shown"]
+    assert netsnoop._read_notes({"skipped_lines": 1}) == ["1 damaged line skipped"]
+    rec = {"pid": 5, "ppid": 1, "user": "root", "comm": "sh", "cmdline": ["sh"],
+           "start_time": 0.0, "depth": 1}
+    assert netsnoop.procs_tables({"processes": [rec]})[0].notes == ["1 process"]
+    sock = {"proto": "tcp", "local_address": "127.0.0.1", "local_port": 22, "state": "LISTEN",
+            "remote_address": "0.0.0.0", "remote_port": 0, "tx_queue": 0, "rx_queue": 0,
+            "uid": 0, "inode": 9, "owned": True}
+    notes = netsnoop.socket_table("tcp", {"sockets": [sock], "owned_known": True}).notes
+    assert notes[0] == "1 socket in the namespace, 1 owned by the process (*)"
+    texts = [f["text"] for f in netsnoop.findings({
+        "netstat": {"TcpExt": {"ListenOverflows": 1}},
+        "softnet": [{"cpu": 0, "dropped": 1, "time_squeeze": 1}],
+        "interfaces": [{"name": "eth0", "rx_errs": 1, "rx_drop": 1, "rx_packets": 100}]})]
+    assert "accept queue overflowed 1 time (TcpExt ListenOverflows) since boot" in texts
+    assert any(t.startswith("softnet backlog full: 1 packet dropped (") for t in texts), texts
+    assert any(t.startswith("softirq ran out of budget 1 time (") for t in texts), texts
+    assert any(t.startswith("interface eth0: 1 error (") for t in texts), texts
+    assert any(t.startswith("interface eth0: 1 packet dropped (") for t in texts), texts
+    assert netsnoop.printable("abc", 2) == "ab...[+1 char]"
