@@ -224,7 +224,6 @@ class Records(list):
 class Sections(collections.OrderedDict):
     """{Section: {Counter: int}} from snmp/netstat, plus how many lines were skipped."""
     skipped = 0
-    files_missing = ()
 
 
 Socket = collections.namedtuple(
@@ -1180,15 +1179,12 @@ def collect_traffic(procfs, pid):
 
 
 def collect_stats(procfs, pid):
-    """netstat's sections, exactly {SECTION: {COUNTER: int}} as the SPEC gives.
-
-    What the read noticed rides along as attributes, which JSON does not
-    see: .skipped (damaged lines) and .files_missing.
-    """
-    data = collections.OrderedDict()
-    sections = _read_parsed(procfs, pid, "netstat", parse_snmp, data, Sections())
-    sections.files_missing = data.get("files_missing", [])
-    return sections
+    """netstat's sections, {SECTION: {COUNTER: int}} as the kernel names them, then
+    skipped_lines and files_missing as in every tab (lower case: no section is so named)."""
+    notes = collections.OrderedDict()
+    data = collections.OrderedDict(
+        _read_parsed(procfs, pid, "netstat", parse_snmp, notes, Sections()))
+    return _read_notes_last(data, notes)
 
 
 def collect_routing(procfs, pid):
@@ -1214,6 +1210,15 @@ def collect_analysis(procfs, pid):
     return data
 
 
+def _read_notes_last(data, notes=None):
+    """data with skipped_lines and files_missing (from notes, or its own) as its last keys,
+    present even when nothing was skipped or missing: every net tab has both."""
+    notes = data if notes is None else notes
+    skipped, missing = notes.pop("skipped_lines", 0), notes.pop("files_missing", [])
+    data["skipped_lines"], data["files_missing"] = skipped, missing
+    return data
+
+
 def collect_tab(procfs, pid, tab, owners=None):
     """One tab's data for PID, as a JSON-ready dict (the same dict the views draw)."""
     if tab in SOCKET_FILES:
@@ -1224,10 +1229,12 @@ def collect_tab(procfs, pid, tab, owners=None):
         return collect_sockets(procfs, pid, tab, owners)
     if tab == "procs":
         return collect_procs(procfs, pid)
-    return {
-        "arp": collect_arp, "traffic": collect_traffic, "stats": collect_stats,
+    if tab == "stats":
+        return collect_stats(procfs, pid)
+    return _read_notes_last({
+        "arp": collect_arp, "traffic": collect_traffic,
         "routing": collect_routing, "analysis": collect_analysis,
-    }[tab](procfs, pid)
+    }[tab](procfs, pid))
 
 
 def snapshot(procfs, pid, tabs, json_rows=False):
@@ -2663,10 +2670,10 @@ def _rate(cur, old, key, dt):
 def stats_tables(data, prev=None):
     tables = []
     for section, counters in data.items():
-        before = prev.get(section) if prev else None
-        tables.append(counter_table(section, counters, before))
-    notes = _read_notes({"files_missing": getattr(data, "files_missing", []),
-                         "skipped_lines": getattr(data, "skipped", 0)})
+        if isinstance(counters, dict):          # not skipped_lines, files_missing
+            before = prev.get(section) if prev else None
+            tables.append(counter_table(section, counters, before))
+    notes = _read_notes(data)
     if not tables:      # no netstat at all: still say why the tab is empty
         tables.append(Table("netstat", [Column("Counter", L), Column("Value", R)], [], []))
     tables[0].notes.extend(notes)
@@ -2869,15 +2876,32 @@ def format_table(table, limit=CELL_LIMIT):
     return out
 
 
+# Counter sections the icmp tab and the analysis tab both show (from snmp and snmp6).
+ICMP_SECTIONS = ("Icmp", "IcmpMsg", "Icmp6")
+
+
+def snapshot_tables(snap):
+    """Every tab's tables, in order; a section already printed by the icmp tab is not
+    printed again by analysis (--tab all), a note says where it is."""
+    for tab, data in snap["tabs"].items():
+        tables = tab_tables(tab, data)
+        if tab == "analysis" and "icmp" in snap["tabs"]:
+            shown = [t.title for t in tables if t.title in ICMP_SECTIONS]
+            tables = [t for t in tables if t.title not in ICMP_SECTIONS]
+            if shown:
+                tables[0].notes.append("%s: in the icmp tab above" % ", ".join(shown))
+        for table in tables:
+            yield table
+
+
 def format_snapshot(snap):
     """The --once text: a heading, then every tab's tables."""
     lines = ["netsnoop %s: pid %d (%s), netns %s, %s" % (
         __version__, snap["pid"], printable(snap["comm"]), printable(snap["netns"]),
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"])))]
-    for tab, data in snap["tabs"].items():
-        for table in tab_tables(tab, data):
-            lines.append("")
-            lines.extend(format_table(table))
+    for table in snapshot_tables(snap):
+        lines.append("")
+        lines.extend(format_table(table))
     return "\n".join(lines) + "\n"
 
 

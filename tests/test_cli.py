@@ -379,7 +379,7 @@ def test_once_json_on_fake_tree(tmp_path):
     # every net file of the other tabs is missing from this tree: reported, not fatal
     assert snap["tabs"]["traffic"]["interfaces"] == []
     assert "dev" in snap["tabs"]["traffic"]["files_missing"]
-    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [],
+    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [], "skipped_lines": 0,
                                        "files_missing": ["route", "ipv6_route"]}
 
 
@@ -627,21 +627,34 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
 
 
 def test_stats_without_netstat_says_so(tmp_path):
-    """No net/netstat in the tree: the JSON tab is an empty {SECTION: ...} map, the text says why."""
+    """No net/netstat in the tree: no section, files_missing says why (as every tab does)."""
     root = build_tree(tmp_path)
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
-    assert res.returncode == 0 and json.loads(res.stdout)["tabs"]["stats"] == {}
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["tabs"]["stats"] == {"skipped_lines": 0,
+                                                        "files_missing": ["netstat"]}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
     assert res.returncode == 0 and "(not present: netstat)" in res.stdout
 
 
-def test_stats_json_is_sections_of_ints(tmp_path):
+def test_stats_json_is_sections_of_ints_and_the_read_notes(tmp_path):
+    """stats had no skipped_lines/files_missing, unlike every other tab."""
     root = build_tree(tmp_path)
     (tmp_path / str(FAKE_PID) / "net" / "netstat").write_text(
         "TcpExt: SyncookiesSent ListenOverflows\nTcpExt: 0 7\nbroken line\n"
         "IpExt: InOctets\nIpExt: 1234\n")
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
     assert json.loads(res.stdout)["tabs"]["stats"] == {
-        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234}}
+        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234},
+        "skipped_lines": 1, "files_missing": []}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
     assert "ListenOverflows" in res.stdout and "1 damaged line skipped" in res.stdout
+
+
+def test_every_net_tab_has_the_read_notes(tmp_path):
+    root = build_tree(tmp_path)
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "all", "--json")
+    for tab in ns.NET_TABS:
+        data = json.loads(res.stdout)["tabs"][tab]
+        assert isinstance(data["skipped_lines"], int), tab
+        assert isinstance(data["files_missing"], list), tab

@@ -266,7 +266,7 @@ def test_arp_rows(tabs):
 def test_stats_hides_zero_counters_and_counts_them(tabs):
     data = tabs["stats"]
     tables = netsnoop.tab_tables("stats", data)
-    sections = [s for s in data if not s.startswith("_")]
+    sections = [s for s in data if s not in ("skipped_lines", "files_missing")]
     assert [t.title for t in tables] == sections
     for table, section in zip(tables, sections):
         counters = data[section]
@@ -424,7 +424,11 @@ def test_once_text_lines_are_as_wide_as_the_data_needs():
     snap = json.loads(run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all", "--json").stdout)
     expected = []
     for tab, data in snap["tabs"].items():
-        for table in netsnoop.tab_tables(tab, data):
+        tables = netsnoop.tab_tables(tab, data)
+        if tab == "analysis":       # the icmp tab printed these sections already
+            tables = [t for t in tables if t.title not in ("Icmp", "IcmpMsg", "Icmp6")]
+            tables[0].notes.append("Icmp, IcmpMsg, Icmp6: in the icmp tab above")
+        for table in tables:
             expected.append(check_aligned(table))
     blocks = r.stdout.rstrip("\n").split("\n\n")[1:]
     assert blocks == ["\n".join(lines) for lines in expected]
@@ -524,3 +528,17 @@ def test_a_count_of_one_reads_singular_everywhere():
     assert any(t.startswith("interface eth0: 1 error (") for t in texts), texts
     assert any(t.startswith("interface eth0: 1 packet dropped (") for t in texts), texts
     assert netsnoop.printable("abc", 2) == "ab...[+1 char]"
+
+
+def test_tab_all_prints_each_icmp_section_once():
+    """--tab all: Icmp, IcmpMsg and Icmp6 are in the icmp tab and in analysis's snmp;
+    printed twice they were (a user saw every ICMP counter twice)."""
+    r = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all")
+    assert r.returncode == 0, r.stderr
+    for section in ("Icmp", "IcmpMsg", "Icmp6"):
+        assert r.stdout.count("== %s ==" % section) == 1, section
+    analysis = r.stdout[r.stdout.index("== findings =="):]
+    assert "(Icmp, IcmpMsg, Icmp6: in the icmp tab above)" in analysis
+    assert "== Udp ==" in analysis                       # the other snmp sections stay
+    alone = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "analysis")
+    assert alone.stdout.count("== Icmp ==") == 1           # without the icmp tab: kept
