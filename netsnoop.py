@@ -4108,7 +4108,9 @@ def build_parser():
     p.add_argument("--filter", metavar="REGEX",
                    help="--procs: only processes whose command line, name or user match")
     p.add_argument("--interval", type=positive_seconds, metavar="SECONDS",
-                   help="refresh interval (session, default 2) or --procs slowest poll")
+                   help="session: refresh interval (default 2, kept within 0.2..3600); "
+                        "--procs: slowest poll of the PID counter when quiet (default "
+                        "%g, at most %g: a longer one is refused)" % (SLOW_PERIOD, MAX_WAIT))
     p.add_argument("--backend", choices=("auto", "fast", "python"), default="auto",
                    help="--procs scanner (default auto: fast when built)")
     p.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
@@ -4152,6 +4154,11 @@ def parse_args(argv):
         raise UsageError("--once and --tab go with PID, not --procs")
     if args.once and args.interval is not None:
         raise UsageError("--interval goes with the session or --procs, not --once")
+    if args.procs and args.interval is not None and args.interval > MAX_WAIT:
+        # refused, not capped: the wait that polls never lasts longer, and a slower
+        # poll would only let more short-lived processes go unseen
+        raise UsageError("--procs --interval is at most %g second (the slowest poll of "
+                         "the PID counter), not %g" % (MAX_WAIT, args.interval))
     if args.json and not (args.once or args.procs):
         raise UsageError("--json goes with --once or --procs (the session is for a terminal)")
     return args

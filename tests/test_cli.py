@@ -101,6 +101,16 @@ def test_options_that_do_not_apply_are_refused(args, names):
     assert_one_line_error(run_netsnoop(*args), 2, names)
 
 
+def test_procs_interval_above_one_second_is_refused_not_capped():
+    """It was accepted and silently capped at 1 s; --help says so."""
+    line = assert_one_line_error(run_netsnoop("--procs", "--interval", "2"), 2, "--interval")
+    assert "at most 1 second" in line and "not 2" in line
+    res = run_netsnoop("--procs", "--interval", "1", "--duration", "0.2")
+    assert res.returncode == 0, res.stderr
+    help_text = " ".join(run_netsnoop("--help").stdout.split())
+    assert "at most 1: a longer one is refused" in help_text
+
+
 @pytest.mark.parametrize("regex, says", [
     ("(", "unterminated subpattern"),
     ("x{99999999999}", "too large"),                # OverflowError inside re
