@@ -2630,14 +2630,16 @@ def human_bytes(n):
         n /= 1024.0
 
 
-def traffic_tables(data, prev=None, dt=None):
+def traffic_tables(data, prev=None, dt=None, live=False):
+    """live (the session): the RX/s and TX/s columns from the first refresh, blank until
+    a second one gives a rate, so that columns and a chosen sort do not shift."""
     rates = prev is not None and dt is not None and dt > 0     # a clock step gives no rate
     columns = [Column("Iface", L), Column("RX bytes", R)]
-    if rates:
+    if rates or live:
         columns.append(Column("RX/s", R))
     columns += [Column("RX pkts", R), Column("errs", R), Column("drop", R),
                 Column("TX bytes", R)]
-    if rates:
+    if rates or live:
         columns.append(Column("TX/s", R))
     columns += [Column("TX pkts", R), Column("errs", R), Column("drop", R)]
     before = {i["name"]: i for i in prev["interfaces"]} if prev else {}
@@ -2645,12 +2647,12 @@ def traffic_tables(data, prev=None, dt=None):
     for i in data["interfaces"]:
         old = before.get(i["name"])
         cells = [i["name"], human_bytes(i["rx_bytes"])]
-        if rates:
-            cells.append(_rate(i, old, "rx_bytes", dt))
+        if rates or live:
+            cells.append(_rate(i, old, "rx_bytes", dt) if rates else "")
         cells += [str(i["rx_packets"]), str(i["rx_errs"]), str(i["rx_drop"]),
                   human_bytes(i["tx_bytes"])]
-        if rates:
-            cells.append(_rate(i, old, "tx_bytes", dt))
+        if rates or live:
+            cells.append(_rate(i, old, "tx_bytes", dt) if rates else "")
         cells += [str(i["tx_packets"]), str(i["tx_errs"]), str(i["tx_drop"])]
         role = None
         if i["rx_errs"] or i["tx_errs"]:
@@ -2790,14 +2792,15 @@ def procs_tables(data):
     return [Table("procs", PROC_COLUMNS, rows, notes)]
 
 
-def tab_tables(tab, data, prev=None, dt=None):
-    """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too."""
+def tab_tables(tab, data, prev=None, dt=None, live=False):
+    """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too;
+    live: drawn by the session, which keeps columns for the rates to come."""
     if tab in ("tcp", "udp", "raw"):
         return [socket_table(tab, data)]
     if tab == "icmp":
         return icmp_tables(data, prev)
     if tab == "traffic":
-        return traffic_tables(data, prev, dt)
+        return traffic_tables(data, prev, dt, live)
     if tab == "procs":
         return procs_tables(data)
     return {"arp": arp_tables, "stats": stats_tables, "routing": routing_tables,
@@ -3369,7 +3372,7 @@ def refresh_tab(state, procfs, procs):
         prev, dt = state.last_data.get(state.tab, (None, None))
         if dt is not None:
             dt = now - dt
-        tables = tab_tables(state.tab, data, prev, dt if dt and dt > 0 else None)
+        tables = tab_tables(state.tab, data, prev, dt if dt and dt > 0 else None, live=True)
         if state.tab in SOCKET_FILES:
             for tab in SOCKET_FILES:
                 state.last_data.pop(tab, None)

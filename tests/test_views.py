@@ -354,6 +354,29 @@ def test_traffic_new_interface_and_no_usable_dt(tabs):
         assert not any("/s" in c for r in table.rows for c in r.cells)
 
 
+@pytest.mark.parametrize("width", [80, 40])
+def test_session_traffic_has_rate_columns_from_the_first_refresh(tabs, width):
+    """They appeared from the second refresh on, shifting the columns and a chosen sort."""
+    data = tabs["traffic"]
+    first = netsnoop.tab_tables("traffic", data, live=True)[0]
+    second = netsnoop.tab_tables("traffic", data, prev=data, dt=2.0, live=True)[0]
+    assert [c.title for c in first.columns] == [c.title for c in second.columns]
+    rx, tx = columns_of(first, "RX/s"), columns_of(first, "TX/s")
+    assert all(r.cells[rx] == r.cells[tx] == "" for r in first.rows)     # blank until known
+    assert all(r.cells[rx] == r.cells[tx] == "0B/s" for r in second.rows)
+    check_aligned(first)
+    sort = (columns_of(first, "TX pkts"), True)          # chosen on the first refresh
+    views = [netsnoop.TabView([t]) for t in (first, second)]
+    for view in views:
+        view.layout("", sort)
+    headers = [view.visible(1, 1)[0][0][:width] for view in views]
+    assert headers[0] == headers[1]
+    first_rows = [view.visible(2, 1)[0][0].split()[0] for view in views]
+    assert first_rows[0] == first_rows[1]                 # the sort picks the same row
+    once = netsnoop.tab_tables("traffic", data)[0]        # --once has no rate to show
+    assert "RX/s" not in [c.title for c in once.columns]
+
+
 @pytest.mark.parametrize("n,text", [(0, "0B"), (1023, "1023B"), (1024, "1.0K"),
                                     (1536, "1.5K"), (2 ** 20, "1.0M"), (5 * 2 ** 30, "5.0G"),
                                     (2 ** 40, "1.0T"), (2 ** 50, "1024.0T"), (511.6, "511B")])
