@@ -3216,21 +3216,34 @@ class ProcsPane(object):
         events = self.feed.poll()
         if len(self.parents) > PARENTS_KEPT:    # a long session: read again what is needed
             self.parents.clear()
+        # every parent first: a child listed before its parent (PIDs wrapped) still
+        # finds it, even when the parent has exited since and its stat is gone
         for event in events:
-            pid, ppid = event.get("pid"), event.get("ppid")
-            self.parents[pid] = ppid
-            event = dict(event, descendant=self.descends(pid))
-            self.events.appendleft(event)
+            self.parents[event.get("pid")] = event.get("ppid")
+        for event in events:
+            self.events.appendleft(dict(event, descendant=self.descends(event.get("pid"))))
         return bool(events)
 
     def descends(self, pid):
-        """True when pid is PID or its ppid chain reaches PID."""
+        """True when pid is PID or its ppid chain reaches PID.
+
+        A chain that ends at 0 came from the kernel (kthreadd and its threads) or
+        from outside the PID namespace.  A chain broken by a parent that exited
+        before it could be read ends nowhere known, except when PID is the
+        namespace's init (1): the orphans of its tree are re-parented within it,
+        so every process but those of the kernel descends from it.
+        """
         seen = set()
-        while pid is not None and pid not in seen:
+        while pid not in seen:
             if pid == self.pid:
                 return True
             seen.add(pid)
-            pid = self.parent_of(pid)
+            parent = self.parent_of(pid)
+            if parent is None:
+                return self.pid == 1
+            if parent == 0:
+                return False
+            pid = parent
         return False
 
     def parent_of(self, pid):
@@ -3875,6 +3888,7 @@ def session_loop(painter, curses, procfs, state, procs):
             # the feed keeps its own state; between refreshes poll it only while shown
             if state.tab == "procs" and procs.poll():
                 state.view = TabView(procs.tables())
+                state.refreshed_at = time.time()    # the clock shown: as new as the rows
                 dirty = True
             next_feed = now + FEED_POLL
         if state.message and now >= state.message_until:

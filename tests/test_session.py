@@ -6,6 +6,7 @@ namespace (unshare -n) that holds known sockets, a veth with TEST-NET
 addresses, a default route and a permanent ARP entry; or a plain `sleep`.
 """
 import os
+import re
 import select
 import signal
 import subprocess
@@ -865,3 +866,95 @@ def test_status_line_drops_whole_items_rather_than_cutting_numbers():
         assert "rows 10005" in text and text.endswith("ownership unknown"), (width, text)
     wide = netsnoop.status_text(st, 120)
     assert "net:[4026531833]" in wide and "every 2s" in wide
+
+
+# --- the procs tab on a fake tree: processes appear as directories -------------------------
+
+PROC_STAT = ("%d (%s) S %d %d %d 0 -1 %d 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0 0 0 0 0 0 0 0 0 0 0 0 "
+             "0 0 0 17 0\n")
+PF_KTHREAD = 0x00200000
+
+
+def fake_process(root, pid, ppid, comm, kernel=False, last=True):
+    """root/PID/{stat,cmdline}; last: the last-PID counter (loadavg) moves to it."""
+    base = root / str(pid)
+    base.mkdir()
+    (base / "stat").write_text(PROC_STAT % (pid, comm, ppid, pid, pid,
+                                            PF_KTHREAD if kernel else 0x400000, 100 + pid))
+    (base / "cmdline").write_bytes(b"" if kernel else comm.encode() + b"\0--run\0")
+    if last:
+        set_last_pid(root, pid)
+
+
+def set_last_pid(root, pid):
+    """Rewrite loadavg in place, at one length: the feed holds it open and re-reads it
+    every millisecond, so it must never see it truncated (write_text would)."""
+    path = root / "loadavg"
+    with open(str(path), "r+" if path.exists() else "w") as f:
+        f.write("0.00 0.01 0.05 1/80 %7d\n" % pid)
+
+
+def wait_for_events(pane, pids, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not set(pids) <= {e["pid"] for e in pane.events}:
+        assert time.monotonic() < deadline, [e["pid"] for e in pane.events]
+        pane.poll()
+        time.sleep(0.02)
+    return {e["pid"]: e["descendant"] for e in pane.events}
+
+
+def test_procs_tab_of_pid_1_marks_every_process_but_the_kernels(tmp_path):
+    """`netsnoop.py 1`: children of marked processes were left unmarked when a parent
+    in their chain had exited (its stat gone) -- yet everything descends from PID 1."""
+    fake_process(tmp_path, 1, 0, "init")
+    fake_process(tmp_path, 2, 0, "kthreadd", kernel=True)
+    fake_process(tmp_path, 100, 1, "sshd")
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 1, backend="python")
+    try:
+        pane.start()
+        assert pane.active, pane.tables()[0].notes
+        # 250 (a shell) ran 300 and exited before the feed could read it
+        fake_process(tmp_path, 300, 250, "worker")
+        fake_process(tmp_path, 301, 300, "helper")
+        fake_process(tmp_path, 302, 100, "session")
+        fake_process(tmp_path, 303, 2, "kworker/0:1", kernel=True)
+        marked = wait_for_events(pane, (300, 301, 302, 303))
+        assert marked == {300: True, 301: True, 302: True, 303: False}
+    finally:
+        pane.close()
+
+
+def test_procs_tab_of_another_pid_leaves_a_broken_chain_unmarked(tmp_path):
+    """For any PID but init, a parent that exited unread leaves the chain unknown: no mark."""
+    fake_process(tmp_path, 1, 0, "init")
+    fake_process(tmp_path, 100, 1, "target")
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 100, backend="python")
+    try:
+        pane.start()
+        fake_process(tmp_path, 300, 250, "orphan")           # 250 gone: unknown
+        fake_process(tmp_path, 301, 100, "child")
+        fake_process(tmp_path, 302, 301, "grandchild")
+        fake_process(tmp_path, 303, 1, "stranger")
+        marked = wait_for_events(pane, (300, 301, 302, 303))
+        assert marked == {300: False, 301: True, 302: True, 303: False}
+    finally:
+        pane.close()
+
+
+def test_status_clock_is_as_new_as_the_newest_procs_row(tmp_path):
+    """The procs rows arrive between refreshes; the status line's clock stayed at the last
+    refresh, older than the rows below it."""
+    pid = 4242
+    fake_proc(tmp_path, pid)
+    set_last_pid(tmp_path, pid)
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "60", "--backend", "python", "--tab", "procs"]) as term:
+        term.wait_for("backend python")
+        time.sleep(1.2)                                      # the next second at least
+        fake_process(tmp_path, 4300, pid, "newcomer")
+        term.wait_for("newcomer --run")
+        row = next(ln for ln in term.text().splitlines() if "newcomer --run" in ln)
+        row_time = re.search(r"(\d\d:\d\d:\d\d)\.\d\d\d", row).group(1)
+        clock = re.search(r"  (\d\d:\d\d:\d\d)  ", status_line(term)).group(1)
+        assert clock >= row_time or row_time.startswith("23:59"), (clock, row)
+        quit_ok(term)
