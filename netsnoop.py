@@ -13,7 +13,8 @@ and stat/arp_cache exists only in the host namespace.
 
 Session keys: 1-9 and 0 pick a tab, Left/Right Tab/Shift-Tab cycle,
 Up/Down/PgUp/PgDn/Home/End scroll, / filter, s sort, o owned only, ? help,
-:set N interval, :tab NAME, q or Ctrl+D quit.
+:set N interval, :tab NAME, q or Ctrl+D quit.  Only ':' opens the command
+line; a key with no use does nothing.
 
 Run-time dependencies: the Python standard library only (3.7+).  A C scanner
 (_fastscan*.so, built by build_fastscan.py) is used for --procs when present.
@@ -2922,7 +2923,6 @@ DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL, MAX_INTERVAL = 0.2, 3600.0
 FEED_POLL = 0.1             # seconds between polls of the process feed while procs is shown
 MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
-TYPEAHEAD_SECONDS = 1.5     # "s" then an unbound letter this soon: the user is typing "set 6"
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
 PARENTS_KEPT = 50000        # ppids it remembers (for descendants) before it starts afresh
 HSCROLL_STEP = 8            # columns per < or > press
@@ -2954,8 +2954,8 @@ HELP_LINES = (                  # fits the 21 body lines of an 80x24 terminal
     "  :tab NAME         go to tab NAME",
     "  q, Ctrl+D         quit",
     "",
-    "Commands work without ':' too: typing `set 6` Enter opens the command",
-    "line at the first unbound letter (an `s` just before it is undone).",
+    "Only ':' opens the command line (`set 6` typed bare would sort with s);",
+    "a key with no use here does nothing.",
     "Marks: * owned by PID (on procs: a descendant), + changed since the",
     "last refresh, ! warning.  Rates are per second since the last refresh.",
     "`every 2s (5.5s)`: refreshing is costly here (big tables), so the default",
@@ -3342,15 +3342,6 @@ class SessionState(object):
         widest = max(0, self.view.width - self.body_width)
         self.hscroll[self.tab] = max(0, min(column, widest))
 
-    def save_view(self):
-        """What a key may change (tab, sorts, owned-only, scrolling), for restore_view."""
-        return (self.tab, dict(self.sort), self.owned_only, dict(self.scroll))
-
-    def restore_view(self, saved):
-        self.tab, sort, self.owned_only, scroll = saved
-        self.sort.update(sort)
-        self.scroll.update(scroll)
-
 
 def check_target(state, procfs):
     """PID's comm; ProcessGone when it has exited, also when its number now names
@@ -3430,7 +3421,6 @@ class KeyHandler(object):
         self.state = state
         self.keys = keys
         self.everywhere = everywhere   # keys that act in every mode (Ctrl+D, resize)
-        self.last_letter = None        # (time, key, state before it) for bare "set 6"
 
     def dispatch(self, key):
         st = self.state
@@ -3443,34 +3433,11 @@ class KeyHandler(object):
             return self.edit_line(key)
         binding = self.keys.get(key)
         if binding is None:
-            return self.unbound(key)
-        if isinstance(key, str) and key.isalpha():
-            self.last_letter = (time.monotonic(), key, st.save_view())
-        else:
-            self.last_letter = None
+            return NOTHING              # a key with no use does nothing (":" opens commands)
         return self.call(binding)
 
     def call(self, binding):
         return getattr(self, "key_" + binding[0])(*binding[1:])
-
-    # A letter no key uses opens the command line with it, so the seed's
-    # habit of typing `set 6` Enter works: "s" sorts, "e" is unbound, so the
-    # sort is undone and the command line holds "se".
-    def unbound(self, key):
-        if not (isinstance(key, str) and key.isprintable() and key.isalpha()):
-            return NOTHING
-        st = self.state
-        prefix = ""
-        last, self.last_letter = self.last_letter, None
-        if last is not None and time.monotonic() - last[0] <= TYPEAHEAD_SECONDS:
-            tab = st.tab
-            st.restore_view(last[2])
-            st.message = None          # whatever that key said no longer holds
-            prefix = last[1]
-            if st.tab != tab:
-                st.rescan = True
-        st.mode, st.line = "command", prefix + key
-        return RESCAN if st.rescan else REDRAW
 
     def edit_line(self, key):
         st = self.state

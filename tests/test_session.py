@@ -245,15 +245,42 @@ def test_set_interval(sleeper):
         term.send(":set 0\r")
         term.wait_for("must be 0.2s .. 3600s, not 0")
         assert "every 6s" in status_line(term)
-        # the seed's habit: typing `set 6` without ':' (s sorts, e opens the
-        # command line and undoes that sort)
-        term.send("set 0.5")
-        term.wait_for(":set 0.5_")
-        term.send("\r")
+        term.send(":set 0.5\r")
         term.wait_for("every 0.5s")
-        term.send("S")                  # with no sort in force, S starts one: the s was undone
-        term.wait_for("sorted by Netid")
         quit_ok(term, "\x04")
+
+
+def test_only_colon_opens_the_command_line(sleeper):
+    """An unbound letter opened the command line (and undid the key before it)."""
+    with session(sleeper.pid) as term:
+        term.wait_for("q quit")
+        term.send("x")
+        term.send("?")                      # a bound key after it acts at once: help
+        term.wait_for("netsnoop session keys")
+        assert not term.line(23).startswith(":")
+        term.send("x")                      # closes the help
+        term.wait_gone("netsnoop session keys")
+        term.send(":")
+        term.wait_for(lambda t: term.line(23) == ":_")
+        quit_ok(term, "\x04")
+
+
+def test_unbound_keys_change_nothing():
+    """s sorts, then e (no use) must neither undo the sort nor open the command line."""
+    import curses
+    state = netsnoop.SessionState(1, "tcp", 2.0)
+    state.view = netsnoop.TabView([netsnoop.Table(
+        "tcp", [netsnoop.Column("Netid", "<"), netsnoop.Column("Port", ">")],
+        [netsnoop.Row(["tcp", "22"], None, 1)], [])])
+    handler = netsnoop.KeyHandler(state, netsnoop.session_keys(curses))
+    assert handler.dispatch("s") == netsnoop.REDRAW and state.sort["tcp"] == (0, False)
+    for key in "ezZ!\x01":
+        assert handler.dispatch(key) == netsnoop.NOTHING
+    assert (state.mode, state.sort["tcp"], state.tab) == (None, (0, False), "tcp")
+    handler.dispatch(":")
+    for key in "set 6\n":
+        handler.dispatch(key)
+    assert (state.mode, state.interval) == (None, 6.0)
 
 
 def test_session_runs_compiled_without_the_script_tree(sleeper):
@@ -676,17 +703,6 @@ def test_session_shows_a_stopped_feed_and_goes_on(tmp_path):
         term.send("1")                                       # the other tabs still work
         term.wait_for(lambda t: "== tcp ==" in t and "127.0.0.1:8080" in t)
         quit_ok(term)
-
-
-def test_state_save_view_and_restore_view():
-    state = netsnoop.SessionState(1, "tcp", 2.0)
-    saved = state.save_view()
-    state.tab, state.owned_only = "udp", True
-    state.sort["tcp"] = (1, True)
-    state.scroll["tcp"] = 5
-    state.restore_view(saved)
-    assert (state.tab, state.owned_only, state.sort["tcp"], state.scroll["tcp"]) == (
-        "tcp", False, None, 0)
 
 
 def plain_session(tmp_path, pid, stdout, env=None):
