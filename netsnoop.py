@@ -128,6 +128,11 @@ class AccessDenied(NetsnoopError):
     """The process exists but its files cannot be read."""
 
 
+class ReadError(NetsnoopError):
+    """The process exists, but a file of it could not be read or made no sense (an I/O
+    error, a damaged --proc tree).  Not an exit: the session shows it and goes on."""
+
+
 class UsageError(NetsnoopError):
     """Bad command line."""
     status = EXIT_USAGE
@@ -715,7 +720,7 @@ def read_fd_all(fd, end_below=0):
 class ProcFS(object):
     """Owns the procfs root (`--proc DIR`) and the opening of files.
 
-    OSErrors become ProcessGone / AccessDenied here and nowhere else; a net
+    OSErrors become ProcessGone / AccessDenied / ReadError here and nowhere else; a net
     file that does not exist (IPv6 off, arp_cache outside the host
     namespace) reads as None.
     """
@@ -775,14 +780,14 @@ class ProcFS(object):
         return False
 
     def pid_read(self, pid, *parts):
-        """/proc/PID/<parts> -> str; ProcessGone / AccessDenied on failure."""
+        """/proc/PID/<parts> -> str; ProcessGone / AccessDenied / ReadError on failure."""
         try:
             return self.read(pid, *parts)
         except OSError as err:
             exc = self._gone(pid, err, "/".join(str(p) for p in parts))
             if exc is None:
-                exc = ProcessGone("process %d: cannot read %s: %s"
-                                  % (pid, "/".join(parts), err.strerror))
+                exc = ReadError("process %d: cannot read %s: %s"
+                                % (pid, "/".join(parts), err.strerror))
             raise exc from err
 
     def net_read(self, pid, name):
@@ -798,18 +803,18 @@ class ProcFS(object):
                 # with EINVAL: tell "file absent here" from "process died".
                 self._check_net_dir(pid)
                 return None
-            raise ProcessGone("process %d: cannot read net/%s: %s"
-                              % (pid, name, err.strerror)) from err
+            raise ReadError("process %d: cannot read net/%s: %s"
+                            % (pid, name, err.strerror)) from err
 
     def process_status(self, pid):
         """-> (comm, state letter, start ticks or None); raises ProcessGone for a
-        missing PID or a zombie."""
+        missing PID or a zombie, ReadError for a damaged stat."""
         text = self.pid_read(pid, "stat")
         try:
             comm, rest = parse_stat_line(text)
             state = rest[0]
         except (ValueError, IndexError):
-            raise ProcessGone("process %d: unreadable stat" % pid)
+            raise ReadError("process %d: damaged stat (no state after the name)" % pid)
         if state in ("Z", "X"):
             raise ZombieError("process %d is a zombie: its network view is gone" % pid)
         start = rest[19] if len(rest) > 19 and rest[19].isdigit() else None   # field 22
@@ -827,7 +832,7 @@ class ProcFS(object):
         except OSError as err:
             exc = self._gone(pid, err, "net")
             if exc is None:
-                exc = ProcessGone("process %d: cannot read net: %s" % (pid, err.strerror))
+                exc = ReadError("process %d: cannot read net: %s" % (pid, err.strerror))
             raise exc from err
 
     def netns(self, pid):
@@ -1259,7 +1264,7 @@ def snapshot(procfs, pid, tabs, json_rows=False):
                 out["tabs"][tab] = collect_sockets(procfs, pid, tab, owners, json_rows=True)
             else:
                 out["tabs"][tab] = collect_tab(procfs, pid, tab, owners)
-    except ProcessGone as err:
+    except (ProcessGone, ReadError) as err:
         # fd/ and net/ too can vanish mid-snapshot
         if os.path.exists(procfs.path(pid)) and not isinstance(err, ZombieError):
             raise
@@ -3305,6 +3310,7 @@ class SessionState(object):
         self.refreshed_mono = None
         self.refreshed_at = None               # wall clock, shown
         self.owned_problem = None
+        self.read_error = None                 # why the tab could not be read, or None
         self.rescan = True
         self.body_height = 1
         self.body_width = 80
@@ -3355,7 +3361,39 @@ def check_target(state, procfs):
 
 
 def refresh_tab(state, procfs, procs):
-    """Collect the visible tab (only it) and rebuild the view.  ProcessGone ends the session."""
+    """Collect the visible tab (only it) and rebuild the view.
+
+    ProcessGone ends the session.  A file that cannot be read or makes no sense
+    (ReadError, AccessDenied: an I/O error, a damaged --proc tree) takes the
+    tab's place, said once at the bottom, and the session goes on: as in htop,
+    only the process's exit ends it, and the other tabs may still be readable.
+    """
+    now = time.monotonic()
+    try:
+        tables = collect_view(state, procfs, procs, now)
+        state.read_error = None
+    except (ReadError, AccessDenied) as err:
+        if not os.path.exists(procfs.path(state.pid)):
+            raise ProcessGone("process %d exited" % state.pid) from err
+        tables = read_error_tables(state, printable(str(err)))
+    state.view = TabView(tables)
+    state.refreshed_mono = now
+    state.refreshed_at = time.time()
+    state.rescan = False
+    state.scroll_to(state.scroll[state.tab])
+
+
+def read_error_tables(state, text):
+    """The tab's place when it cannot be read; the bottom line says so when it is new."""
+    if text != state.read_error:
+        state.complain(text)
+    state.read_error = text
+    state.owned_problem = None
+    return [Table(state.tab, [], [], ["cannot show %s: %s" % (state.tab, text)])]
+
+
+def collect_view(state, procfs, procs, now):
+    """The visible tab's tables (its data kept for the next deltas and rates)."""
     state.comm = check_target(state, procfs)
     netns = procfs.netns(state.pid)
     if netns and netns != state.netns:
@@ -3363,7 +3401,6 @@ def refresh_tab(state, procfs, procs):
             state.say("PID %d moved to another network namespace: %s"
                       % (state.pid, printable(netns, 40)))
         state.netns = netns
-    now = time.monotonic()
     state.owned_problem = None
     if state.tab == "procs":
         procs.start()
@@ -3383,11 +3420,7 @@ def refresh_tab(state, procfs, procs):
         state.last_data[state.tab] = (data, now)
         if data.get("owned_known") is False:
             state.owned_problem = data.get("owned_reason") or "cannot read the process's fds"
-    state.view = TabView(tables)
-    state.refreshed_mono = now
-    state.refreshed_at = time.time()
-    state.rescan = False
-    state.scroll_to(state.scroll[state.tab])
+    return tables
 
 
 # --- keys ----------------------------------------------------------------------
@@ -3849,7 +3882,10 @@ def session_loop(painter, curses, procfs, state, procs):
             dirty = True
             next_alive = now + ALIVE_CHECK
         elif now >= next_alive:
-            check_target(state, procfs)         # ProcessGone ends the session
+            try:
+                check_target(state, procfs)     # ProcessGone ends the session
+            except (ReadError, AccessDenied):
+                pass                            # not an exit: the next refresh shows it
             next_alive = now + ALIVE_CHECK
         if procs.active and now >= next_feed:
             # the feed keeps its own state; between refreshes poll it only while shown
@@ -3987,11 +4023,18 @@ def run_plain(procfs, state, problem):
     sys.stderr.flush()
     commands = sys.stdin if _stdin_is_tty() else None
     try:
-        first = True
+        first, said = True, None
         while True:
-            snap = snapshot(procfs, state.pid, (state.tab,))
-            write_stdout(("" if first else "\n") + format_snapshot(snap))
-            first = False
+            try:
+                snap = snapshot(procfs, state.pid, (state.tab,))
+                write_stdout(("" if first else "\n") + format_snapshot(snap))
+                first, said = False, None
+            except (ReadError, AccessDenied) as err:
+                # not an exit (as in the session): said once, tried again next time
+                if str(err) != said:
+                    sys.stderr.write("%s: %s\n" % (PROG, printable(str(err))))
+                    sys.stderr.flush()
+                said = str(err)
             if plain_wait(commands, state):
                 return EXIT_OK
     except KeyboardInterrupt:

@@ -974,3 +974,57 @@ def test_status_clock_is_as_new_as_the_newest_procs_row(tmp_path):
         clock = re.search(r"  (\d\d:\d\d:\d\d)  ", status_line(term)).group(1)
         assert clock >= row_time or row_time.startswith("23:59"), (clock, row)
         quit_ok(term)
+
+
+def test_a_file_that_cannot_be_read_is_shown_not_taken_for_an_exit(tmp_path):
+    """A damaged file under --proc ended the session as 'process N exited' (status 0).
+    Only an exit ends it: the error takes the tab's place, other tabs still work."""
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    tcp = (base / "net" / "tcp").read_text()
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3"]) as term:
+        term.wait_for("rows 2")
+        (base / "net" / "tcp").unlink()
+        (base / "net" / "tcp").mkdir()                         # read() fails: EISDIR
+        said = "process %d: cannot read net/tcp: Is a directory" % pid
+        term.wait_for(lambda t: "(cannot show tcp: %s)" % said in t
+                      and term.line(23) == said)
+        term.pump(1.0)                                         # a few refreshes later
+        assert term.proc.poll() is None, term.stderr()
+        term.send("4")                                         # the other tabs still read
+        term.wait_for(lambda t: any(ln.startswith("  lo ") for ln in t.splitlines()))
+        (base / "net" / "tcp").rmdir()
+        (base / "net" / "tcp").write_text(tcp)
+        term.send("1")
+        term.wait_for("127.0.0.1:8080")
+        (base / "stat").write_text("%d (evil" % pid)            # damaged: no state
+        term.wait_for("(cannot show tcp: process %d: damaged stat" % pid)
+        term.pump(1.5)                                         # past an alive check
+        assert term.proc.poll() is None, term.stderr()
+        os.rename(str(base), str(tmp_path / "gone"))           # now it exits
+        assert term.wait_exit() == 0
+        assert term.stderr() == "netsnoop: process %d exited\n" % pid
+
+
+def test_no_tty_snapshots_go_on_past_a_file_that_cannot_be_read(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                             "--interval", "0.2"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        assert proc.stdout.readline().startswith("netsnoop ")
+        (base / "net" / "tcp").unlink()
+        (base / "net" / "tcp").mkdir()
+        time.sleep(1.0)                                        # ~5 intervals
+        assert proc.poll() is None
+        os.rename(str(base), str(tmp_path / "gone"))
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert err.splitlines()[1:] == [                           # said once, then the exit
+        "netsnoop: process %d: cannot read net/tcp: Is a directory" % pid,
+        "netsnoop: process %d exited" % pid]
