@@ -687,6 +687,7 @@ def parse_stat_line(text):
 # ---------------------------------------------------------------------------
 
 READ_CHUNK = 1 << 20
+CAP_SYS_PTRACE = 19     # include/uapi/linux/capability.h: another uid's fds, ns links
 
 
 # A /proc/net seq file read stops short of what was asked only at the end,
@@ -760,10 +761,47 @@ class ProcFS(object):
         return None
 
     def _missing_reason(self, pid):
-        if self.hidepid():
+        if self.hidepid() and not self.sees_every_process():
             return ("process %d does not exist or is hidden from you "
                     "(%s is mounted with hidepid)" % (pid, self.root))
         return "process %d does not exist" % pid
+
+    def sys_ptrace(self):
+        """True when netsnoop has CAP_SYS_PTRACE in effect (self/status CapEff),
+        False when not, None when that cannot be read."""
+        try:
+            status = self.read("self", "status")
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("CapEff:"):
+                try:
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
+                except (IndexError, ValueError):
+                    return None
+        return None
+
+    def sees_every_process(self):
+        """Root with CAP_SYS_PTRACE: hidepid hides nothing from it, and every process's fds
+        and ns links are open to it (unless another user namespace or a security module)."""
+        return os.geteuid() == 0 and self.sys_ptrace() is not False
+
+    def refusal(self, short=False):
+        """Why another process's fds or ns links are refused to us (EACCES), in words."""
+        if os.geteuid() != 0:
+            if short:
+                return "another user's process"
+            return ("another user's process, or one that is not dumpable; run as its user "
+                    "or root")
+        if self.sys_ptrace() is False:
+            if short:
+                return "root without CAP_SYS_PTRACE"
+            return ("even to root: it lacks CAP_SYS_PTRACE here (containers drop it), which "
+                    "another user's or a non-dumpable process needs")
+        if short:
+            return "refused even to root"
+        return ("even to root: the process is in a user namespace outside this root's, "
+                "or a security module (AppArmor, SELinux) refuses")
 
     def hidepid(self):
         """True when this procfs hides other users' processes (mount option hidepid)."""
@@ -842,6 +880,25 @@ class ProcFS(object):
         except OSError:
             return None
 
+    def netns_reason(self, pid):
+        """Why netns(pid) is None, in a few words ("another user's process"), or None."""
+        try:
+            os.readlink(self.path(pid, "ns", "net"))
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM):
+                return self.refusal(short=True)
+            if err.errno == errno.ENOENT:
+                return "no ns/net link"
+            return err.strerror
+        return None
+
+    def netns_text(self, pid):
+        """"net:[4026531840]", or "netns unknown (why)" for a heading or status line."""
+        netns = self.netns(pid)
+        if netns is not None:
+            return netns
+        return "netns unknown (%s)" % (self.netns_reason(pid) or "it changed while read")
+
     def socket_inodes(self, pid):
         """-> (set of socket inodes PID holds open, None) or (None, reason)."""
         try:
@@ -852,9 +909,8 @@ class ProcFS(object):
                 os.close(dir_fd)
         except OSError as err:
             if err.errno in (errno.EACCES, errno.EPERM):
-                return None, ("cannot read /proc/%d/fd (permission denied: another user's "
-                              "process, or one that is not dumpable; run as its user or "
-                              "root)" % pid)
+                return None, ("cannot read /proc/%d/fd (permission denied: %s)"
+                              % (pid, self.refusal()))
             exc = self._gone(pid, err, "fd")
             if exc is not None:
                 raise exc from err
@@ -1253,6 +1309,8 @@ def snapshot(procfs, pid, tabs, json_rows=False):
     out["pid"] = pid
     out["comm"] = comm
     out["netns"] = procfs.netns(pid) or "unknown"
+    if out["netns"] == "unknown":
+        out["netns_reason"] = procfs.netns_reason(pid) or "it changed while read"
     out["time"] = time.time()
     try:
         owners = None
@@ -2444,7 +2502,7 @@ def run_procs(args, procfs):
             started = True
             sys.stderr.write("%s: watching for new processes (backend %s, %d present); "
                              "Ctrl+C ends\n" % (PROG, scanner.backend, present))
-            if os.geteuid() != 0 and procfs.hidepid():
+            if not procfs.sees_every_process() and procfs.hidepid():
                 # another user's new process then looks like one gone before it was read
                 output.hidden = True
                 sys.stderr.write("%s: %s is mounted with hidepid: other users' processes are "
@@ -2905,8 +2963,11 @@ def snapshot_tables(snap):
 
 def format_snapshot(snap):
     """The --once text: a heading, then every tab's tables."""
+    netns = snap["netns"]
+    if "netns_reason" in snap:
+        netns += " (%s)" % snap["netns_reason"]
     lines = ["netsnoop %s: pid %d (%s), netns %s, %s" % (
-        __version__, snap["pid"], printable(snap["comm"]), printable(snap["netns"]),
+        __version__, snap["pid"], printable(snap["comm"]), printable(netns),
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"])))]
     for table in snapshot_tables(snap):
         lines.append("")
@@ -3397,7 +3458,7 @@ def collect_view(state, procfs, procs, now):
     state.comm = check_target(state, procfs)
     netns = procfs.netns(state.pid)
     if netns and netns != state.netns:
-        if state.netns not in ("?", "netns unknown"):
+        if state.netns != "?" and not state.netns.startswith("netns unknown"):
             state.say("PID %d moved to another network namespace: %s"
                       % (state.pid, printable(netns, 40)))
         state.netns = netns
@@ -3750,7 +3811,7 @@ def status_text(st, width=80):
     if st.refreshed_at is not None:
         clock = time.strftime("%H:%M:%S", time.localtime(st.refreshed_at))
     rows = (st.view.shown, st.view.total)
-    netns = printable(st.netns, 32)
+    netns = printable(st.netns, 48)
     parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), netns, every,
              clock, "rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1],
              "ownership unknown" if st.owned_problem and st.tab in OWNABLE_TABLES else None]
@@ -3963,7 +4024,7 @@ def run_session(args, procfs):
     except locale.Error:
         pass
     os.environ.setdefault("ESCDELAY", "25")     # Esc clears at once, not after 1 s
-    state.netns = procfs.netns(args.pid) or "netns unknown"
+    state.netns = procfs.netns_text(args.pid)
     procs = ProcsPane(procfs, args.pid, getattr(args, "backend", None) or "auto")
     handlers = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):

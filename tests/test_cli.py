@@ -424,14 +424,42 @@ def test_fake_tree_pid_missing_says_so(tmp_path):
                           str(FAKE_PID + 1), "does not exist")
 
 
-def test_fake_tree_hidepid_named_in_message(tmp_path):
-    root = build_tree(tmp_path)
-    (tmp_path / "self").mkdir()
-    (tmp_path / "self" / "mountinfo").write_text(
+def hidepid_tree(root, cap_eff=None):
+    """A tree whose self/mountinfo says it is mounted with hidepid; cap_eff: self/status's
+    CapEff (netsnoop's own capabilities as this tree tells them)."""
+    tree = build_tree(root)
+    (root / "self").mkdir()
+    (root / "self" / "mountinfo").write_text(
         "22 1 0:21 / %s rw,nosuid,nodev,noexec,relatime shared:12 - proc proc "
-        "rw,hidepid=invisible\n" % os.path.realpath(root))
-    assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+        "rw,hidepid=invisible\n" % os.path.realpath(tree))
+    if cap_eff is not None:
+        (root / "self" / "status").write_text("Name:\tnetsnoop\nCapEff:\t%016x\n" % cap_eff)
+    return tree
+
+
+ALL_CAPS = (1 << 41) - 1
+NO_SYS_PTRACE = ALL_CAPS & ~(1 << 19)
+
+
+def test_fake_tree_hidepid_named_in_message(public_tmp):
+    root = hidepid_tree(public_tmp)
+    os.chmod(str(public_tmp / "self"), 0o755)
+    assert_one_line_error(run_as_nobody("--proc", root, FAKE_PID + 1, "--once"), 1,
                           str(FAKE_PID + 1), "hidepid")
+
+
+@pytest.mark.parametrize("cap_eff, hint", [(None, False), (ALL_CAPS, False),
+                                           (NO_SYS_PTRACE, True)],
+                         ids=["caps-unknown", "sys_ptrace", "no-sys_ptrace"])
+def test_hidepid_hint_not_shown_to_root_it_hides_nothing_from(tmp_path, cap_eff, hint):
+    """Root was told a missing PID may be hidden by hidepid: hidepid hides nothing from
+    root with CAP_SYS_PTRACE, only from a root that lacks it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    root = hidepid_tree(tmp_path, cap_eff)
+    line = assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+                                 "process %d does not exist" % (FAKE_PID + 1))
+    assert ("hidepid" in line) == hint, line
 
 
 def test_fake_tree_zombie_state(tmp_path):
@@ -463,9 +491,40 @@ def test_another_users_process_ownership_unknown(sleeper):
         assert "permission denied" in data["owned_reason"]
         assert str(sleeper.pid) in data["owned_reason"]
         assert all(s["owned"] is False for s in data["sockets"])
+    assert "run as its user or root" in snap["tabs"]["tcp"]["owned_reason"]
+    assert snap["netns"] == "unknown" and snap["netns_reason"] == "another user's process"
     text = run_as_nobody(sleeper.pid, "--once")
     assert text.returncode == 0
     assert "ownership unknown" in text.stdout
+    assert "netns unknown (another user's process)" in text.stdout.splitlines()[0]
+
+
+def test_root_is_told_the_real_reason_its_reads_are_refused():
+    """Root without CAP_SYS_PTRACE (as in a container that drops it) cannot read another
+    user's fds or ns links: it was told to 'run as its user or root', and `netns unknown`
+    came without a reason."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv")
+    target = subprocess.Popen(["setpriv"] + NOBODY + ["sleep", "60"])
+    try:
+        time.sleep(0.2)                                 # setpriv has exec'd sleep
+        res = subprocess.run(
+            ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace",
+             sys.executable, NETSNOOP, str(target.pid), "--once", "--json", "--tab", "tcp"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        assert res.returncode == 0, res.stderr
+        snap = json.loads(res.stdout)
+        reason = snap["tabs"]["tcp"]["owned_reason"]
+        assert "permission denied: even to root" in reason and "CAP_SYS_PTRACE" in reason
+        assert "run as its user or root" not in reason
+        assert (snap["netns"], snap["netns_reason"]) == ("unknown",
+                                                         "root without CAP_SYS_PTRACE")
+        # with every capability, root reads them
+        full = json.loads(run_netsnoop(target.pid, "--once", "--json").stdout)
+        assert full["tabs"]["tcp"]["owned_known"] is True and full["netns"] != "unknown"
+    finally:
+        target.kill()
+        target.wait()
 
 
 def test_ctrl_c_while_reading_is_quiet(tmp_path):
