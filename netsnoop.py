@@ -37,6 +37,7 @@ import socket
 import stat
 import struct
 import sys
+import textwrap
 import threading
 import time
 import unicodedata
@@ -3850,8 +3851,6 @@ def bottom_text(st):
         return ":" + printable(st.line) + "_", None
     if st.message and time.monotonic() < st.message_until:
         return st.message, st.message_role
-    if st.owned_problem and st.tab in OWNABLE_TABLES:
-        return "ownership unknown: " + printable(st.owned_problem), "warn"
     settings = settings_text(st)
     if settings:
         return settings + "  (Esc clears the filter; s, o change; ? help)", "info"
@@ -3866,6 +3865,8 @@ def draw(painter, st, repaint=False):
         painter.win.erase()
     height, width = painter.size()
     tabbar, status, body_top, body_height, bottom = screen_rows(height)
+    banner = ownership_banner(st, width, body_height // 2)
+    body_height -= len(banner)
     st.body_height = max(1, body_height)
     st.body_width = max(1, width)
     if tabbar is not None:
@@ -3876,11 +3877,27 @@ def draw(painter, st, repaint=False):
     if status is not None:
         painter.put(status, 0, status_text(st, width).ljust(width), "status")
     if body_top is not None:
-        draw_body(painter, st, body_top, body_height)
+        for i, text in enumerate(banner):
+            painter.put(body_top + i, 0, text, "warn")
+        draw_body(painter, st, body_top + len(banner), body_height)
     if bottom is not None:
         text, role = bottom_text(st)
         painter.put(bottom, 0, text, role)
     painter.win.refresh()
+
+
+def ownership_banner(st, width, most):
+    """Why ownership is unknown, wrapped to the width, for the top of the body (the status
+    line says "ownership unknown", the key hint keeps the bottom line); at most `most`
+    lines, the last cut with "..." on a screen too small for all.  [] when known."""
+    if not st.owned_problem or st.tab not in OWNABLE_TABLES or st.mode == "help" \
+            or most < 1 or width < 10:
+        return []
+    lines = textwrap.wrap("ownership unknown: " + printable(st.owned_problem), width)
+    if len(lines) > most:
+        lines = lines[:most]
+        lines[-1] = lines[-1][:width - 3] + "..."
+    return lines
 
 
 def draw_body(painter, st, top, height):

@@ -224,11 +224,48 @@ def test_ownership_unknown_is_said(netns_target):
     with PtyTerm([python, NETSNOOP, str(netns_target.pid)], uid=nobody) as term:
         reason = "ownership unknown: cannot read /proc/%d/fd (permission denied" % (
             netns_target.pid)
-        text = term.wait_for(lambda t: term.line(23).startswith(reason))
+        text = term.wait_for(lambda t: term.line(2).startswith(reason))
         assert "ownership unknown" in status_line(term)
+        assert term.line(23).startswith("q quit")
         assert not any(line.startswith("*") for line in text.splitlines()[2:-1])
         assert "rows %d" % (LISTENERS + 1) in status_line(term)
         quit_ok(term)
+
+
+NOBODY_REASON = ("ownership unknown: cannot read /proc/%d/fd (permission denied: another "
+                 "user's process, or one that is not dumpable; run as its user or root)")
+
+
+@pytest.mark.parametrize("cols", [80, 40])
+def test_ownership_reason_is_whole_and_the_key_hint_stays(sleeper, cols):
+    """The reason replaced the key hint on the bottom line and was cut at the width: it is
+    now wrapped above the table, whole, and the hint stays."""
+    nobody = 65534
+    python = python_for(nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that user %d may run" % nobody)
+    with PtyTerm([python, NETSNOOP, str(sleeper.pid)], uid=nobody, cols=cols) as term:
+        term.wait_for(lambda t: "== tcp ==" in t and "ownership unknown:" in t)
+        lines = [line.rstrip() for line in term.screen.display]
+        end = lines.index("== tcp ==")
+        assert " ".join(lines[2:end]) == NOBODY_REASON % sleeper.pid, lines
+        assert term.line(23).startswith("q quit")
+        assert "ownership unknown" in status_line(term) or cols < 48      # see below
+        quit_ok(term)
+
+
+@pytest.mark.parametrize("width", [80, 40])
+def test_ownership_banner_wraps_to_the_width(width):
+    st = netsnoop.SessionState(4242, "tcp", 2.0)
+    assert netsnoop.ownership_banner(st, width, 10) == []          # known: nothing
+    st.owned_problem = (NOBODY_REASON % 4242)[len("ownership unknown: "):]
+    lines = netsnoop.ownership_banner(st, width, 10)
+    assert all(len(line) <= width for line in lines) and len(lines) >= 2
+    assert " ".join(lines) == NOBODY_REASON % 4242
+    cut = netsnoop.ownership_banner(st, width, 1)                  # a tiny screen
+    assert len(cut) == 1 and len(cut[0]) <= width and cut[0].endswith("...")
+    st.tab = "traffic"                                             # not about sockets
+    assert netsnoop.ownership_banner(st, width, 10) == []
 
 
 # --- interval ------------------------------------------------------------------
