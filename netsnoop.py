@@ -782,10 +782,20 @@ class ProcFS(object):
                     return None
         return None
 
+    def in_child_user_namespace(self):
+        """True when netsnoop's uids are not the whole range mapped 1:1 (self/uid_map): it
+        runs in a user namespace of its own, whose root has no power outside it."""
+        try:
+            uid_map = self.read("self", "uid_map").split()
+        except OSError:
+            return False
+        return uid_map != ["0", "0", "4294967295"]
+
     def sees_every_process(self):
-        """Root with CAP_SYS_PTRACE: hidepid hides nothing from it, and every process's fds
-        and ns links are open to it (unless another user namespace or a security module)."""
-        return os.geteuid() == 0 and self.sys_ptrace() is not False
+        """Root with CAP_SYS_PTRACE, in the first user namespace: hidepid hides nothing from
+        it, and every process's fds and ns links are open to it (unless a security module)."""
+        return (os.geteuid() == 0 and self.sys_ptrace() is not False
+                and not self.in_child_user_namespace())
 
     def refusal(self, short=False):
         """Why another process's fds or ns links are refused to us (EACCES), in words."""
@@ -794,15 +804,19 @@ class ProcFS(object):
                 return "another user's process"
             return ("another user's process, or one that is not dumpable; run as its user "
                     "or root")
+        if self.in_child_user_namespace():
+            if short:
+                return "root of a user namespace"
+            return ("even to root: this root is that of a user namespace, with no power over "
+                    "a process outside it that is another user's or not dumpable")
         if self.sys_ptrace() is False:
             if short:
                 return "root without CAP_SYS_PTRACE"
             return ("even to root: it lacks CAP_SYS_PTRACE here (containers drop it), which "
-                    "another user's or a non-dumpable process needs")
+                    "a process of another user or one that is not dumpable needs")
         if short:
             return "refused even to root"
-        return ("even to root: the process is in a user namespace outside this root's, "
-                "or a security module (AppArmor, SELinux) refuses")
+        return "even to root: a security module (AppArmor, SELinux) refuses"
 
     def hidepid(self):
         """True when this procfs hides other users' processes (mount option hidepid)."""

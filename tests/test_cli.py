@@ -499,27 +499,33 @@ def test_another_users_process_ownership_unknown(sleeper):
     assert "netns unknown (another user's process)" in text.stdout.splitlines()[0]
 
 
-def test_root_is_told_the_real_reason_its_reads_are_refused():
-    """Root without CAP_SYS_PTRACE (as in a container that drops it) cannot read another
-    user's fds or ns links: it was told to 'run as its user or root', and `netns unknown`
-    came without a reason."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv")
+@pytest.mark.parametrize("wrapper, says, short", [
+    (["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"], "CAP_SYS_PTRACE",
+     "root without CAP_SYS_PTRACE"),
+    (["unshare", "-U", "-r"], "root is that of a user namespace", "root of a user namespace"),
+], ids=["no-sys_ptrace", "user-namespace"])
+def test_root_is_told_the_real_reason_its_reads_are_refused(wrapper, says, short):
+    """Root without CAP_SYS_PTRACE (a container that drops it), or the root of a user
+    namespace, cannot read another user's fds or ns links: it was told to 'run as its
+    user or root', and `netns unknown` came without a reason."""
+    if os.geteuid() != 0 or not shutil.which(wrapper[0]) or not shutil.which("setpriv"):
+        pytest.skip("needs root, setpriv and %s" % wrapper[0])
+    if subprocess.run(wrapper + ["true"]).returncode != 0:
+        pytest.skip("%s does not work here" % " ".join(wrapper))
     target = subprocess.Popen(["setpriv"] + NOBODY + ["sleep", "60"])
     try:
         time.sleep(0.2)                                 # setpriv has exec'd sleep
         res = subprocess.run(
-            ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace",
-             sys.executable, NETSNOOP, str(target.pid), "--once", "--json", "--tab", "tcp"],
+            wrapper + [sys.executable, NETSNOOP, str(target.pid), "--once", "--json",
+                       "--tab", "tcp"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         assert res.returncode == 0, res.stderr
         snap = json.loads(res.stdout)
         reason = snap["tabs"]["tcp"]["owned_reason"]
-        assert "permission denied: even to root" in reason and "CAP_SYS_PTRACE" in reason
+        assert "permission denied: even to root" in reason and says in reason, reason
         assert "run as its user or root" not in reason
-        assert (snap["netns"], snap["netns_reason"]) == ("unknown",
-                                                         "root without CAP_SYS_PTRACE")
-        # with every capability, root reads them
+        assert (snap["netns"], snap["netns_reason"]) == ("unknown", short)
+        # with every capability, in the first user namespace, root reads them
         full = json.loads(run_netsnoop(target.pid, "--once", "--json").stdout)
         assert full["tabs"]["tcp"]["owned_known"] is True and full["netns"] != "unknown"
     finally:
