@@ -1423,7 +1423,8 @@ def _ip_rules():
 
 # Counters that are an anomaly whenever they move: (file group, section,
 # counter, text with the count as {n} or as {times} ("1 time", "5 times"),
-# severity, count from which it is an alert or None).  Listed in the order findings are reported.
+# severity, count from which it is an alert or None).  Listed in the order
+# findings are reported.
 COUNTER_RULES = (
     ("netstat", "TcpExt", "ListenOverflows", "accept queue overflowed {times}", "warn", 100),
     ("netstat", "TcpExt", "ListenDrops", "listening sockets dropped SYNs {times}", "warn", 100),
@@ -3451,7 +3452,7 @@ def refresh_tab(state, procfs, procs):
     except (ReadError, AccessDenied) as err:
         if not os.path.exists(procfs.path(state.pid)):
             raise ProcessGone("process %d exited" % state.pid) from err
-        tables = read_error_tables(state, printable(str(err)))
+        tables = read_error_tables(state, str(err))
     state.view = TabView(tables)
     state.refreshed_mono = now
     state.refreshed_at = time.time()
@@ -3460,9 +3461,10 @@ def refresh_tab(state, procfs, procs):
 
 
 def read_error_tables(state, text):
-    """The tab's place when it cannot be read; the bottom line says so when it is new."""
+    """The tab's place when it cannot be read (text not yet escaped: the view escapes
+    notes); the bottom line says so when it is new."""
     if text != state.read_error:
-        state.complain(text)
+        state.complain(printable(text))
     state.read_error = text
     state.owned_problem = None
     return [Table(state.tab, [], [], ["cannot show %s: %s" % (state.tab, text)])]
