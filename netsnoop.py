@@ -13,7 +13,8 @@ and stat/arp_cache exists only in the host namespace.
 
 Session keys: 1-9 and 0 pick a tab, Left/Right Tab/Shift-Tab cycle,
 Up/Down/PgUp/PgDn/Home/End scroll, / filter, s sort, o owned only, ? help,
-:set N interval, :tab NAME, q or Ctrl+D quit.
+:set N interval, :tab NAME, q or Ctrl+D quit.  Only ':' opens the command
+line; a key with no use does nothing.
 
 Run-time dependencies: the Python standard library only (3.7+).  A C scanner
 (_fastscan*.so, built by build_fastscan.py) is used for --procs when present.
@@ -36,6 +37,7 @@ import socket
 import stat
 import struct
 import sys
+import textwrap
 import threading
 import time
 import unicodedata
@@ -127,6 +129,11 @@ class AccessDenied(NetsnoopError):
     """The process exists but its files cannot be read."""
 
 
+class ReadError(NetsnoopError):
+    """The process exists, but a file of it could not be read or made no sense (an I/O
+    error, a damaged --proc tree).  Not an exit: the session shows it and goes on."""
+
+
 class UsageError(NetsnoopError):
     """Bad command line."""
     status = EXIT_USAGE
@@ -193,13 +200,20 @@ def printable(text, limit=None):
     if not text.isascii():
         text = _escape_invisible(text)
     if cut:
-        text += "...[+%d chars]" % cut
+        text += "...[+%s]" % plural(cut, "char")
     return text
 
 
 def decode(data):
     """Bytes from /proc -> str; undecodable bytes survive as surrogates."""
     return data.decode("utf-8", "surrogateescape")
+
+
+def plural(n, noun, nouns=None):
+    """A count and its noun, agreed: (1, "line") -> "1 line"; (3, "line") -> "3 lines";
+    (2, "process", "processes") -> "2 processes".  Every count shown to a user goes
+    through here."""
+    return "%d %s" % (n, noun if n == 1 else (nouns or noun + "s"))
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +231,6 @@ class Records(list):
 class Sections(collections.OrderedDict):
     """{Section: {Counter: int}} from snmp/netstat, plus how many lines were skipped."""
     skipped = 0
-    files_missing = ()
 
 
 Socket = collections.namedtuple(
@@ -675,6 +688,7 @@ def parse_stat_line(text):
 # ---------------------------------------------------------------------------
 
 READ_CHUNK = 1 << 20
+CAP_SYS_PTRACE = 19     # include/uapi/linux/capability.h: another uid's fds, ns links
 
 
 # A /proc/net seq file read stops short of what was asked only at the end,
@@ -708,7 +722,7 @@ def read_fd_all(fd, end_below=0):
 class ProcFS(object):
     """Owns the procfs root (`--proc DIR`) and the opening of files.
 
-    OSErrors become ProcessGone / AccessDenied here and nowhere else; a net
+    OSErrors become ProcessGone / AccessDenied / ReadError here and nowhere else; a net
     file that does not exist (IPv6 off, arp_cache outside the host
     namespace) reads as None.
     """
@@ -748,10 +762,61 @@ class ProcFS(object):
         return None
 
     def _missing_reason(self, pid):
-        if self.hidepid():
+        if self.hidepid() and not self.sees_every_process():
             return ("process %d does not exist or is hidden from you "
                     "(%s is mounted with hidepid)" % (pid, self.root))
         return "process %d does not exist" % pid
+
+    def sys_ptrace(self):
+        """True when netsnoop has CAP_SYS_PTRACE in effect (self/status CapEff),
+        False when not, None when that cannot be read."""
+        try:
+            status = self.read("self", "status")
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("CapEff:"):
+                try:
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
+                except (IndexError, ValueError):
+                    return None
+        return None
+
+    def in_child_user_namespace(self):
+        """True when netsnoop's uids are not the whole range mapped 1:1 (self/uid_map): it
+        runs in a user namespace of its own, whose root has no power outside it."""
+        try:
+            uid_map = self.read("self", "uid_map").split()
+        except OSError:
+            return False
+        return uid_map != ["0", "0", "4294967295"]
+
+    def sees_every_process(self):
+        """Root with CAP_SYS_PTRACE, in the first user namespace: hidepid hides nothing from
+        it, and every process's fds and ns links are open to it (unless a security module)."""
+        return (os.geteuid() == 0 and self.sys_ptrace() is not False
+                and not self.in_child_user_namespace())
+
+    def refusal(self, short=False):
+        """Why another process's fds or ns links are refused to us (EACCES), in words."""
+        if os.geteuid() != 0:
+            if short:
+                return "another user's process"
+            return ("another user's process, or one that is not dumpable; run as its user "
+                    "or root")
+        if self.in_child_user_namespace():
+            if short:
+                return "root of a user namespace"
+            return ("even to root: this root is that of a user namespace, with no power over "
+                    "a process outside it that is another user's or not dumpable")
+        if self.sys_ptrace() is False:
+            if short:
+                return "root without CAP_SYS_PTRACE"
+            return ("even to root: it lacks CAP_SYS_PTRACE here (containers drop it), which "
+                    "a process of another user or one that is not dumpable needs")
+        if short:
+            return "refused even to root"
+        return "even to root: a security module (AppArmor, SELinux) refuses"
 
     def hidepid(self):
         """True when this procfs hides other users' processes (mount option hidepid)."""
@@ -768,14 +833,14 @@ class ProcFS(object):
         return False
 
     def pid_read(self, pid, *parts):
-        """/proc/PID/<parts> -> str; ProcessGone / AccessDenied on failure."""
+        """/proc/PID/<parts> -> str; ProcessGone / AccessDenied / ReadError on failure."""
         try:
             return self.read(pid, *parts)
         except OSError as err:
             exc = self._gone(pid, err, "/".join(str(p) for p in parts))
             if exc is None:
-                exc = ProcessGone("process %d: cannot read %s: %s"
-                                  % (pid, "/".join(parts), err.strerror))
+                exc = ReadError("process %d: cannot read %s: %s"
+                                % (pid, "/".join(parts), err.strerror))
             raise exc from err
 
     def net_read(self, pid, name):
@@ -791,18 +856,18 @@ class ProcFS(object):
                 # with EINVAL: tell "file absent here" from "process died".
                 self._check_net_dir(pid)
                 return None
-            raise ProcessGone("process %d: cannot read net/%s: %s"
-                              % (pid, name, err.strerror)) from err
+            raise ReadError("process %d: cannot read net/%s: %s"
+                            % (pid, name, err.strerror)) from err
 
     def process_status(self, pid):
         """-> (comm, state letter, start ticks or None); raises ProcessGone for a
-        missing PID or a zombie."""
+        missing PID or a zombie, ReadError for a damaged stat."""
         text = self.pid_read(pid, "stat")
         try:
             comm, rest = parse_stat_line(text)
             state = rest[0]
         except (ValueError, IndexError):
-            raise ProcessGone("process %d: unreadable stat" % pid)
+            raise ReadError("process %d: damaged stat (no state after the name)" % pid)
         if state in ("Z", "X"):
             raise ZombieError("process %d is a zombie: its network view is gone" % pid)
         start = rest[19] if len(rest) > 19 and rest[19].isdigit() else None   # field 22
@@ -821,7 +886,7 @@ class ProcFS(object):
         except OSError as err:
             exc = self._gone(pid, err, "net")
             if exc is None:
-                exc = ProcessGone("process %d: cannot read net: %s" % (pid, err.strerror))
+                exc = ReadError("process %d: cannot read net: %s" % (pid, err.strerror))
             raise exc from err
 
     def netns(self, pid):
@@ -830,6 +895,25 @@ class ProcFS(object):
             return os.readlink(self.path(pid, "ns", "net"))
         except OSError:
             return None
+
+    def netns_reason(self, pid):
+        """Why netns(pid) is None, in a few words ("another user's process"), or None."""
+        try:
+            os.readlink(self.path(pid, "ns", "net"))
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM):
+                return self.refusal(short=True)
+            if err.errno == errno.ENOENT:
+                return "no ns/net link"
+            return err.strerror
+        return None
+
+    def netns_text(self, pid):
+        """"net:[4026531840]", or "netns unknown (why)" for a heading or status line."""
+        netns = self.netns(pid)
+        if netns is not None:
+            return netns
+        return "netns unknown (%s)" % (self.netns_reason(pid) or "it changed while read")
 
     def socket_inodes(self, pid):
         """-> (set of socket inodes PID holds open, None) or (None, reason)."""
@@ -841,9 +925,8 @@ class ProcFS(object):
                 os.close(dir_fd)
         except OSError as err:
             if err.errno in (errno.EACCES, errno.EPERM):
-                return None, ("cannot read /proc/%d/fd (permission denied: another user's "
-                              "process, or one that is not dumpable; run as its user or "
-                              "root)" % pid)
+                return None, ("cannot read /proc/%d/fd (permission denied: %s)"
+                              % (pid, self.refusal()))
             exc = self._gone(pid, err, "fd")
             if exc is not None:
                 raise exc from err
@@ -1174,15 +1257,12 @@ def collect_traffic(procfs, pid):
 
 
 def collect_stats(procfs, pid):
-    """netstat's sections, exactly {SECTION: {COUNTER: int}} as the README's JSON table gives.
-
-    What the read noticed rides along as attributes, which JSON does not
-    see: .skipped (damaged lines) and .files_missing.
-    """
-    data = collections.OrderedDict()
-    sections = _read_parsed(procfs, pid, "netstat", parse_snmp, data, Sections())
-    sections.files_missing = data.get("files_missing", [])
-    return sections
+    """netstat's sections, {SECTION: {COUNTER: int}} as the kernel names them, then
+    skipped_lines and files_missing as in every tab (lower case: no section is so named)."""
+    notes = collections.OrderedDict()
+    data = collections.OrderedDict(
+        _read_parsed(procfs, pid, "netstat", parse_snmp, notes, Sections()))
+    return _read_notes_last(data, notes)
 
 
 def collect_routing(procfs, pid):
@@ -1208,6 +1288,15 @@ def collect_analysis(procfs, pid):
     return data
 
 
+def _read_notes_last(data, notes=None):
+    """data with skipped_lines and files_missing (from notes, or its own) as its last keys,
+    present even when nothing was skipped or missing: every net tab has both."""
+    notes = data if notes is None else notes
+    skipped, missing = notes.pop("skipped_lines", 0), notes.pop("files_missing", [])
+    data["skipped_lines"], data["files_missing"] = skipped, missing
+    return data
+
+
 def collect_tab(procfs, pid, tab, owners=None):
     """One tab's data for PID, as a JSON-ready dict (the same dict the views draw)."""
     if tab in SOCKET_FILES:
@@ -1218,10 +1307,12 @@ def collect_tab(procfs, pid, tab, owners=None):
         return collect_sockets(procfs, pid, tab, owners)
     if tab == "procs":
         return collect_procs(procfs, pid)
-    return {
-        "arp": collect_arp, "traffic": collect_traffic, "stats": collect_stats,
+    if tab == "stats":
+        return collect_stats(procfs, pid)
+    return _read_notes_last({
+        "arp": collect_arp, "traffic": collect_traffic,
         "routing": collect_routing, "analysis": collect_analysis,
-    }[tab](procfs, pid)
+    }[tab](procfs, pid))
 
 
 def snapshot(procfs, pid, tabs, json_rows=False):
@@ -1234,6 +1325,8 @@ def snapshot(procfs, pid, tabs, json_rows=False):
     out["pid"] = pid
     out["comm"] = comm
     out["netns"] = procfs.netns(pid) or "unknown"
+    if out["netns"] == "unknown":
+        out["netns_reason"] = procfs.netns_reason(pid) or "it changed while read"
     out["time"] = time.time()
     try:
         owners = None
@@ -1245,7 +1338,7 @@ def snapshot(procfs, pid, tabs, json_rows=False):
                 out["tabs"][tab] = collect_sockets(procfs, pid, tab, owners, json_rows=True)
             else:
                 out["tabs"][tab] = collect_tab(procfs, pid, tab, owners)
-    except ProcessGone as err:
+    except (ProcessGone, ReadError) as err:
         # fd/ and net/ too can vanish mid-snapshot
         if os.path.exists(procfs.path(pid)) and not isinstance(err, ZombieError):
             raise
@@ -1313,8 +1406,8 @@ def _udp_rules():
                               ("SndbufErrors", "datagrams dropped: send buffer full"),
                               ("InErrors", "datagrams received in error"),
                               ("MemErrors", "datagrams dropped for lack of memory")):
-            yield group, sec, counter, sec + " " + what + ": %d", "warn", None
-        yield (group, sec, "NoPorts", sec + " datagrams to ports nobody listens on: %d",
+            yield group, sec, counter, sec + " " + what + ": {n}", "warn", None
+        yield (group, sec, "NoPorts", sec + " datagrams to ports nobody listens on: {n}",
                "info", None)
 
 
@@ -1325,31 +1418,32 @@ def _ip_rules():
             ("InDiscards", "packets discarded on input", "warn"),
             ("OutDiscards", "packets discarded on output", "warn"),
             ("ReasmFails", "reassembly failures", "warn")):
-        yield "snmp", "Ip", counter, "IP " + what + ": %d", severity, None
-        yield "snmp6", "Ip6", counter, "IPv6 " + what + ": %d", severity, None
+        yield "snmp", "Ip", counter, "IP " + what + ": {n}", severity, None
+        yield "snmp6", "Ip6", counter, "IPv6 " + what + ": {n}", severity, None
 
 
 # Counters that are an anomaly whenever they move: (file group, section,
-# counter, text with the count as %d, severity, count from which it is an
-# alert or None).  Listed in the order findings are reported.
+# counter, text with the count as {n} or as {times} ("1 time", "5 times"),
+# severity, count from which it is an alert or None).  Listed in the order
+# findings are reported.
 COUNTER_RULES = (
-    ("netstat", "TcpExt", "ListenOverflows", "accept queue overflowed %d times", "warn", 100),
-    ("netstat", "TcpExt", "ListenDrops", "listening sockets dropped SYNs %d times", "warn", 100),
+    ("netstat", "TcpExt", "ListenOverflows", "accept queue overflowed {times}", "warn", 100),
+    ("netstat", "TcpExt", "ListenDrops", "listening sockets dropped SYNs {times}", "warn", 100),
     ("netstat", "TcpExt", "TCPAbortOnMemory",
-     "TCP connections aborted for lack of memory: %d", "warn", None),
+     "TCP connections aborted for lack of memory: {n}", "warn", None),
     ("netstat", "TcpExt", "TCPBacklogDrop",
-     "TCP segments dropped from a full socket backlog: %d", "warn", None),
+     "TCP segments dropped from a full socket backlog: {n}", "warn", None),
     ("netstat", "TcpExt", "PruneCalled",
-     "TCP receive queues pruned under memory pressure: %d", "warn", None),
-    ("snmp", "Tcp", "InErrs", "TCP segments received in error: %d", "warn", None),
-    ("snmp", "Tcp", "InCsumErrors", "TCP segments with bad checksums: %d", "warn", None),
+     "TCP receive queues pruned under memory pressure: {n}", "warn", None),
+    ("snmp", "Tcp", "InErrs", "TCP segments received in error: {n}", "warn", None),
+    ("snmp", "Tcp", "InCsumErrors", "TCP segments with bad checksums: {n}", "warn", None),
 ) + tuple(_udp_rules()) + tuple(_ip_rules())
 
 ARP_RULES = (
-    ("arp_cache", None, "res_failed", "ARP resolutions failed: %d", "info", None),
+    ("arp_cache", None, "res_failed", "ARP resolutions failed: {n}", "info", None),
     ("arp_cache", None, "unresolved_discards",
-     "packets discarded waiting for ARP: %d", "warn", None),
-    ("arp_cache", None, "table_fulls", "times the ARP table was full: %d", "alert", None),
+     "packets discarded waiting for ARP: {n}", "warn", None),
+    ("arp_cache", None, "table_fulls", "times the ARP table was full: {n}", "alert", None),
 )
 
 
@@ -1392,7 +1486,8 @@ def _counter_findings(cur, prev, rules):
         if n:
             if alert_at is not None and n >= alert_at:
                 severity = "alert"
-            out.append((severity, "%s (%s %s)" % (text % n, section or group, counter)))
+            text = text.format(n=n, times=plural(n, "time"))
+            out.append((severity, "%s (%s %s)" % (text, section or group, counter)))
     return out
 
 
@@ -1402,11 +1497,11 @@ def _softnet_findings(cur, prev):
     squeezed = sum(_delta(c, p, "time_squeeze") for c, p in rows)
     out = []
     if dropped:
-        out.append(("alert", "softnet backlog full: %d packets dropped (softnet_stat "
-                    "dropped; raise net.core.netdev_max_backlog)" % dropped))
+        out.append(("alert", "softnet backlog full: %s dropped (softnet_stat "
+                    "dropped; raise net.core.netdev_max_backlog)" % plural(dropped, "packet")))
     if squeezed:
-        out.append(("info", "softirq ran out of budget %d times (softnet_stat "
-                    "time_squeeze; net.core.netdev_budget)" % squeezed))
+        out.append(("info", "softirq ran out of budget %s (softnet_stat "
+                    "time_squeeze; net.core.netdev_budget)" % plural(squeezed, "time")))
     return out
 
 
@@ -1420,12 +1515,13 @@ def _interface_findings(cur, prev):
         pkts = _delta(c, p, "rx_packets") + _delta(c, p, "tx_packets")
         name = c.get("name")        # raw like every string in the data; the views escape it
         if errs:
-            out.append(("warn", "interface %s: %d errors (rx_errs+tx_errs)" % (name, errs)))
+            out.append(("warn", "interface %s: %s (rx_errs+tx_errs)"
+                        % (name, plural(errs, "error"))))
         if drops:
             ratio = float(drops) / max(pkts, 1)
             out.append(("warn" if ratio >= IFACE_DROP_WARN else "info",
-                        "interface %s: %d packets dropped (%.2f%% of %d)"
-                        % (name, drops, 100 * ratio, pkts)))
+                        "interface %s: %s dropped (%.2f%% of %d)"
+                        % (name, plural(drops, "packet"), 100 * ratio, pkts)))
     return out
 
 
@@ -2381,12 +2477,12 @@ class FeedOutput(object):
         """The counts on stderr; also after an error, so they are never lost."""
         try:
             sys.stderr.write(
-                "%s: %d new process%s seen, %d missed (%d gone%s before they could be read, "
-                "%d exec'd but gone before their command line could be read); %d thread%s "
+                "%s: %s seen, %d missed (%d gone%s before they could be read, "
+                "%d exec'd but gone before their command line could be read); %s "
                 "skipped; backend %s\n" % (
-                    PROG, scanner.seen, "" if scanner.seen == 1 else "es", scanner.missed,
+                    PROG, plural(scanner.seen, "new process", "new processes"), scanner.missed,
                     scanner.vanished, " or hidden by hidepid" if self.hidden else "",
-                    scanner.lost_cmdline, scanner.threads, "" if scanner.threads == 1 else "s",
+                    scanner.lost_cmdline, plural(scanner.threads, "thread"),
                     scanner.backend))
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
@@ -2429,7 +2525,7 @@ def run_procs(args, procfs):
             started = True
             sys.stderr.write("%s: watching for new processes (backend %s, %d present); "
                              "Ctrl+C ends\n" % (PROG, scanner.backend, present))
-            if os.geteuid() != 0 and procfs.hidepid():
+            if not procfs.sees_every_process() and procfs.hidepid():
                 # another user's new process then looks like one gone before it was read
                 output.hidden = True
                 sys.stderr.write("%s: %s is mounted with hidepid: other users' processes are "
@@ -2527,7 +2623,7 @@ def _read_notes(data, explained=()):
         notes.append("not present: %s" % ", ".join(missing))
     skipped = data.get("skipped_lines")
     if skipped:
-        notes.append("%d damaged lines skipped" % skipped)
+        notes.append("%s skipped" % plural(skipped, "damaged line"))
     return notes
 
 
@@ -2558,7 +2654,7 @@ def socket_table(tab, data):
             (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
              s["remote_port"], s["inode"])))
     notes = _ownership_notes(data) + _read_notes(data)
-    count = "%d socket%s in the namespace" % (len(rows), "" if len(rows) == 1 else "s")
+    count = plural(len(rows), "socket") + " in the namespace"
     if data.get("owned_known", True):
         owned = sum(1 for s in data["sockets"] if s["owned"])
         notes.insert(0, "%s, %d owned by the process (*)" % (count, owned))
@@ -2584,7 +2680,7 @@ def counter_table(title, counters, prev=None, nonzero=True):
             cells.append("%+d" % change if change else "")
             role = "changed" if change else None
         rows.append(Row(cells, role, (title, name)))
-    notes = ["%d zero counters not shown" % hidden] if hidden else []
+    notes = ["%s not shown" % plural(hidden, "zero counter")] if hidden else []
     return Table(title, columns, rows, notes)
 
 
@@ -2621,14 +2717,16 @@ def human_bytes(n):
         n /= 1024.0
 
 
-def traffic_tables(data, prev=None, dt=None):
+def traffic_tables(data, prev=None, dt=None, live=False):
+    """live (the session): the RX/s and TX/s columns from the first refresh, blank until
+    a second one gives a rate, so that columns and a chosen sort do not shift."""
     rates = prev is not None and dt is not None and dt > 0     # a clock step gives no rate
     columns = [Column("Iface", L), Column("RX bytes", R)]
-    if rates:
+    if rates or live:
         columns.append(Column("RX/s", R))
     columns += [Column("RX pkts", R), Column("errs", R), Column("drop", R),
                 Column("TX bytes", R)]
-    if rates:
+    if rates or live:
         columns.append(Column("TX/s", R))
     columns += [Column("TX pkts", R), Column("errs", R), Column("drop", R)]
     before = {i["name"]: i for i in prev["interfaces"]} if prev else {}
@@ -2636,12 +2734,12 @@ def traffic_tables(data, prev=None, dt=None):
     for i in data["interfaces"]:
         old = before.get(i["name"])
         cells = [i["name"], human_bytes(i["rx_bytes"])]
-        if rates:
-            cells.append(_rate(i, old, "rx_bytes", dt))
+        if rates or live:
+            cells.append(_rate(i, old, "rx_bytes", dt) if rates else "")
         cells += [str(i["rx_packets"]), str(i["rx_errs"]), str(i["rx_drop"]),
                   human_bytes(i["tx_bytes"])]
-        if rates:
-            cells.append(_rate(i, old, "tx_bytes", dt))
+        if rates or live:
+            cells.append(_rate(i, old, "tx_bytes", dt) if rates else "")
         cells += [str(i["tx_packets"]), str(i["tx_errs"]), str(i["tx_drop"])]
         role = None
         if i["rx_errs"] or i["tx_errs"]:
@@ -2661,10 +2759,10 @@ def _rate(cur, old, key, dt):
 def stats_tables(data, prev=None):
     tables = []
     for section, counters in data.items():
-        before = prev.get(section) if prev else None
-        tables.append(counter_table(section, counters, before))
-    notes = _read_notes({"files_missing": getattr(data, "files_missing", []),
-                         "skipped_lines": getattr(data, "skipped", 0)})
+        if isinstance(counters, dict):          # not skipped_lines, files_missing
+            before = prev.get(section) if prev else None
+            tables.append(counter_table(section, counters, before))
+    notes = _read_notes(data)
     if not tables:      # no netstat at all: still say why the tab is empty
         tables.append(Table("netstat", [Column("Counter", L), Column("Value", R)], [], []))
     tables[0].notes.extend(notes)
@@ -2775,20 +2873,21 @@ def procs_tables(data):
         cells = proc_cells(rec, rec.get("start_time"))
         cells[-1] = "  " * max(0, rec.get("depth", 1) - 1) + cells[-1]
         rows.append(Row(cells, None, (rec["pid"], rec.get("start_time"))))
-    notes = ["%d process%s" % (len(rows), "" if len(rows) == 1 else "es")]
+    notes = [plural(len(rows), "process", "processes")]
     if data.get("note"):
         notes.append(data["note"])
     return [Table("procs", PROC_COLUMNS, rows, notes)]
 
 
-def tab_tables(tab, data, prev=None, dt=None):
-    """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too."""
+def tab_tables(tab, data, prev=None, dt=None, live=False):
+    """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too;
+    live: drawn by the session, which keeps columns for the rates to come."""
     if tab in ("tcp", "udp", "raw"):
         return [socket_table(tab, data)]
     if tab == "icmp":
         return icmp_tables(data, prev)
     if tab == "traffic":
-        return traffic_tables(data, prev, dt)
+        return traffic_tables(data, prev, dt, live)
     if tab == "procs":
         return procs_tables(data)
     return {"arp": arp_tables, "stats": stats_tables, "routing": routing_tables,
@@ -2867,15 +2966,35 @@ def format_table(table, limit=CELL_LIMIT):
     return out
 
 
+# Counter sections the icmp tab and the analysis tab both show (from snmp and snmp6).
+ICMP_SECTIONS = ("Icmp", "IcmpMsg", "Icmp6")
+
+
+def snapshot_tables(snap):
+    """Every tab's tables, in order; a section already printed by the icmp tab is not
+    printed again by analysis (--tab all), a note says where it is."""
+    for tab, data in snap["tabs"].items():
+        tables = tab_tables(tab, data)
+        if tab == "analysis" and "icmp" in snap["tabs"]:
+            shown = [t.title for t in tables if t.title in ICMP_SECTIONS]
+            tables = [t for t in tables if t.title not in ICMP_SECTIONS]
+            if shown:
+                tables[0].notes.append("%s: in the icmp tab above" % ", ".join(shown))
+        for table in tables:
+            yield table
+
+
 def format_snapshot(snap):
     """The --once text: a heading, then every tab's tables."""
+    netns = snap["netns"]
+    if "netns_reason" in snap:
+        netns += " (%s)" % snap["netns_reason"]
     lines = ["netsnoop %s: pid %d (%s), netns %s, %s" % (
-        __version__, snap["pid"], printable(snap["comm"]), printable(snap["netns"]),
+        __version__, snap["pid"], printable(snap["comm"]), printable(netns),
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"])))]
-    for tab, data in snap["tabs"].items():
-        for table in tab_tables(tab, data):
-            lines.append("")
-            lines.extend(format_table(table))
+    for table in snapshot_tables(snap):
+        lines.append("")
+        lines.extend(format_table(table))
     return "\n".join(lines) + "\n"
 
 
@@ -2893,7 +3012,6 @@ DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL, MAX_INTERVAL = 0.2, 3600.0
 FEED_POLL = 0.1             # seconds between polls of the process feed while procs is shown
 MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
-TYPEAHEAD_SECONDS = 1.5     # "s" then an unbound letter this soon: the user is typing "set 6"
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
 PARENTS_KEPT = 50000        # ppids it remembers (for descendants) before it starts afresh
 HSCROLL_STEP = 8            # columns per < or > press
@@ -2925,8 +3043,8 @@ HELP_LINES = (                  # fits the 21 body lines of an 80x24 terminal
     "  :tab NAME         go to tab NAME",
     "  q, Ctrl+D         quit",
     "",
-    "Commands work without ':' too: typing `set 6` Enter opens the command",
-    "line at the first unbound letter (an `s` just before it is undone).",
+    "Only ':' opens the command line (`set 6` typed bare would sort with s);",
+    "a key with no use here does nothing.",
     "Marks: * owned by PID (on procs: a descendant), + changed since the",
     "last refresh, ! warning.  Rates are per second since the last refresh.",
     "`every 2s (5.5s)`: refreshing is costly here (big tables), so the default",
@@ -3187,21 +3305,34 @@ class ProcsPane(object):
         events = self.feed.poll()
         if len(self.parents) > PARENTS_KEPT:    # a long session: read again what is needed
             self.parents.clear()
+        # every parent first: a child listed before its parent (PIDs wrapped) still
+        # finds it, even when the parent has exited since and its stat is gone
         for event in events:
-            pid, ppid = event.get("pid"), event.get("ppid")
-            self.parents[pid] = ppid
-            event = dict(event, descendant=self.descends(pid))
-            self.events.appendleft(event)
+            self.parents[event.get("pid")] = event.get("ppid")
+        for event in events:
+            self.events.appendleft(dict(event, descendant=self.descends(event.get("pid"))))
         return bool(events)
 
     def descends(self, pid):
-        """True when pid is PID or its ppid chain reaches PID."""
+        """True when pid is PID or its ppid chain reaches PID.
+
+        A chain that ends at 0 came from the kernel (kthreadd and its threads) or
+        from outside the PID namespace.  A chain broken by a parent that exited
+        before it could be read ends nowhere known, except when PID is the
+        namespace's init (1): the orphans of its tree are re-parented within it,
+        so every process but those of the kernel descends from it.
+        """
         seen = set()
-        while pid is not None and pid not in seen:
+        while pid not in seen:
             if pid == self.pid:
                 return True
             seen.add(pid)
-            pid = self.parent_of(pid)
+            parent = self.parent_of(pid)
+            if parent is None:
+                return self.pid == 1
+            if parent == 0:
+                return False
+            pid = parent
         return False
 
     def parent_of(self, pid):
@@ -3263,6 +3394,7 @@ class SessionState(object):
         self.refreshed_mono = None
         self.refreshed_at = None               # wall clock, shown
         self.owned_problem = None
+        self.read_error = None                 # why the tab could not be read, or None
         self.rescan = True
         self.body_height = 1
         self.body_width = 80
@@ -3300,15 +3432,6 @@ class SessionState(object):
         widest = max(0, self.view.width - self.body_width)
         self.hscroll[self.tab] = max(0, min(column, widest))
 
-    def save_view(self):
-        """What a key may change (tab, sorts, owned-only, scrolling), for restore_view."""
-        return (self.tab, dict(self.sort), self.owned_only, dict(self.scroll))
-
-    def restore_view(self, saved):
-        self.tab, sort, self.owned_only, scroll = saved
-        self.sort.update(sort)
-        self.scroll.update(scroll)
-
 
 def check_target(state, procfs):
     """PID's comm; ProcessGone when it has exited, also when its number now names
@@ -3322,15 +3445,47 @@ def check_target(state, procfs):
 
 
 def refresh_tab(state, procfs, procs):
-    """Collect the visible tab (only it) and rebuild the view.  ProcessGone ends the session."""
+    """Collect the visible tab (only it) and rebuild the view.
+
+    ProcessGone ends the session.  A file that cannot be read or makes no sense
+    (ReadError, AccessDenied: an I/O error, a damaged --proc tree) takes the
+    tab's place, said once at the bottom, and the session goes on: as in htop,
+    only the process's exit ends it, and the other tabs may still be readable.
+    """
+    now = time.monotonic()
+    try:
+        tables = collect_view(state, procfs, procs, now)
+        state.read_error = None
+    except (ReadError, AccessDenied) as err:
+        if not os.path.exists(procfs.path(state.pid)):
+            raise ProcessGone("process %d exited" % state.pid) from err
+        tables = read_error_tables(state, str(err))
+    state.view = TabView(tables)
+    state.refreshed_mono = now
+    state.refreshed_at = time.time()
+    state.rescan = False
+    state.scroll_to(state.scroll[state.tab])
+
+
+def read_error_tables(state, text):
+    """The tab's place when it cannot be read (text not yet escaped: the view escapes
+    notes); the bottom line says so when it is new."""
+    if text != state.read_error:
+        state.complain(printable(text))
+    state.read_error = text
+    state.owned_problem = None
+    return [Table(state.tab, [], [], ["cannot show %s: %s" % (state.tab, text)])]
+
+
+def collect_view(state, procfs, procs, now):
+    """The visible tab's tables (its data kept for the next deltas and rates)."""
     state.comm = check_target(state, procfs)
     netns = procfs.netns(state.pid)
     if netns and netns != state.netns:
-        if state.netns not in ("?", "netns unknown"):
+        if state.netns != "?" and not state.netns.startswith("netns unknown"):
             state.say("PID %d moved to another network namespace: %s"
                       % (state.pid, printable(netns, 40)))
         state.netns = netns
-    now = time.monotonic()
     state.owned_problem = None
     if state.tab == "procs":
         procs.start()
@@ -3343,18 +3498,14 @@ def refresh_tab(state, procfs, procs):
         prev, dt = state.last_data.get(state.tab, (None, None))
         if dt is not None:
             dt = now - dt
-        tables = tab_tables(state.tab, data, prev, dt if dt and dt > 0 else None)
+        tables = tab_tables(state.tab, data, prev, dt if dt and dt > 0 else None, live=True)
         if state.tab in SOCKET_FILES:
             for tab in SOCKET_FILES:
                 state.last_data.pop(tab, None)
         state.last_data[state.tab] = (data, now)
         if data.get("owned_known") is False:
             state.owned_problem = data.get("owned_reason") or "cannot read the process's fds"
-    state.view = TabView(tables)
-    state.refreshed_mono = now
-    state.refreshed_at = time.time()
-    state.rescan = False
-    state.scroll_to(state.scroll[state.tab])
+    return tables
 
 
 # --- keys ----------------------------------------------------------------------
@@ -3388,7 +3539,6 @@ class KeyHandler(object):
         self.state = state
         self.keys = keys
         self.everywhere = everywhere   # keys that act in every mode (Ctrl+D, resize)
-        self.last_letter = None        # (time, key, state before it) for bare "set 6"
 
     def dispatch(self, key):
         st = self.state
@@ -3401,34 +3551,11 @@ class KeyHandler(object):
             return self.edit_line(key)
         binding = self.keys.get(key)
         if binding is None:
-            return self.unbound(key)
-        if isinstance(key, str) and key.isalpha():
-            self.last_letter = (time.monotonic(), key, st.save_view())
-        else:
-            self.last_letter = None
+            return NOTHING              # a key with no use does nothing (":" opens commands)
         return self.call(binding)
 
     def call(self, binding):
         return getattr(self, "key_" + binding[0])(*binding[1:])
-
-    # A letter no key uses opens the command line with it, so the seed's
-    # habit of typing `set 6` Enter works: "s" sorts, "e" is unbound, so the
-    # sort is undone and the command line holds "se".
-    def unbound(self, key):
-        if not (isinstance(key, str) and key.isprintable() and key.isalpha()):
-            return NOTHING
-        st = self.state
-        prefix = ""
-        last, self.last_letter = self.last_letter, None
-        if last is not None and time.monotonic() - last[0] <= TYPEAHEAD_SECONDS:
-            tab = st.tab
-            st.restore_view(last[2])
-            st.message = None          # whatever that key said no longer holds
-            prefix = last[1]
-            if st.tab != tab:
-                st.rescan = True
-        st.mode, st.line = "command", prefix + key
-        return RESCAN if st.rescan else REDRAW
 
     def edit_line(self, key):
         st = self.state
@@ -3708,7 +3835,7 @@ def status_text(st, width=80):
     if st.refreshed_at is not None:
         clock = time.strftime("%H:%M:%S", time.localtime(st.refreshed_at))
     rows = (st.view.shown, st.view.total)
-    netns = printable(st.netns, 32)
+    netns = printable(st.netns, 48)
     parts = ["PID %d %s" % (st.pid, printable(st.comm, 24)), netns, every,
              clock, "rows %d/%d" % rows if rows[0] != rows[1] else "rows %d" % rows[1],
              "ownership unknown" if st.owned_problem and st.tab in OWNABLE_TABLES else None]
@@ -3747,8 +3874,6 @@ def bottom_text(st):
         return ":" + printable(st.line) + "_", None
     if st.message and time.monotonic() < st.message_until:
         return st.message, st.message_role
-    if st.owned_problem and st.tab in OWNABLE_TABLES:
-        return "ownership unknown: " + printable(st.owned_problem), "warn"
     settings = settings_text(st)
     if settings:
         return settings + "  (Esc clears the filter; s, o change; ? help)", "info"
@@ -3763,6 +3888,8 @@ def draw(painter, st, repaint=False):
         painter.win.erase()
     height, width = painter.size()
     tabbar, status, body_top, body_height, bottom = screen_rows(height)
+    banner = ownership_banner(st, width, body_height // 2)
+    body_height -= len(banner)
     st.body_height = max(1, body_height)
     st.body_width = max(1, width)
     if tabbar is not None:
@@ -3773,11 +3900,27 @@ def draw(painter, st, repaint=False):
     if status is not None:
         painter.put(status, 0, status_text(st, width).ljust(width), "status")
     if body_top is not None:
-        draw_body(painter, st, body_top, body_height)
+        for i, text in enumerate(banner):
+            painter.put(body_top + i, 0, text, "warn")
+        draw_body(painter, st, body_top + len(banner), body_height)
     if bottom is not None:
         text, role = bottom_text(st)
         painter.put(bottom, 0, text, role)
     painter.win.refresh()
+
+
+def ownership_banner(st, width, most):
+    """Why ownership is unknown, wrapped to the width, for the top of the body (the status
+    line says "ownership unknown", the key hint keeps the bottom line); at most `most`
+    lines, the last cut with "..." on a screen too small for all.  [] when known."""
+    if not st.owned_problem or st.tab not in OWNABLE_TABLES or st.mode == "help" \
+            or most < 1 or width < 10:
+        return []
+    lines = textwrap.wrap("ownership unknown: " + printable(st.owned_problem), width)
+    if len(lines) > most:
+        lines = lines[:most]
+        lines[-1] = lines[-1][:width - 3] + "..."
+    return lines
 
 
 def draw_body(painter, st, top, height):
@@ -3840,12 +3983,16 @@ def session_loop(painter, curses, procfs, state, procs):
             dirty = True
             next_alive = now + ALIVE_CHECK
         elif now >= next_alive:
-            check_target(state, procfs)         # ProcessGone ends the session
+            try:
+                check_target(state, procfs)     # ProcessGone ends the session
+            except (ReadError, AccessDenied):
+                pass                            # not an exit: the next refresh shows it
             next_alive = now + ALIVE_CHECK
         if procs.active and now >= next_feed:
             # the feed keeps its own state; between refreshes poll it only while shown
             if state.tab == "procs" and procs.poll():
                 state.view = TabView(procs.tables())
+                state.refreshed_at = time.time()    # the clock shown: as new as the rows
                 dirty = True
             next_feed = now + FEED_POLL
         if state.message and now >= state.message_until:
@@ -3917,7 +4064,7 @@ def run_session(args, procfs):
     except locale.Error:
         pass
     os.environ.setdefault("ESCDELAY", "25")     # Esc clears at once, not after 1 s
-    state.netns = procfs.netns(args.pid) or "netns unknown"
+    state.netns = procfs.netns_text(args.pid)
     procs = ProcsPane(procfs, args.pid, getattr(args, "backend", None) or "auto")
     handlers = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -3977,11 +4124,18 @@ def run_plain(procfs, state, problem):
     sys.stderr.flush()
     commands = sys.stdin if _stdin_is_tty() else None
     try:
-        first = True
+        first, said = True, None
         while True:
-            snap = snapshot(procfs, state.pid, (state.tab,))
-            write_stdout(("" if first else "\n") + format_snapshot(snap))
-            first = False
+            try:
+                snap = snapshot(procfs, state.pid, (state.tab,))
+                write_stdout(("" if first else "\n") + format_snapshot(snap))
+                first, said = False, None
+            except (ReadError, AccessDenied) as err:
+                # not an exit (as in the session): said once, tried again next time
+                if str(err) != said:
+                    sys.stderr.write("%s: %s\n" % (PROG, printable(str(err))))
+                    sys.stderr.flush()
+                said = str(err)
             if plain_wait(commands, state):
                 return EXIT_OK
     except KeyboardInterrupt:
@@ -4082,7 +4236,9 @@ def build_parser():
     p.add_argument("--filter", metavar="REGEX",
                    help="--procs: only processes whose command line, name or user match")
     p.add_argument("--interval", type=positive_seconds, metavar="SECONDS",
-                   help="refresh interval (session, default 2) or --procs slowest poll")
+                   help="session: refresh interval (default 2, kept within 0.2..3600); "
+                        "--procs: slowest poll of the PID counter when quiet (default "
+                        "%g, at most %g: a longer one is refused)" % (SLOW_PERIOD, MAX_WAIT))
     p.add_argument("--backend", choices=("auto", "fast", "python"), default="auto",
                    help="--procs scanner (default auto: fast when built)")
     p.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
@@ -4126,6 +4282,11 @@ def parse_args(argv):
         raise UsageError("--once and --tab go with PID, not --procs")
     if args.once and args.interval is not None:
         raise UsageError("--interval goes with the session or --procs, not --once")
+    if args.procs and args.interval is not None and args.interval > MAX_WAIT:
+        # refused, not capped: the wait that polls never lasts longer, and a slower
+        # poll would only let more short-lived processes go unseen
+        raise UsageError("--procs --interval is at most %g second (the slowest poll of "
+                         "the PID counter), not %g" % (MAX_WAIT, args.interval))
     if args.json and not (args.once or args.procs):
         raise UsageError("--json goes with --once or --procs (the session is for a terminal)")
     return args

@@ -90,6 +90,16 @@ def test_options_that_do_not_apply_are_refused(args, names):
     assert_one_line_error(run_netsnoop(*args), 2, names)
 
 
+def test_procs_interval_above_one_second_is_refused_not_capped():
+    """It was accepted and silently capped at 1 s; --help says so."""
+    line = assert_one_line_error(run_netsnoop("--procs", "--interval", "2"), 2, "--interval")
+    assert "at most 1 second" in line and "not 2" in line
+    res = run_netsnoop("--procs", "--interval", "1", "--duration", "0.2")
+    assert res.returncode == 0, res.stderr
+    help_text = " ".join(run_netsnoop("--help").stdout.split())
+    assert "at most 1: a longer one is refused" in help_text
+
+
 @pytest.mark.parametrize("regex, says", [
     ("(", "unterminated subpattern"),
     ("x{99999999999}", "too large"),                # OverflowError inside re
@@ -355,7 +365,7 @@ def test_once_json_on_fake_tree(tmp_path):
     # every net file of the other tabs is missing from this tree: reported, not fatal
     assert snap["tabs"]["traffic"]["interfaces"] == []
     assert "dev" in snap["tabs"]["traffic"]["files_missing"]
-    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [],
+    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [], "skipped_lines": 0,
                                        "files_missing": ["route", "ipv6_route"]}
 
 
@@ -373,7 +383,7 @@ def test_once_text_on_fake_tree(tmp_path):
     assert "127.0.0.1:8080" in rows["1001"] and "LISTEN" in rows["1001"]
     assert "1 owned by the process" in out
     assert "not present: tcp6" in out
-    assert "1 damaged lines skipped" in out
+    assert "1 damaged line skipped" in out
 
 
 def test_json_comm_with_control_characters_stays_valid(tmp_path):
@@ -390,14 +400,42 @@ def test_fake_tree_pid_missing_says_so(tmp_path):
                           str(FAKE_PID + 1), "does not exist")
 
 
-def test_fake_tree_hidepid_named_in_message(tmp_path):
-    root = build_tree(tmp_path)
-    (tmp_path / "self").mkdir()
-    (tmp_path / "self" / "mountinfo").write_text(
+def hidepid_tree(root, cap_eff=None):
+    """A tree whose self/mountinfo says it is mounted with hidepid; cap_eff: self/status's
+    CapEff (netsnoop's own capabilities as this tree tells them)."""
+    tree = build_tree(root)
+    (root / "self").mkdir()
+    (root / "self" / "mountinfo").write_text(
         "22 1 0:21 / %s rw,nosuid,nodev,noexec,relatime shared:12 - proc proc "
-        "rw,hidepid=invisible\n" % os.path.realpath(root))
-    assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+        "rw,hidepid=invisible\n" % os.path.realpath(tree))
+    if cap_eff is not None:
+        (root / "self" / "status").write_text("Name:\tnetsnoop\nCapEff:\t%016x\n" % cap_eff)
+    return tree
+
+
+ALL_CAPS = (1 << 41) - 1
+NO_SYS_PTRACE = ALL_CAPS & ~(1 << 19)
+
+
+def test_fake_tree_hidepid_named_in_message(public_tmp):
+    root = hidepid_tree(public_tmp)
+    os.chmod(str(public_tmp / "self"), 0o755)
+    assert_one_line_error(run_as_nobody("--proc", root, FAKE_PID + 1, "--once"), 1,
                           str(FAKE_PID + 1), "hidepid")
+
+
+@pytest.mark.parametrize("cap_eff, hint", [(None, False), (ALL_CAPS, False),
+                                           (NO_SYS_PTRACE, True)],
+                         ids=["caps-unknown", "sys_ptrace", "no-sys_ptrace"])
+def test_hidepid_hint_not_shown_to_root_it_hides_nothing_from(tmp_path, cap_eff, hint):
+    """Root was told a missing PID may be hidden by hidepid: hidepid hides nothing from
+    root with CAP_SYS_PTRACE, only from a root that lacks it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    root = hidepid_tree(tmp_path, cap_eff)
+    line = assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+                                 "process %d does not exist" % (FAKE_PID + 1))
+    assert ("hidepid" in line) == hint, line
 
 
 def test_fake_tree_zombie_state(tmp_path):
@@ -429,9 +467,46 @@ def test_another_users_process_ownership_unknown(sleeper):
         assert "permission denied" in data["owned_reason"]
         assert str(sleeper.pid) in data["owned_reason"]
         assert all(s["owned"] is False for s in data["sockets"])
+    assert "run as its user or root" in snap["tabs"]["tcp"]["owned_reason"]
+    assert snap["netns"] == "unknown" and snap["netns_reason"] == "another user's process"
     text = run_as_nobody(sleeper.pid, "--once")
     assert text.returncode == 0
     assert "ownership unknown" in text.stdout
+    assert "netns unknown (another user's process)" in text.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("wrapper, says, short", [
+    (["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"], "CAP_SYS_PTRACE",
+     "root without CAP_SYS_PTRACE"),
+    (["unshare", "-U", "-r"], "root is that of a user namespace", "root of a user namespace"),
+], ids=["no-sys_ptrace", "user-namespace"])
+def test_root_is_told_the_real_reason_its_reads_are_refused(wrapper, says, short):
+    """Root without CAP_SYS_PTRACE (a container that drops it), or the root of a user
+    namespace, cannot read another user's fds or ns links: it was told to 'run as its
+    user or root', and `netns unknown` came without a reason."""
+    if os.geteuid() != 0 or not shutil.which(wrapper[0]) or not shutil.which("setpriv"):
+        pytest.skip("needs root, setpriv and %s" % wrapper[0])
+    if subprocess.run(wrapper + ["true"]).returncode != 0:
+        pytest.skip("%s does not work here" % " ".join(wrapper))
+    target = subprocess.Popen(["setpriv"] + NOBODY + ["sleep", "60"])
+    try:
+        time.sleep(0.2)                                 # setpriv has exec'd sleep
+        res = subprocess.run(
+            wrapper + [sys.executable, NETSNOOP, str(target.pid), "--once", "--json",
+                       "--tab", "tcp"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        assert res.returncode == 0, res.stderr
+        snap = json.loads(res.stdout)
+        reason = snap["tabs"]["tcp"]["owned_reason"]
+        assert "permission denied: even to root" in reason and says in reason, reason
+        assert "run as its user or root" not in reason
+        assert (snap["netns"], snap["netns_reason"]) == ("unknown", short)
+        # with every capability, in the first user namespace, root reads them
+        full = json.loads(run_netsnoop(target.pid, "--once", "--json").stdout)
+        assert full["tabs"]["tcp"]["owned_known"] is True and full["netns"] != "unknown"
+    finally:
+        target.kill()
+        target.wait()
 
 
 def test_ctrl_c_while_reading_is_quiet(tmp_path):
@@ -604,21 +679,34 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
 
 
 def test_stats_without_netstat_says_so(tmp_path):
-    """No net/netstat in the tree: the JSON tab is an empty {SECTION: ...} map, the text says why."""
+    """No net/netstat in the tree: no section, files_missing says why (as every tab does)."""
     root = build_tree(tmp_path)
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
-    assert res.returncode == 0 and json.loads(res.stdout)["tabs"]["stats"] == {}
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["tabs"]["stats"] == {"skipped_lines": 0,
+                                                        "files_missing": ["netstat"]}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
     assert res.returncode == 0 and "(not present: netstat)" in res.stdout
 
 
-def test_stats_json_is_sections_of_ints(tmp_path):
+def test_stats_json_is_sections_of_ints_and_the_read_notes(tmp_path):
+    """stats had no skipped_lines/files_missing, unlike every other tab."""
     root = build_tree(tmp_path)
     (tmp_path / str(FAKE_PID) / "net" / "netstat").write_text(
         "TcpExt: SyncookiesSent ListenOverflows\nTcpExt: 0 7\nbroken line\n"
         "IpExt: InOctets\nIpExt: 1234\n")
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
     assert json.loads(res.stdout)["tabs"]["stats"] == {
-        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234}}
+        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234},
+        "skipped_lines": 1, "files_missing": []}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
-    assert "ListenOverflows" in res.stdout and "1 damaged lines skipped" in res.stdout
+    assert "ListenOverflows" in res.stdout and "1 damaged line skipped" in res.stdout
+
+
+def test_every_net_tab_has_the_read_notes(tmp_path):
+    root = build_tree(tmp_path)
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "all", "--json")
+    for tab in ns.NET_TABS:
+        data = json.loads(res.stdout)["tabs"][tab]
+        assert isinstance(data["skipped_lines"], int), tab
+        assert isinstance(data["files_missing"], list), tab

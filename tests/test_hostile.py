@@ -86,7 +86,8 @@ def test_printable_is_injective_on_bytes_from_proc(data):
 def test_printable_cuts_visibly(text, limit):
     out = netsnoop.printable(text, limit)
     if len(text) > limit:
-        assert out.endswith("...[+%d chars]" % (len(text) - limit))
+        cut = len(text) - limit
+        assert out.endswith("...[+%d char%s]" % (cut, "" if cut == 1 else "s"))
     else:
         assert out == netsnoop.printable(text)
 
