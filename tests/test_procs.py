@@ -830,8 +830,8 @@ def test_symlinked_script_finds_the_so_beside_its_target(tmp_path, isolated):
 
 
 def test_netsnoop_run_through_runpy_returns_to_its_runner(tmp_path):
-    # only a script the interpreter started ends through os._exit: one run by runpy
-    # returns to its runner (SystemExit), whose own code after run_path still runs
+    # run by runpy, netsnoop returns to its runner (SystemExit), whose own code after
+    # run_path still runs: no os._exit, no exec
     probe = tmp_path / "probe.py"
     probe.write_text("import runpy, sys\n"
                      "sys.argv = [%r, '--procs', '--duration', '0.1']\n"
