@@ -4188,8 +4188,8 @@ def release_free_memory():
     (PYTHONDONTWRITEBYTECODE, a read-only __pycache__): the syntax tree of the
     compile is freed, but glibc keeps its pages.  RSS after start-up of the
     pip-installed `netsnoop --procs`, Python 3.11, in that case: 22.2 MB without,
-    15.3 MB with.  With a .pyc (14.0 vs 14.3 MB) or as the lone script, whose tree
-    CPython holds until it ends (25.8 vs 26.1 MB), it gains nothing.
+    15.4 MB with.  With a .pyc (~14.3 MB either way) or as the lone script, whose
+    tree CPython holds until it ends (~26 MB either way), it gains nothing.
     """
     try:
         import ctypes
