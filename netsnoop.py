@@ -1347,7 +1347,13 @@ def snapshot(procfs, pid, tabs, json_rows=False):
 
 
 def snapshot_json(snap):
-    """json.dumps(snap), with SocketRows written from their template."""
+    """json.dumps(snap), with SocketRows written from their template.
+
+    json.dumps has no way to take text made elsewhere: each SocketRows goes in as a
+    marker string, then its text replaces the marker.  Gain: a 20,000-socket
+    `--once --tab tcp --json` takes 300 ms instead of 265 wall, 1.20x (dicts and one
+    json.dumps; bench/bench_net.py's set-up, 25 alternating rounds, Python 3.11).
+    """
     texts = {}
 
     def mark(obj):
@@ -3953,9 +3959,14 @@ def read_key(win, curses):
 
 
 def timed_refresh(state, procfs, procs):
-    """refresh_tab, with its CPU cost remembered; the cyclic GC is paused meanwhile
-    (a refresh allocates ~10 objects per socket and frees the last refresh's;
-    collections triggered meanwhile cost ~15% of a refresh on 20,000 sockets)."""
+    """refresh_tab, with its CPU cost remembered; the cyclic GC is paused meanwhile.
+
+    A refresh allocates ~10 objects per socket while the last refresh's rows are
+    still alive, so the collections it triggers walk them all: the session on
+    20,000 sockets at --interval 1 takes 22% of a core with the pause, 27%
+    without (Python 3.11, 6 alternating runs; bench/bench_session.py's set-up).
+    (For --once the same pause saves ~3% of the CPU, unseen: it is not done there.)
+    """
     # this thread and the collection's helpers only: the feed's thread is not the refresh
     started, helpers = time.thread_time(), helper_cpu_seconds()
     gc.disable()
@@ -4308,18 +4319,12 @@ def compile_filter(text):
 
 
 def run_once(args, procfs):
-    # The cyclic GC is paused, as in timed_refresh: a snapshot makes no cycles,
-    # and the collections its ~10 objects per socket trigger cost 20% of parsing.
-    gc.disable()
-    try:
-        tabs = TABS if args.tab == "all" else (args.tab or "tcp",)
-        snap = snapshot(procfs, args.pid, tabs, json_rows=args.json)
-        if args.json:
-            out = snapshot_json(snap) + "\n"
-        else:
-            out = format_snapshot(snap)
-    finally:
-        gc.enable()
+    tabs = TABS if args.tab == "all" else (args.tab or "tcp",)
+    snap = snapshot(procfs, args.pid, tabs, json_rows=args.json)
+    if args.json:
+        out = snapshot_json(snap) + "\n"
+    else:
+        out = format_snapshot(snap)
     write_stdout(out)
     return EXIT_OK
 
@@ -4344,59 +4349,16 @@ def write_stdout(text):
         raise NetsnoopError("cannot write output: %s" % (err.strerror or err))
 
 
-# --- long runs without the script's syntax tree -----------------------------------
-# CPython keeps the syntax tree of the script it was started with until the script
-# ends (pyrun_file frees it last): ~7 MB for this file, more than the feed itself
-# holds.  A module compiled by runpy frees its tree once compiled.  So the long runs
-# (the feed, the session) started as `python3 netsnoop.py ...` execute the same
-# interpreter again, same PID and flags, on a -c that runs this file through runpy;
-# then malloc_trim hands the freed memory back.  RSS of `--procs` after start-up:
-# 25.2 -> 17.8 MB (bench/bench_procs.py).  Anything failing: go on as we are.
-
-RERUN_MARK = "_netsnoop_rerun"
-# argv: -c RERUN_CODE DIR SIGNALS SCRIPT ARGS...  Only sys (built in) is imported
-# before sys.path[0], which -c makes the working directory, is set to DIR, the
-# script's real directory, as in a script run.  SIGNALS (e.g. "1,2,15", or "-")
-# were blocked across the exec; main() unblocks them once it can take them.  An
-# OSError can only come from reading the file again.
-RERUN_CODE = (
-    "import sys; d = sys.argv.pop(1); u = sys.argv.pop(1); p = sys.argv.pop(1); "
-    "sys.path[:1] = [q or d for q in sys.path[:1]]; import runpy\n"
-    "try: runpy.run_path(p, {%r: u}, '__main__')\n"
-    "except OSError as e: sys.exit('netsnoop: cannot read %%s again: %%s' %% (p, e.strerror))"
-    % RERUN_MARK)
-RERUN_HELD_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
-
-
-def rerun_compiled(script, argv):
-    """Replace this process by the same run of `script` through runpy; returns only
-    when that cannot be done."""
-    try:
-        import subprocess       # for its interpreter-flags helper only: nothing is spawned
-        flags = subprocess._args_from_interpreter_flags()
-        exe = sys.executable
-        # the very binary running now: sys.executable comes from a PATH search when
-        # argv[0] had no slash, and PATH may name another program
-        if not exe or not os.path.samefile(exe, "/proc/self/exe"):
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        here = os.path.dirname(os.path.realpath(script))
-        # Ctrl+C or SIGTERM while the new interpreter starts would end it with a
-        # traceback of its start-up: they wait, blocked, until main() is ready
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, RERUN_HELD_SIGNALS)
-        held = ",".join(str(int(sig)) for sig in RERUN_HELD_SIGNALS if sig not in before)
-        try:
-            os.execv(exe, [exe] + flags + ["-c", RERUN_CODE, here, held or "-", script]
-                     + list(argv))
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
-    except (AttributeError, OSError, ValueError):
-        pass
-
-
 def release_free_memory():
-    """Give memory freed since start-up (the compile) back to the system (glibc)."""
+    """Give the memory freed during start-up back to the system (glibc's malloc_trim).
+
+    It counts where netsnoop.py is imported from source, with no .pyc to load
+    (PYTHONDONTWRITEBYTECODE, a read-only __pycache__): the syntax tree of the
+    compile is freed, but glibc keeps its pages.  RSS after start-up of the
+    pip-installed `netsnoop --procs`, Python 3.11, in that case: 22.2 MB without,
+    15.4 MB with.  With a .pyc (~14.3 MB either way) or as the lone script, whose
+    tree CPython holds until it ends (~26 MB either way), it gains nothing.
+    """
     try:
         import ctypes
         ctypes.CDLL(None).malloc_trim(0)
@@ -4404,16 +4366,13 @@ def release_free_memory():
         pass
 
 
-def run(args, script=None):
-    """script: this file's path when it runs as `python3 netsnoop.py` (see above)."""
+def run(args):
     procfs = ProcFS(args.proc)
     procfs.check_root()
     if args.once:                   # (--procs --once is a usage error)
         return run_once(args, procfs)
     if not args.procs:
         procfs.check_net(args.pid)
-    if script is not None:
-        rerun_compiled(script, sys.argv[1:])
     release_free_memory()
     if args.procs:
         return run_procs(args, procfs)
@@ -4429,13 +4388,10 @@ def _quiet_stdout():
         pass
 
 
-def main(argv=None, script=None, held_signals=()):
-    """held_signals: blocked across the rerun's exec, taken from here on."""
+def main(argv=None):
     try:
-        if held_signals:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, held_signals)
         args = parse_args(argv)
-        return run(args, script if argv is None else None)
+        return run(args)
     except NetsnoopError as err:
         sys.stderr.write("%s: %s\n" % (PROG, printable(str(err))))
         return err.status
@@ -4454,35 +4410,13 @@ def main(argv=None, script=None, held_signals=()):
         return EXIT_FAIL
 
 
-def main_exit(script=None, own_process=True, held_signals=()):
-    """Console-script entry point.
-
-    In a process of its own, ends without the interpreter's teardown once the
-    output is out: freeing every record one by one is ~11 ms of a
-    20,000-socket --once run, 6% of it, for memory the kernel takes back at
-    once.  Nothing is lost: main() has closed what it opened, and a flush
-    that fails takes the usual exit.  Run by another program (runpy, a
-    profiler), it returns through SystemExit as usual.
-    """
-    status = main(script=script, held_signals=held_signals)
-    if not own_process:
-        sys.exit(status)
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    except (OSError, ValueError):
-        sys.exit(status)
-    os._exit(status)
+def main_exit():
+    """Console-script entry point.  The interpreter's teardown (freeing every record
+    one by one) is not skipped with os._exit: it costs a 20,000-socket
+    `--once --tab tcp --json` run 4-5% of its CPU, ~12 ms, unseen beside the noise
+    of its wall time (bench/bench_net.py's set-up, four runs of 15-40 rounds)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    # Only a script file the interpreter started reruns itself (it has a file loader;
-    # -m gives a spec, runpy no loader, `python3 - <netsnoop.py` a built-in one), and
-    # only once (RERUN_MARK).
-    started_as_script = (__spec__ is None and "__file__" in globals()
-                         and type(__loader__).__name__ == "SourceFileLoader")
-    rerun = globals().get(RERUN_MARK)       # the signals to unblock, "1,2,15" or "-"
-    main_exit(os.path.abspath(__file__) if started_as_script and not rerun else None,
-              own_process=started_as_script or bool(rerun),
-              held_signals=[int(n) for n in (rerun or "").split(",") if n.isdigit()])
+    main_exit()

@@ -665,7 +665,7 @@ def test_captured_tree_other_process_owns_nothing():
 
 def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     """A bug anywhere below main() reaches the user as one line and status 1."""
-    def broken(args, script=None):
+    def broken(args):
         raise RuntimeError("boom\x1b[2J")
     monkeypatch.setattr(ns, "run", broken)
     monkeypatch.delenv("NETSNOOP_DEBUG", raising=False)

@@ -320,14 +320,15 @@ def test_unbound_keys_change_nothing():
     assert (state.mode, state.interval) == (None, 6.0)
 
 
-def test_session_runs_compiled_without_the_script_tree(sleeper):
+def test_session_keeps_the_command_line_it_was_started_with(sleeper):
+    """`ps -o args` shows the command the user typed once the session runs: no
+    re-exec of the interpreter, no other program in its place."""
     with session(sleeper.pid) as term:
         term.wait_for("every 2s")
         with open("/proc/%d/cmdline" % term.proc.pid, "rb") as f:
             argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
-        code = argv.index("-c")
-        assert argv[code + 1] == netsnoop.RERUN_CODE
-        assert argv[code + 4:] == [NETSNOOP, str(sleeper.pid)], argv
+        assert argv == [sys.executable, NETSNOOP, str(sleeper.pid)], argv
+        assert os.path.samefile("/proc/%d/exe" % term.proc.pid, sys.executable)
         quit_ok(term, "q")
 
 
