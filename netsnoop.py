@@ -2586,7 +2586,18 @@ def is_shell_like(event):
 
 
 def listening_inodes(procfs, pid):
-    """Inodes of the TCP sockets in LISTEN in PID's network namespace -> {inode: port}."""
+    """{inode: port} of the TCP sockets in LISTEN in PID's network namespace.
+
+    Asked of the kernel through sock_diag (LISTEN only: ~40 us, the kernel skips
+    its table of connections) when PID shares netsnoop's namespace; else read
+    from /proc/PID/net/tcp{,6}, which walks that whole table (25 ms each on a
+    host with a large one): only for a shell whose parent holds sockets."""
+    if procfs.netns(pid) is not None and procfs.netns(pid) == procfs.netns("self") \
+            and os.path.realpath(procfs.root) == "/proc":
+        try:
+            return sock_diag_listening()
+        except OSError:
+            pass            # no sock_diag here (a sandbox): the files tell the same
     out = {}
     for proto in ("tcp", "tcp6"):
         try:
@@ -2599,33 +2610,112 @@ def listening_inodes(procfs, pid):
     return out
 
 
-def inet_peers(procfs, pid, inodes):
-    """{inode: "proto address:port"} for those of `inodes` that are TCP or UDP sockets."""
+# sock_diag (linux/sock_diag.h, inet_diag.h): one dump request per address family.
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
+TCPF_LISTEN = 1 << 10
+INET_DIAG_MSG_LEN = 72          # struct inet_diag_msg; idiag_inode at 68, sport at 4
+
+
+def sock_diag_listening():
+    """{inode: port} of the TCP sockets in LISTEN in netsnoop's network namespace."""
     out = {}
-    for proto in ("tcp", "tcp6", "udp", "udp6"):
-        try:
-            text = procfs.net_read(pid, proto)
-        except NetsnoopError:
-            continue
-        for sock in parse_sockets(text or "", proto):
-            if sock.inode in inodes:
-                out[sock.inode] = "%s %s" % (proto, hostport(sock.remote_address, sock.remote_port))
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       NETLINK_SOCK_DIAG)
+    try:
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            # struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid
+            req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN) + bytes(48)
+            nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
+                                NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
+            out.update(_read_diag_dump(nl))
+    finally:
+        nl.close()
     return out
 
 
+def _read_diag_dump(nl):
+    out = {}
+    while True:
+        data = nl.recv(65536)
+        off = 0
+        while off + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, off)
+            if kind in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
+                return out
+            if length >= 16 + INET_DIAG_MSG_LEN:
+                port = struct.unpack_from(">H", data, off + 20)[0]
+                out[struct.unpack_from("=I", data, off + 16 + 68)[0]] = port
+            off += (length + 3) & ~3
+        if not data:
+            return out
+
+
+def parent_socket_inodes(procfs, pid, limit=4096):
+    """Socket inodes among PID's fd links (at most `limit` fds read) -> (set, None)
+    or (None, why not).  A plain walk: a parent holds few fds as a rule."""
+    try:
+        dir_fd = os.open(procfs.path(pid, "fd"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return None, "another user's process is not readable without root"
+        return None, "it exited before its sockets could be read"
+    inodes = set()
+    try:
+        for name in os.listdir(dir_fd)[:limit]:
+            try:
+                inode = socket_inode(os.readlink(name, dir_fd=dir_fd))
+            except OSError:
+                continue            # closed since the listing
+            if inode is not None:
+                inodes.add(inode)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return None, "another user's process is not readable without root"
+    finally:
+        os.close(dir_fd)
+    return inodes, None
+
+
+NETWORK_PROTOCOLS = ("TCP", "UDP", "MPTCP", "SCTP", "UDP-Lite", "UDPLITE")
+
+
+def socket_protocol(procfs, pid, fd):
+    """"TCP", "TCPv6", "UNIX-STREAM"... as the kernel names the socket behind fd
+    (the xattr system.sockprotoname of a socket inode), or None."""
+    try:
+        name = os.getxattr(procfs.path(pid, "fd", fd), "system.sockprotoname")
+    except (OSError, AttributeError):
+        return None
+    return name.rstrip(b"\0").decode("ascii", "replace")
+
+
+def is_network_protocol(name):
+    return bool(name) and name.rstrip("v6") in NETWORK_PROTOCOLS
+
+
 def read_stdio(procfs, pid):
-    """-> ([link of fd 0, 1, 2 or None when closed], None) or (None, why unreadable)."""
+    """-> ([link of fd 0, 1, 2 or None when closed], None) or (None, why unreadable).
+    Read relative to the open fd directory: one path walk, not four (~half the cost)."""
+    try:
+        dir_fd = os.open(procfs.path(pid, "fd"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return None, ("the file descriptors of another user's process are not "
+                          "readable without root")
+        return None, "the process exited before its file descriptors could be read"
     links = []
-    for fd in (0, 1, 2):
-        try:
-            links.append(os.readlink(procfs.path(pid, "fd", fd)))
-        except OSError as err:
-            if err.errno in (errno.EACCES, errno.EPERM):
-                return None, ("the file descriptors of another user's process are not "
-                              "readable without root")
-            if not os.path.isdir(procfs.path(pid, "fd")):
-                return None, "the process exited before its file descriptors could be read"
-            links.append(None)      # that fd is closed
+    try:
+        for fd in ("0", "1", "2"):
+            try:
+                links.append(os.readlink(fd, dir_fd=dir_fd))
+            except OSError as err:
+                if err.errno in (errno.EACCES, errno.EPERM):
+                    return None, ("the file descriptors of another user's process are not "
+                                  "readable without root")
+                links.append(None)      # that fd is closed (or the process just exited)
+    finally:
+        os.close(dir_fd)
     return links, None
 
 
@@ -2637,23 +2727,25 @@ def socket_inode(link):
 
 
 def rule_socket_stdio(procfs, event):
-    """stdin or stdout is a TCP/UDP socket: a shell so is a reverse shell."""
+    """stdin or stdout is a network socket (TCP, UDP...): a shell so is a reverse shell.
+    Unix sockets (journald's stdout) stay silent."""
     links, why = read_stdio(procfs, event["pid"])
     if links is None:
         return [cannot_tell("socket-stdio", why)]
-    inodes = set(filter(None, (socket_inode(link) for link in links)))
-    if not inodes:
-        return []
-    peers = inet_peers(procfs, event["pid"], inodes)    # unix sockets (journald) stay silent
-    on = [name for name, link in zip(STDIO_NAMES, links) if socket_inode(link) in peers]
+    on, protocol = [], None
+    for fd, (name, link) in enumerate(zip(STDIO_NAMES, links)):
+        if socket_inode(link) is not None:
+            proto = socket_protocol(procfs, event["pid"], fd)
+            if is_network_protocol(proto):
+                on.append(name)
+                protocol = protocol or proto
     if "stdin" not in on and "stdout" not in on:
         return []
-    peer = peers[socket_inode(links[1 if "stdout" in on else 0])]
+    names = on[0] if len(on) == 1 else "%s and %s" % (", ".join(on[:-1]), on[-1])
+    what = "%s %s a %s socket" % (names, "is" if len(on) == 1 else "are", protocol)
     if is_shell_like(event):
-        return [finding("alert", "socket-stdio", "%s %s a network socket (%s): a reverse "
-                        "shell" % (" and ".join(on), "is" if len(on) == 1 else "are", peer))]
-    return [finding("warn", "socket-stdio", "%s %s a network socket (%s)" % (
-        " and ".join(on), "is" if len(on) == 1 else "are", peer))]
+        return [finding("alert", "socket-stdio", what + ": a reverse shell")]
+    return [finding("warn", "socket-stdio", what)]
 
 
 def exe_unknown_reason(procfs, event):
@@ -2698,29 +2790,21 @@ def rule_shell_from_service(procfs, event):
     if not is_shell_like(event):
         return []
     ppid = event["ppid"]
-    try:
-        held, why = procfs.socket_inodes(ppid)
-    except NetsnoopError:
-        return [cannot_tell("shell-from-service", "the parent %d exited before its sockets "
-                            "could be read" % ppid)]
     parent = read_proc_stat(procfs, ppid)
     parent_name = parent.comm if parent is not None else "?"
+    by_name = [finding("warn", "shell-from-service", "%s started by %s (%d), a server" % (
+        program_name(event), parent_name, ppid))] if parent_name in KNOWN_SERVERS else []
+    held, why = parent_socket_inodes(procfs, ppid)
     if held is None:
-        if parent_name in KNOWN_SERVERS:
-            return [finding("warn", "shell-from-service", "%s started by %s (%d), a server" % (
-                program_name(event), parent_name, ppid))]
-        return [cannot_tell("shell-from-service", "the sockets of the parent %d: %s" % (
-            ppid, "another user's process is not readable without root"))]
+        return by_name or [cannot_tell("shell-from-service", "the sockets of its parent %d: %s"
+                                       % (ppid, why))]
     listening = listening_inodes(procfs, ppid) if held else {}
     ports = sorted(set(port for inode, port in listening.items() if inode in held))
     if ports:
         return [finding("alert", "shell-from-service", "%s started by %s (%d), which listens "
                         "on TCP port %s" % (program_name(event), parent_name, ppid,
                                             ", ".join(map(str, ports))))]
-    if parent_name in KNOWN_SERVERS:
-        return [finding("warn", "shell-from-service", "%s started by %s (%d), a server" % (
-            program_name(event), parent_name, ppid))]
-    return []
+    return by_name
 
 
 class Baseline(object):
