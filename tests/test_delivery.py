@@ -500,14 +500,17 @@ def wait_listening(port, timeout=10.0):
 RELAY_CONF = """global(workDirectory="{dir}" maxMessageSize="64k")
 module(load="imtcp")
 input(type="imtcp" port="{port}" address="127.0.0.1")
-action(type="omfwd" target="127.0.0.1" port="{to}" protocol="tcp"
-       TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+if $app-name == "netsnoop" then {{
+    action(type="omfwd" target="127.0.0.1" port="{to}" protocol="tcp"
+           TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+    stop
+}}
 """
 SINK_CONF = """global(workDirectory="{dir}" maxMessageSize="64k")
 module(load="imtcp")
 input(type="imtcp" port="{port}" address="127.0.0.1")
 template(name="msgonly" type="string" string="%msg%\\n")
-action(type="omfile" file="{out}" template="msgonly")
+if $app-name == "netsnoop" then action(type="omfile" file="{out}" template="msgonly")
 """
 
 
