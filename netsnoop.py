@@ -2255,6 +2255,7 @@ class ProcFeed(object):
 
     def __init__(self, procfs, backend="auto"):
         self._scanner = ProcScanner(procfs, backend)
+        self._rules = ProcRules(procfs)        # findings, as in the --procs feed
         self.backend = self._scanner.backend
         self._queue = collections.deque(maxlen=10000)
         self._stop = threading.Event()
@@ -2271,7 +2272,7 @@ class ProcFeed(object):
     def _run(self):
         try:
             while not self._stop.is_set():
-                self._queue.extend(self._scanner.step(0.1))
+                self._queue.extend(self._rules.apply(e) for e in self._scanner.step(0.1))
         except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
             self.error = "process feed stopped: %s" % (err,)
         finally:
@@ -2487,6 +2488,7 @@ def collect_procs(procfs, pid):
     """--once --tab procs: PID's descendants (depth-first), with the feed's fields."""
     pid = thread_group(procfs, pid)
     ctx = ProcContext(procfs)
+    rules = ProcRules(procfs)
     stats = {}
     for child in PythonBackend().list_pids(procfs.root):
         st = read_proc_stat(procfs, child)
@@ -2506,6 +2508,7 @@ def collect_procs(procfs, pid):
         # the feed's keys: "new" (as the feed reports a process first seen) and when it was read
         rec = collections.OrderedDict(event="new", time=round(time.time(), 6))
         rec.update(ctx.record(child, stats[child], read_proc_cmdline(procfs, child) or []))
+        rules.apply(rec)
         rec["depth"] = depth
         processes.append(rec)
         todo.extend((c, depth + 1) for c in sorted(children.get(child, ()), reverse=True))
