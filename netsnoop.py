@@ -3367,7 +3367,7 @@ class Courier(object):
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.delivered = self.retried = self.dropped_full = self.gave_up = self.at_exit = 0
-        self.in_flight = False
+        self.pending = 0            # queued or being sent: what close() may still count
         self.closed = False
         self.last_error = None
         self.thread = threading.Thread(target=self._run, name="netsnoop-" + sender.name)
@@ -3383,10 +3383,11 @@ class Courier(object):
     def submit(self, event):
         if not self.wants(event):
             return
-        try:
-            self.queue.put_nowait(event)
-        except self.full:
-            with self.lock:
+        with self.lock:
+            try:
+                self.queue.put_nowait(event)
+                self.pending += 1
+            except self.full:
                 self.dropped_full += 1
 
     def _run(self):
@@ -3394,13 +3395,11 @@ class Courier(object):
             event = self.queue.get()
             if event is None:
                 break
-            with self.lock:
-                self.in_flight = True
             delivered = self._deliver(event)
             with self.lock:
-                self.in_flight = False
                 if self.closed:
                     break           # close() has counted this one already
+                self.pending -= 1
                 if delivered:
                     self.delivered += 1
                 else:
@@ -3430,16 +3429,13 @@ class Courier(object):
             self.queue.put_nowait(None)
         except self.full:
             pass
-        while self.thread.is_alive() and time.monotonic() < deadline:
-            if self.queue.empty() and not self.in_flight:
-                break
+        while self.pending and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         with self.lock:
             self.closed = True
-            left = sum(1 for item in list(self.queue.queue) if item is not None)
-            self.at_exit = left + (1 if self.in_flight else 0)
+            self.at_exit = self.pending     # still queued, or being sent
         self.stopping.set()
-        if not self.in_flight:
+        if not self.at_exit:
             self.sender.close()
 
     @property

@@ -327,3 +327,26 @@ def test_other_users_fds_give_cannot_tell_not_silence(request):
     assert said["socket-stdio"]["text"].startswith("cannot tell"), ev[0]
     assert "root" in said["socket-stdio"]["text"]
     assert said["deleted-exe"]["severity"] == "info"
+
+
+def test_text_feed_ends_the_line_with_warn_and_alert_findings(tmp_path):
+    """The text line keeps its columns and adds '  !! SEVERITY RULE: TEXT' (escaped)."""
+    mark = marker()
+    name = mark + "\x1b[31m"
+    path = os.path.join("/dev/shm", name)
+    shutil.copy(SLEEP, path)
+    feed = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--filter", mark],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        assert "watching" in feed.stderr.readline()
+        subprocess.run([path, "0.2"])
+        time.sleep(0.3)
+    finally:
+        os.unlink(path)
+        feed.send_signal(signal.SIGTERM)
+    out = feed.communicate(timeout=20)[0]
+    lines = [line for line in out.splitlines() if mark in line]
+    assert len(lines) == 1, out
+    assert "0.2  !! alert writable-dir-exe: runs %s\\e[31m from /dev/shm" % mark in lines[0]
+    assert "\x1b" not in out
