@@ -2795,8 +2795,9 @@ def rule_shell_from_service(procfs, event):
     ppid = event["ppid"]
     parent = read_proc_stat(procfs, ppid)
     parent_name = parent.comm if parent is not None else "?"
+    known = re.sub(r"[0-9.]+\Z", "", parent_name) in KNOWN_SERVERS     # php-fpm8.2
     by_name = [finding("warn", "shell-from-service", "%s started by %s (%d), a server" % (
-        program_name(event), parent_name, ppid))] if parent_name in KNOWN_SERVERS else []
+        program_name(event), parent_name, ppid))] if known else []
     held, why = parent_socket_inodes(procfs, ppid)
     if held is None:
         return by_name or [cannot_tell("shell-from-service", "the sockets of its parent %d: %s"

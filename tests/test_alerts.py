@@ -95,6 +95,13 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
 subprocess.run(["sh", "-c", "sleep 0.5 # " + sys.argv[1]])
 """
 
+NAMED_SERVER = """
+import subprocess, sys
+with open("/proc/self/comm", "w") as f:      # named like a web server, listening on nothing
+    f.write("nginx")
+subprocess.run(["sh", "-c", "sleep 0.3 # " + sys.argv[1]])
+"""
+
 DELETED = """
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
@@ -153,6 +160,9 @@ def scenarios(tmp_path_factory):
 
         out["service"] = marker()
         subprocess.run([sys.executable, "-c", SERVICE, out["service"]], timeout=30)
+
+        out["named"] = marker()
+        subprocess.run([sys.executable, "-c", NAMED_SERVER, out["named"]], timeout=30)
 
         out["shm"], out["tmp_copy"] = marker(), marker()
         for directory, name in (("/dev/shm", out["shm"]), ("/tmp", out["tmp_copy"])):
@@ -235,6 +245,13 @@ def test_shell_under_a_listening_service_is_shell_from_service(scenarios):
     assert sh and "shell-from-service" in rules_of(sh[0], "alert"), ev
     assert "listens on TCP port" in [f for f in sh[0]["findings"]
                                      if f["rule"] == "shell-from-service"][0]["text"]
+
+
+def test_shell_under_a_server_by_name_is_shell_from_service_warn(scenarios):
+    """Parent named nginx that listens on nothing: warn (by name), not alert."""
+    sh = [e for e in the_event(scenarios, with_arg(scenarios["named"])) if e["comm"] == "sh"]
+    assert sh and "shell-from-service" in rules_of(sh[0], "warn"), sh
+    assert "shell-from-service" not in rules_of(sh[0], "alert")
 
 
 def test_program_not_in_baseline_is_first_seen_once_and_added(scenarios):
