@@ -2518,11 +2518,12 @@ def collect_procs(procfs, pid):
 # ---------------------------------------------------------------------------
 # Findings on new processes: rules run on each --procs event
 # ---------------------------------------------------------------------------
-# Owns the rules that give a new or exec'd process its `findings` and the
-# --baseline file of programs seen.  Reads the live process through ProcFS
-# (fd links, exe, the TCP tables of its namespace) and the parsers above;
-# calls nothing of the output or delivery below.  What each rule reads, what
-# it means and what it can tell without root: docs/alerts.md.
+# Owns the rules that give a new or exec'd process its `findings`, the
+# --baseline file of programs seen, and a LISTEN-only sock_diag query.  Reads
+# the live process through ProcFS paths (fd links, the exe link, a socket's
+# protocol name) and may call the ProcFS readers and parsers above; calls
+# nothing of the output or delivery below.  What each rule reads, what it
+# means and what it can tell without root: docs/alerts.md.
 
 SEVERITIES = ("info", "warn", "alert")          # lowest first
 SHELLS = frozenset((
@@ -2972,9 +2973,11 @@ class ProcRules(object):
 # ---------------------------------------------------------------------------
 # Owns the outputs beside stdout and --log: the ECS form of an event, the
 # webhook, syslog and mail senders, and the Courier thread each of them runs
-# in (bounded queue, retries with back-off, counts).  Calls the findings above
-# (event_level) and the standard library's urllib, smtplib and socket; the
-# feed (FeedOutput) hands it events and never waits for a receiver.
+# in (bounded queue, retries with back-off, counts), and the findings and
+# delivery options of the command line.  Calls the findings above
+# (event_level), printable() and cmdline_text(), and the standard library's
+# urllib, smtplib and socket; the feed (FeedOutput) hands it events and never
+# waits for a receiver.
 # Formats and options: docs/alerts.md.
 
 QUEUE_SIZE = 1000           # events waiting per output (--queue-size)
