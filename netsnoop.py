@@ -2730,26 +2730,49 @@ def socket_inode(link):
     return None
 
 
-def rule_socket_stdio(procfs, event):
-    """stdin or stdout is a network socket (TCP, UDP...): a shell so is a reverse shell.
-    Unix sockets (journald's stdout) stay silent."""
-    links, why = read_stdio(procfs, event["pid"])
+def network_stdio(procfs, pid):
+    """-> (names of fds 0-2 on a network socket, its protocol, None) or (None, None, why)."""
+    links, why = read_stdio(procfs, pid)
     if links is None:
-        return [cannot_tell("socket-stdio", why)]
+        return None, None, why
     on, protocol = [], None
     for fd, (name, link) in enumerate(zip(STDIO_NAMES, links)):
         if socket_inode(link) is not None:
-            proto = socket_protocol(procfs, event["pid"], fd)
+            proto = socket_protocol(procfs, pid, fd)
             if is_network_protocol(proto):
                 on.append(name)
                 protocol = protocol or proto
-    if "stdin" not in on and "stdout" not in on:
-        return []
+    return on, protocol, None
+
+
+def stdio_text(on, protocol):
+    """["stdin", "stdout"], "TCP" -> "stdin and stdout are a TCP socket"."""
     names = on[0] if len(on) == 1 else "%s and %s" % (", ".join(on[:-1]), on[-1])
-    what = "%s %s a %s socket" % (names, "is" if len(on) == 1 else "are", protocol)
-    if is_shell_like(event):
-        return [finding("alert", "socket-stdio", what + ": a reverse shell")]
-    return [finding("warn", "socket-stdio", what)]
+    return "%s %s a %s socket" % (names, "is" if len(on) == 1 else "are", protocol)
+
+
+def rule_socket_stdio(procfs, event):
+    """stdin or stdout is a network socket (TCP, UDP...): a shell so is a reverse shell.
+    A shell on a pseudo-terminal whose parent's stdio is a network socket is one too
+    (python's pty.spawn after dup2).  Unix sockets (journald's stdout) stay silent."""
+    on, protocol, why = network_stdio(procfs, event["pid"])
+    if on is None:
+        return [cannot_tell("socket-stdio", why)]
+    shell = is_shell_like(event)
+    if "stdin" in on or "stdout" in on:
+        if shell:
+            return [finding("alert", "socket-stdio", stdio_text(on, protocol)
+                            + ": a reverse shell")]
+        return [finding("warn", "socket-stdio", stdio_text(on, protocol))]
+    if not shell:
+        return []
+    on, protocol, why = network_stdio(procfs, event["ppid"])
+    if on is None:
+        return [cannot_tell("socket-stdio", "its parent %d: %s" % (event["ppid"], why))]
+    if "stdin" in on or "stdout" in on:
+        return [finding("alert", "socket-stdio", "its parent %d has %s: a reverse shell "
+                        "through a pseudo-terminal" % (event["ppid"], stdio_text(on, protocol)))]
+    return []
 
 
 def exe_unknown_reason(procfs, event):

