@@ -3167,6 +3167,7 @@ class WebhookSender(object):
     name = "webhook"
 
     def __init__(self, url, form="json", ecs=False):
+        # imported when asked for: urllib.request (http.client, ssl, email) adds ~4 MB of RSS
         import urllib.parse
         import urllib.request
         scheme = urllib.parse.urlsplit(url).scheme
