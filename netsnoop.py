@@ -731,6 +731,21 @@ def inet_diag_request(family, states, seq=1, protocol=socket.IPPROTO_TCP,
                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
+def inet_diag_lookup(sock, seq=1):
+    """A request for one socket (no dump: the kernel looks it up in its hash, no
+    walk) by its addresses, ports and cookie, as a DiagSocket gives them."""
+    def raw(address):
+        packed = socket.inet_pton(sock.family, address)
+        return packed + bytes(16 - len(packed))
+    body = INET_DIAG_REQ.pack(sock.family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1),
+                              0xFFFFFFFF)[:8] \
+        + struct.pack(">HH", sock.local_port, sock.remote_port) \
+        + raw(sock.local_address) + raw(sock.remote_address) \
+        + struct.pack("=III", 0, sock.cookie & 0xFFFFFFFF, sock.cookie >> 32)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+                         seq, 0) + body
+
+
 def _align4(n):
     return (n + 3) & ~3
 
@@ -1928,6 +1943,24 @@ def _diag_exchange(entry, states, families, out):
                                                                    errno.EAFNOSUPPORT)):
                 raise OSError(err, os.strerror(err))
     return out
+
+
+def diag_lookup(entry, socks):
+    """The sockets as they are now, looked up one by one -> {cookie: DiagSocket};
+    a socket gone since is missing from it."""
+    sock, lock = entry
+    found = {}
+    with lock:
+        for wanted in socks:
+            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            sock.send(inet_diag_lookup(wanted, seq))
+            while True:
+                part, done, _err = parse_diag_dump(sock.recv(DIAG_RECV), seq)
+                for rec in part:
+                    found[rec.cookie] = rec
+                if part or done:        # one message, or the error (ENOENT: gone)
+                    break
+    return found
 
 
 def tcp_diag(procfs, pid, bytes_only=False):
@@ -3324,7 +3357,7 @@ CONN_ACTIVE_FOR = 2.0
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
 CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
 OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
-DUMP_SHARE = 0.2            # of a core, at most, spent dumping over time ...
+DUMP_SHARE = 0.1            # of a core, at most, spent dumping over time ...
 DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
@@ -3351,10 +3384,11 @@ def open_destroy_listener():
 
 class ConnSeen(object):
     """A socket the feed knows: its open event (or None: present at start) and owner."""
-    __slots__ = ("event", "opened", "pending_until")
+    __slots__ = ("event", "opened", "pending_until", "sock")
 
     def __init__(self, event, opened, pending_until=None):
         self.event, self.opened, self.pending_until = event, opened, pending_until
+        self.sock = None        # the DiagSocket last seen, while waiting for an owner
 
 
 def conn_proto(sock):
@@ -3431,8 +3465,9 @@ class ConnScanner(object):
         return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
 
     def _inuse_moved(self):
-        """The families whose count of hashed TCP sockets moved (a connect, accept,
-        listen or close): "TCP: inuse 5 ..." in sockstat, "TCP6: inuse 3" in sockstat6."""
+        """The families whose count of hashed TCP sockets grew (a connect, accept or
+        listen; a close lowers it and needs no dump): "TCP: inuse 5 ..." in sockstat,
+        "TCP6: inuse 3" in sockstat6."""
         moved = []
         for name, family, head in (("sockstat", socket.AF_INET, b"TCP: inuse "),
                                    ("sockstat6", socket.AF_INET6, b"TCP6: inuse ")):
@@ -3441,9 +3476,13 @@ class ConnScanner(object):
                 continue
             data = os.pread(fd, 4096, 0)
             at = data.find(head)
-            count = data[at + len(head):].split(None, 1)[0] if at >= 0 else data
-            if self.inuse.get(family) != count:
-                self.inuse[family] = count
+            try:
+                count = int(data[at + len(head):].split(None, 1)[0]) if at >= 0 else -1
+            except (ValueError, IndexError):
+                count = -1
+            before = self.inuse.get(family)
+            self.inuse[family] = count
+            if before is not None and (count > before or count < 0):
                 moved.append(family)
         return moved
 
@@ -3490,11 +3529,11 @@ class ConnScanner(object):
             if fresh and not moved and self._opens_moved():
                 families.update(BOTH_FAMILIES)
             now = time.monotonic()
-            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost) or \
-                    (self.pending and waited):
+            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
                 families.update(BOTH_FAMILIES)
             gap = self._dump_gap(now)
-            if (families and gap <= 0) or (destroyed and not families) or now >= deadline:
+            if (families and gap <= 0) or (destroyed and not families) or now >= deadline \
+                    or (self.pending and waited):
                 break
             wait = CONN_FAST if self.pending else period
             select.select([self.destroy], [], [],
@@ -3506,6 +3545,8 @@ class ConnScanner(object):
             self.want = set()
             self._compare(self._dump(sorted(families)), now, events,
                           whole=len(families) == 2)
+        elif self.pending:
+            self._look_again(now, events)
         for sock in destroyed:
             self._closed(sock, events)
         return events
@@ -3541,6 +3582,7 @@ class ConnScanner(object):
                 continue
             # accepted but not yet taken by accept(): no inode, no fd to find yet
             seen.event["inode"] = sock.inode
+            seen.sock = sock
             fresh.append((sock, seen))
         missing = [sock for sock, _ in fresh if sock.inode and not self.owners.owner(sock.inode)]
         if missing:
@@ -3574,6 +3616,19 @@ class ConnScanner(object):
             netns_of[pid] = ns
         self.netns_of = netns_of
         return [pid for pid, ns in netns_of.items() if ns is None or ns == self.own_netns]
+
+    def _look_again(self, now, events):
+        """The opens waiting for an owner, looked up one by one (a dump would walk the
+        whole hash for them): an accepted socket gets its inode from accept()."""
+        waiting = [self.known[c] for c in self.pending]
+        try:
+            current = diag_lookup(self.diag, [seen.sock for seen in waiting])
+        except OSError as err:
+            raise NetsnoopError("sock_diag lookup failed: %s" % (err.strerror or err))
+        for seen in waiting:
+            if seen.event["cookie"] not in current:
+                self._emit_open(seen, events)       # gone: its close follows
+        self._compare(list(current.values()), now, events, whole=False)
 
     def _find_owners(self, socks, now):
         """Look for the owners of new sockets at bounded cost, cheapest first: the
