@@ -1361,11 +1361,11 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         parsed = parse_sockets(text, name)
         skipped += parsed.skipped
         records.extend(parsed)
-    everyone = owners.everyone
     tcp_bytes = diag = reason = None
-    if tab == "tcp":
+    if tab == "tcp":        # while the owners' scan may still run (the dump is kernel time)
         diag, reason = tcp_diag(procfs, pid, bytes_only=True)
         tcp_bytes = {} if diag is None else diag
+    everyone = owners.everyone
     rows = SocketRows(records, owners.held(), everyone, tcp_bytes)
     data = collections.OrderedDict(sockets=rows if json_rows else rows.dicts())
     data["owned_known"] = owners.known
