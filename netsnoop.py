@@ -3718,7 +3718,7 @@ def conn_text(event):
     """A connection event -> one line: time, event, endpoints, state, owner, bytes."""
     parts = [clock_text(event["time"]), "%-6s" % event["event"], event["proto"],
              hostport(event["local_address"], event["local_port"])]
-    if event["event"] != "listen":
+    if event["remote_port"]:            # a listener has no peer
         parts += ["->", hostport(event["remote_address"], event["remote_port"])]
     parts.append(event["state"])
     if event["pid"] is not None:
