@@ -1346,6 +1346,8 @@ def read_ahead(read, names):
 def collect_sockets(procfs, pid, tab, owners, json_rows=False):
     """Socket tab data; with json_rows the rows stay records (SocketRows) for --json."""
     names = SOCKET_FILES[tab]
+    # the kernel builds the dump inside recv(), without the GIL: beside the parsing
+    byte_counts = in_thread(tcp_diag, procfs, pid, True) if tab == "tcp" else None
     if owners.beside_parsing:
         files = read_ahead(lambda name: procfs.net_read(pid, name), names)
     else:
@@ -1362,8 +1364,8 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         skipped += parsed.skipped
         records.extend(parsed)
     tcp_bytes = diag = reason = None
-    if tab == "tcp":        # while the owners' scan may still run (the dump is kernel time)
-        diag, reason = tcp_diag(procfs, pid, bytes_only=True)
+    if byte_counts is not None:
+        diag, reason = byte_counts()
         tcp_bytes = {} if diag is None else diag
     everyone = owners.everyone
     rows = SocketRows(records, owners.held(), everyone, tcp_bytes)
@@ -1795,6 +1797,32 @@ class SocketOwners(object):
                else "another user's, or not dumpable; root sees them")
         return ("the fds of %d process%s cannot be read (%s): the sockets only they "
                 "hold show no owner" % (self.refused, "" if self.refused == 1 else "es", why))
+
+
+def in_thread(function, *args):
+    """Run function(*args) in a thread at once; -> a callable that waits for its
+    result (an exception is raised in the caller).  Its CPU counts as a helper's."""
+    result = []
+
+    def run():
+        started = time.thread_time()
+        try:
+            result.append((function(*args), None))
+        except Exception as err:            # handed to the caller
+            result.append((None, err))
+        _count_helper_cpu(time.thread_time() - started)
+
+    thread = threading.Thread(target=run, name="netsnoop-helper")
+    thread.daemon = True                    # never keeps a failing netsnoop alive
+    thread.start()
+
+    def wait():
+        thread.join()
+        value, err = result[0]
+        if err is not None:
+            raise err
+        return value
+    return wait
 
 
 def owners_json(owners, inodes):
