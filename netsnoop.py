@@ -3537,6 +3537,7 @@ class ConnScanner(object):
         now = time.monotonic()
         self.last_dump, self.dump_cost = now, now - started
         self.budget -= self.dump_cost
+        self._opens_moved()         # the opens counted so far are in this dump
         return found
 
     # -- the loop --
