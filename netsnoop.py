@@ -3362,532 +3362,6 @@ def collect_procs(procfs, pid):
 
 
 # ---------------------------------------------------------------------------
-# Connection feed (--conns)
-# ---------------------------------------------------------------------------
-# Owns the --conns events (open, listen, close) and the loop that finds them,
-# alone or interleaved with --procs.  May call the sock_diag parsers and the
-# owners/bytes collection, ProcFeed, FeedOutput and event_matches.
-#
-# How (docs/conns.md has the measurements and the traps):
-# - close: the kernel multicasts every TCP socket's destruction with its last
-#   tcp_info (sock_diag groups, open to any user), so no close is missed; uid and
-#   inode come zeroed, the cookie names the socket;
-# - open/listen: a dump (states filtered in the kernel) compared with the one
-#   before, by cookie.  A dump is taken when the TCP line of /proc/net/sockstat
-#   moved (a pread of a kept-open fd, ~3 us: every connect, accept, listen and
-#   close changes it), when a destroy arrived, and now and then to reconcile;
-# - the owner: SocketOwners rescans only new processes and fd directories that
-#   changed size; an accepted socket is in the dump before accept() returns its
-#   fd, so an open without an owner waits up to OWNER_WAIT for one.
-
-CONN_FAST = 0.001           # sockstat poll period for CONN_ACTIVE_FOR after a change
-CONN_ACTIVE_FOR = 2.0
-CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
-CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
-OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
-DUMP_SHARE = 0.1            # of a core, at most, spent dumping over time ...
-DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
-BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
-CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
-# the feed's dump: no TIME_WAIT (already destroyed) and no request sockets (a
-# request's cookie is not the cookie of the socket accept() will return)
-CONN_STATES = DIAG_LIVE_STATES & ~(1 << TCP_NEW_SYN_RECV) & ~(1 << 0x07)
-DESTROY_GROUPS = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1))
-DESTROY_RCVBUF = 4 << 20
-
-
-def open_destroy_listener():
-    """A netlink socket on the TCP destroy groups of netsnoop's own namespace."""
-    sock = open_diag_socket()
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
-        sock.bind((0, DESTROY_GROUPS))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class ConnSeen(object):
-    """A socket the feed knows: its open event (or None: present at start) and owner."""
-    __slots__ = ("event", "opened", "pending_until", "sock")
-
-    def __init__(self, event, opened, pending_until=None):
-        self.event, self.opened, self.pending_until = event, opened, pending_until
-        self.sock = None        # the DiagSocket last seen, while waiting for an owner
-
-
-def conn_proto(sock):
-    return "tcp6" if sock.family == socket.AF_INET6 else "tcp"
-
-
-class ConnScanner(object):
-    """Finds TCP opens, listens and closes in netsnoop's network namespace.
-
-    step() waits (at most `limit` seconds) and returns event dicts.  Counts for the
-    summary: opens, listens, closes, closes_unseen (closes whose open was never
-    seen), present (sockets there at start), lost (destroy messages the kernel
-    dropped: ENOBUFS on a full receive buffer)."""
-
-    def __init__(self, procfs, slowest=None):
-        self.procfs = procfs
-        self.quiet = slowest or CONN_QUIET
-        self.opens = self.listens = self.closes = self.closes_unseen = 0
-        self.present = self.lost = self.unbound = 0
-        self.known = {}             # cookie -> ConnSeen
-        self.owners = SocketOwners(procfs)
-        self.cgroups = CgroupNames()
-        self.diag = self.destroy = None
-        self.stat_fds = {}          # "sockstat", "sockstat6", "snmp" -> kept-open fd
-        self.inuse = {}             # family -> TCP inuse of sockstat / sockstat6
-        self.active_opens = None    # Tcp ActiveOpens + PassiveOpens of /proc/net/snmp
-        self.pending = set()        # cookies of opens waiting for their owner
-        self.want = set()           # families to dump once the gap between dumps is over
-        self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
-        self.last_change = self.last_dump = 0.0
-        self.dump_cost = 0.0
-        self.recent = collections.OrderedDict()     # pids that owned the last opens
-        self.netns_of = {}          # pid -> its network namespace, read once
-        self.own_netns = procfs.netns("self")
-        self.uid_pass = 0.0         # when processes were last rescanned by uid
-
-    def start(self):
-        try:
-            self.destroy = open_destroy_listener()
-            self.diag = (open_diag_socket(), threading.Lock())
-        except OSError as err:
-            self.close()
-            raise NetsnoopError("cannot open sock_diag (NETLINK_SOCK_DIAG): %s"
-                                % (err.strerror or err))
-        for name in ("sockstat", "sockstat6", "snmp"):
-            try:
-                self.stat_fds[name] = _open_ro(self.procfs.path("net", name))
-            except OSError:
-                pass                # IPv6 off; without any: dumps by the clock only
-        self._inuse_moved()
-        self._opens_moved()
-        self.owners.scan(pids=self.local_pids())
-        for sock in self._dump():
-            self.known[sock.cookie] = ConnSeen(self._event("open", sock), None)
-            self.present += 1
-        return self.present
-
-    def close(self):
-        for sock in (self.destroy, self.diag[0] if self.diag else None):
-            if sock is not None:
-                sock.close()
-        for fd in self.stat_fds.values():
-            _close(fd)
-        self.stat_fds = {}
-        self.destroy = self.diag = None
-
-    def _dump_gap(self, now):
-        """Seconds until a dump may run.  Each dump walks the kernel's whole TCP hash
-        (~2.2 ms per family on a 262,144-bucket hash, however few sockets the
-        namespace has), so dumps spend at most DUMP_SHARE of a core over time,
-        from a budget that lets a burst of DUMP_BURST seconds of dumps go at once."""
-        self.budget = min(DUMP_BURST, self.budget + (now - self.budget_at) * DUMP_SHARE)
-        self.budget_at = now
-        return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
-
-    def _inuse_moved(self):
-        """The families whose count of hashed TCP sockets grew (a connect, accept or
-        listen; a close lowers it and needs no dump): "TCP: inuse 5 ..." in sockstat,
-        "TCP6: inuse 3" in sockstat6."""
-        moved = []
-        for name, family, head in (("sockstat", socket.AF_INET, b"TCP: inuse "),
-                                   ("sockstat6", socket.AF_INET6, b"TCP6: inuse ")):
-            fd = self.stat_fds.get(name)
-            if fd is None:
-                continue
-            data = os.pread(fd, 4096, 0)
-            at = data.find(head)
-            try:
-                count = int(data[at + len(head):].split(None, 1)[0]) if at >= 0 else -1
-            except (ValueError, IndexError):
-                count = -1
-            before = self.inuse.get(family)
-            self.inuse[family] = count
-            if before is not None and (count > before or count < 0):
-                moved.append(family)
-        return moved
-
-    def _opens_moved(self):
-        """Did Tcp ActiveOpens + PassiveOpens of /proc/net/snmp move?  (Asked only after
-        a close: an open and a close between two polls leave inuse as it was.)"""
-        fd = self.stat_fds.get("snmp")
-        if fd is None:
-            return True
-        try:
-            tcp = parse_snmp(decode(_pread_all(fd))).get("Tcp", {})
-        except OSError:
-            return True
-        opens = tcp.get("ActiveOpens", 0) + tcp.get("PassiveOpens", 0)
-        moved, self.active_opens = opens != self.active_opens, opens
-        return moved
-
-    def _dump(self, families=(socket.AF_INET, socket.AF_INET6)):
-        started = time.monotonic()
-        try:
-            found = diag_dump(self.diag, CONN_STATES, families)
-        except OSError as err:
-            raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
-        now = time.monotonic()
-        self.last_dump, self.dump_cost = now, now - started
-        self.budget -= self.dump_cost
-        self._opens_moved()         # the opens counted so far are in this dump
-        return found
-
-    # -- the loop --
-
-    def step(self, limit=MAX_WAIT):
-        now = time.monotonic()
-        period = CONN_FAST if now - self.last_change < CONN_ACTIVE_FOR else self.quiet
-        deadline = now + max(0.0, limit)
-        events = []
-        destroyed = []
-        families = self.want         # moved before, not dumped yet (the gap)
-        waited = False
-        while True:
-            fresh = self._read_destroys()
-            destroyed.extend(fresh)
-            moved = self._inuse_moved()
-            families.update(moved)
-            if fresh and not moved and self._opens_moved():
-                families.update(BOTH_FAMILIES)
-            now = time.monotonic()
-            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
-                families.update(BOTH_FAMILIES)
-            gap = self._dump_gap(now)
-            if (families and gap <= 0) or (destroyed and not families) or now >= deadline \
-                    or (self.pending and waited):
-                break
-            wait = CONN_FAST if self.pending else period
-            select.select([self.destroy], [], [],
-                          max(0.0, min(max(wait, gap) if families else wait, deadline - now)))
-            waited = True
-        if families or destroyed:
-            self.last_change = now
-        if families and self._dump_gap(now) <= 0:
-            self.want = set()
-            self._compare(self._dump(sorted(families)), now, events,
-                          whole=len(families) == 2)
-        elif self.pending:
-            self._look_again(now, events)
-        for sock in destroyed:
-            self._closed(sock, events)
-        return events
-
-    def _read_destroys(self):
-        out = []
-        while True:
-            try:
-                data = self.destroy.recv(DIAG_RECV)
-            except BlockingIOError:
-                return out
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:      # the kernel dropped some: say how many
-                    self.lost += 1
-                    continue
-                raise
-            out.extend(parse_diag_dump(data)[0])
-
-    def _compare(self, dump, now, events, whole=True):
-        """New cookies are opens (listens); an open without an owner yet waits a little.
-        whole: both families were dumped, so a waiting open not in it is gone."""
-        if whole and self.pending:
-            present = set(sock.cookie for sock in dump)
-            for cookie in [c for c in self.pending if c not in present]:
-                self._emit_open(self.known[cookie], events)
-        fresh = []
-        for sock in dump:
-            seen = self.known.get(sock.cookie)
-            if seen is None:
-                kind = "listen" if sock.state == TCP_LISTEN else "open"
-                seen = self.known[sock.cookie] = ConnSeen(self._event(kind, sock), now)
-            elif not seen.pending_until:
-                continue
-            # accepted but not yet taken by accept(): no inode, no fd to find yet
-            seen.event["inode"] = sock.inode
-            seen.sock = sock
-            fresh.append((sock, seen))
-        missing = [sock for sock, _ in fresh if sock.inode and not self.owners.owner(sock.inode)]
-        if missing:
-            self._find_owners(missing, now)
-        for sock, seen in fresh:
-            found = self.owners.owner(sock.inode) if sock.inode else None
-            if found is not None:
-                self._set_owner(seen.event, found)
-            elif seen.pending_until is None:
-                seen.pending_until = now + OWNER_WAIT
-                self.pending.add(sock.cookie)
-                continue
-            elif now < seen.pending_until:
-                continue
-            self._emit_open(seen, events)
-
-    def local_pids(self):
-        """The processes in netsnoop's network namespace: a socket belongs to the
-        namespace its maker was in, so only they are searched for owners (the
-        namespace of each PID read once: ~1,000 processes of other namespaces
-        would otherwise cost every search ~10 ms).  Unknown namespace: searched."""
-        try:
-            pids = PythonBackend().list_pids(self.procfs.root)
-        except OSError:
-            return []
-        netns_of = {}
-        for pid in pids:
-            ns = self.netns_of.get(pid, False)
-            if ns is False:
-                ns = self.procfs.netns(pid)
-            netns_of[pid] = ns
-        self.netns_of = netns_of
-        return [pid for pid, ns in netns_of.items() if ns is None or ns == self.own_netns]
-
-    def _look_again(self, now, events):
-        """The opens waiting for an owner, looked up one by one (a dump would walk the
-        whole hash for them): an accepted socket gets its inode from accept()."""
-        waiting = [self.known[c] for c in self.pending]
-        try:
-            current = diag_lookup(self.diag, [seen.sock for seen in waiting])
-        except OSError as err:
-            raise NetsnoopError("sock_diag lookup failed: %s" % (err.strerror or err))
-        for seen in waiting:
-            if seen.event["cookie"] not in current:
-                self._emit_open(seen, events)       # gone: its close follows
-        self._compare(list(current.values()), now, events, whole=False)
-
-    def _find_owners(self, socks, now):
-        """Look for the owners of new sockets at bounded cost, cheapest first: the
-        processes that owned the last opens (a client in a loop reuses the same fd
-        numbers, so its fd count does not move), then new processes and fd
-        directories whose size changed, then (at most every UID_PASS seconds) every
-        process of the sockets' uids."""
-        owners = self.owners
-
-        def all_found():
-            return all(owners.owner(sock.inode) for sock in socks)
-
-        if self.recent and owners.rescan(list(self.recent)) and all_found():
-            return
-        local = self.local_pids()
-        owners.scan(changed_only=True, pids=local)
-        if not all_found() and now - self.uid_pass >= UID_PASS:
-            self.uid_pass = now
-            for uid in set(sock.uid for sock in socks if not owners.owner(sock.inode)):
-                owners.rescan(owners.pids_of_uid(uid, local))
-
-    def _emit_open(self, seen, events):
-        seen.pending_until = None
-        self.pending.discard(seen.event["cookie"])
-        if seen.event["event"] == "listen":
-            self.listens += 1
-        else:
-            self.opens += 1
-        events.append(seen.event)
-
-    def _set_owner(self, event, found):
-        pid, comm, _holders = found
-        self.recent.pop(pid, None)
-        self.recent[pid] = True
-        if len(self.recent) > 8:
-            self.recent.popitem(last=False)
-        event["pid"], event["comm"] = pid, comm
-        event["cmdline"] = read_proc_cmdline(self.procfs, pid)
-
-    def _event(self, kind, sock, when=None):
-        event = collections.OrderedDict(event=kind, time=round(when or time.time(), 6))
-        event.update((
-            ("proto", conn_proto(sock)), ("local_address", sock.local_address),
-            ("local_port", sock.local_port), ("remote_address", sock.remote_address),
-            ("remote_port", sock.remote_port), ("state", state_name(sock.state)),
-            ("uid", sock.uid), ("inode", sock.inode), ("cookie", sock.cookie),
-            ("pid", None), ("comm", None), ("cmdline", None),
-            ("cgroup", self.cgroups.path(sock.cgroup)), ("bytes_sent", sock.bytes_sent),
-            ("bytes_received", sock.bytes_received), ("duration", None)))
-        event["findings"] = [new_listener_finding(event)] if kind == "listen" else []
-        return event
-
-    def _closed(self, sock, events):
-        """A destroy message -> a close event, with the open's owner when it was seen."""
-        seen = self.known.pop(sock.cookie, None)
-        if seen is None and sock.local_port == 0:
-            self.unbound += 1           # never bound nor connected: no connection to tell
-            return
-        if seen is not None and seen.pending_until:
-            self._emit_open(seen, events)   # still without an owner: out before its close
-        event = self._event("close", sock)
-        if seen is None:
-            self.closes_unseen += 1
-        else:
-            opened = seen.event
-            for key in ("uid", "inode", "pid", "comm", "cmdline", "cgroup"):
-                event[key] = opened[key]
-            if seen.opened is not None:
-                event["duration"] = round(event["time"] - opened["time"], 6)
-        self.closes += 1
-        events.append(event)
-
-
-def new_listener_finding(event):
-    """`new-listener`: a TCP port opened for listening; warn when other hosts can reach it."""
-    address = event["local_address"]
-    local = is_loopback(address)
-    where = hostport(address, event["local_port"])
-    if address in ("0.0.0.0", "::"):
-        where += " (every address)"
-    return collections.OrderedDict((
-        ("severity", "info" if local else "warn"), ("rule", "new-listener"),
-        ("text", "listens on %s%s" % (where, "" if local else ", reachable from other hosts"))))
-
-
-def conn_text(event):
-    """A connection event -> one line: time, event, endpoints, state, owner, bytes."""
-    parts = [clock_text(event["time"]), "%-6s" % event["event"], event["proto"],
-             hostport(event["local_address"], event["local_port"])]
-    if event["remote_port"]:            # a listener has no peer
-        parts += ["->", hostport(event["remote_address"], event["remote_port"])]
-    parts.append(event["state"])
-    if event["pid"] is not None:
-        parts.append("pid %d %s" % (event["pid"], printable(event["comm"] or "?", 32)))
-        if event.get("cmdline"):
-            parts.append(printable(" ".join(event["cmdline"]), CELL_LIMIT))
-    else:
-        parts.append("uid %s" % ("?" if event["uid"] is None else event["uid"]))
-    if event["event"] == "close" and event["bytes_sent"] is not None:
-        parts.append("sent %s recv %s" % (human_bytes(event["bytes_sent"]),
-                                          human_bytes(event["bytes_received"])))
-        if event["duration"] is not None:
-            parts.append("%.3fs" % event["duration"])
-    return " ".join(parts)
-
-
-def conn_event_matches(event, regex):
-    """--filter on a connection: command line, name, addresses and ports."""
-    if regex is None:
-        return True
-    text = " ".join([" ".join(event.get("cmdline") or []), event.get("comm") or "",
-                     hostport(event["local_address"], event["local_port"]),
-                     hostport(event["remote_address"], event["remote_port"])])
-    return bool(regex.search(text))
-
-
-class ConnFeedOutput(FeedOutput):
-    """FeedOutput for --conns (and --procs --conns): each event in its own shape."""
-
-    def emit(self, event):
-        if "proto" not in event:
-            return FeedOutput.emit(self, event)
-        # (connection events are not handed to --webhook/--syslog/--mail-to yet:
-        # their alert text is made for process events)
-        if conn_event_matches(event, self.regex):
-            self.write(event_json(event, self.ecs) if self.json
-                       else conn_text(event) + findings_suffix(event))
-
-    def conn_summary(self, conns, procs=None):
-        if not self.json:
-            return
-        out = collections.OrderedDict(event="summary")
-        if procs is not None:
-            out.update((("seen", procs.seen), ("missed", procs.missed),
-                        ("backend", procs.backend)))
-            if self.rules is not None:
-                out["findings_cost_us"] = self.rules.cost_us
-            if self.delivery is not None:
-                out["delivery"] = self.delivery.counts()
-        out.update((("conns_open", conns.opens), ("conns_listen", conns.listens),
-                    ("conns_close", conns.closes), ("conns_close_open_unseen", conns.closes_unseen),
-                    ("conns_present", conns.present), ("conns_lost", conns.lost)))
-        self.write(event_json(out, self.ecs))
-
-    def conn_report(self, conns):
-        try:
-            sys.stderr.write(
-                "%s: %d connection%s opened, %d listener%s, %d closed (%d whose open was not "
-                "seen, %d present at start)%s\n" % (
-                    PROG, conns.opens, "" if conns.opens == 1 else "s", conns.listens,
-                    "" if conns.listens == 1 else "s", conns.closes, conns.closes_unseen,
-                    conns.present,
-                    "; %d destroy message batches lost (receive buffer full)" % conns.lost
-                    if conns.lost else ""))
-            sys.stderr.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-
-
-def run_conns(args, procfs):
-    """--conns (with --procs: both feeds in one stream, in time order)."""
-    output = ConnFeedOutput(args)
-    conns = ConnScanner(procfs, args.interval)
-    procs = None
-    started = False
-    try:
-        if args.procs:              # the process events' findings and outputs, as --procs
-            output.rules = ProcRules(procfs, getattr(args, "baseline", None))
-            output.rules.start()
-            output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
-        with _StopFlag() as stop:
-            present = conns.start()
-            started = True
-            if args.procs:
-                procs = ProcFeed(procfs, args.backend)
-            sys.stderr.write("%s: watching TCP connections (%d present)%s; Ctrl+C ends\n" % (
-                PROG, present, " and new processes" if procs else ""))
-            sys.stderr.flush()
-            deadline = time.monotonic() + args.duration if args.duration else None
-            held = []
-            while not stop.stopped:
-                left = STOP_CHECK if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    break
-                events = conns.step(min(left, STOP_CHECK, CONN_HOLD if procs else 1.0))
-                if procs is None:
-                    for event in events:
-                        output.emit(event)
-                    continue
-                if procs.error:
-                    raise NetsnoopError(procs.error)
-                held.extend(events + [output.rules.apply(e) for e in procs.poll()])
-                held = _emit_in_order(output, held, time.time() - CONN_HOLD)
-            # what the kernel sent before the stop (destroys queued meanwhile) still goes out
-            last = conns.step(0)
-            if procs is None:
-                for event in last:
-                    output.emit(event)
-            else:
-                held.extend(last + [output.rules.apply(e) for e in procs.poll()])
-                _emit_in_order(output, held, float("inf"))
-        output.finish_delivery()
-        output.conn_summary(conns, procs._scanner if procs else None)
-    finally:
-        output.finish_delivery()
-        if started:
-            output.conn_report(conns)
-            if procs is not None:
-                output.report(procs._scanner)
-        if procs is not None:
-            procs.close()
-        conns.close()
-        try:
-            if output.rules is not None:
-                output.rules.close()        # the baseline is saved
-        finally:
-            output.close()
-    return EXIT_OK
-
-
-def _emit_in_order(output, events, until):
-    """Emit the events older than `until` in time order; return the others."""
-    events.sort(key=lambda e: e["time"])
-    later = [e for e in events if e["time"] > until]
-    for event in events[:len(events) - len(later)]:
-        output.emit(event)
-    return later
-
-
-# ---------------------------------------------------------------------------
 # Findings on new processes: rules run on each --procs event
 # ---------------------------------------------------------------------------
 # Owns the rules that give a new or exec'd process its `findings`, the
@@ -3986,45 +3460,15 @@ def listening_inodes(procfs, pid):
     return out
 
 
-# sock_diag (linux/sock_diag.h, inet_diag.h): one dump request per address family.
-NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
-NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
-TCPF_LISTEN = 1 << 10
-INET_DIAG_MSG_LEN = 72          # struct inet_diag_msg; idiag_inode at 68, sport at 4
-
-
 def sock_diag_listening():
-    """{inode: port} of the TCP sockets in LISTEN in netsnoop's network namespace."""
-    out = {}
-    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       NETLINK_SOCK_DIAG)
+    """{inode: port} of the TCP sockets in LISTEN in netsnoop's network namespace:
+    one dump per family, filtered by the kernel to LISTEN (diag_dump)."""
+    sock = open_diag_socket()
     try:
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
-            # struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid
-            req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN) + bytes(48)
-            nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
-                                NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
-            out.update(_read_diag_dump(nl))
+        listeners = diag_dump((sock, threading.Lock()), states=1 << TCP_LISTEN)
     finally:
-        nl.close()
-    return out
-
-
-def _read_diag_dump(nl):
-    out = {}
-    while True:
-        data = nl.recv(65536)
-        off = 0
-        while off + 16 <= len(data):
-            length, kind = struct.unpack_from("=IH", data, off)
-            if kind in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
-                return out
-            if length >= 16 + INET_DIAG_MSG_LEN:
-                port = struct.unpack_from(">H", data, off + 20)[0]
-                out[struct.unpack_from("=I", data, off + 16 + 68)[0]] = port
-            off += (length + 3) & ~3
-        if not data:
-            return out
+        sock.close()
+    return {s.inode: s.local_port for s in listeners}
 
 
 def parent_socket_inodes(procfs, pid, limit=4096):
@@ -4970,6 +4414,531 @@ def check_alert_options(args):
             raise UsageError("--smtp-user needs a password: NETSNOOP_SMTP_PASSWORD or "
                              "--smtp-password-file")
 
+
+# ---------------------------------------------------------------------------
+# Connection feed (--conns)
+# ---------------------------------------------------------------------------
+# Owns the --conns events (open, listen, close) and the loop that finds them,
+# alone or interleaved with --procs.  May call the sock_diag parsers and the
+# owners/bytes collection, ProcFeed, FeedOutput and event_matches.
+#
+# How (docs/conns.md has the measurements and the traps):
+# - close: the kernel multicasts every TCP socket's destruction with its last
+#   tcp_info (sock_diag groups, open to any user), so no close is missed; uid and
+#   inode come zeroed, the cookie names the socket;
+# - open/listen: a dump (states filtered in the kernel) compared with the one
+#   before, by cookie.  A dump is taken when the TCP line of /proc/net/sockstat
+#   moved (a pread of a kept-open fd, ~3 us: every connect, accept, listen and
+#   close changes it), when a destroy arrived, and now and then to reconcile;
+# - the owner: SocketOwners rescans only new processes and fd directories that
+#   changed size; an accepted socket is in the dump before accept() returns its
+#   fd, so an open without an owner waits up to OWNER_WAIT for one.
+
+CONN_FAST = 0.001           # sockstat poll period for CONN_ACTIVE_FOR after a change
+CONN_ACTIVE_FOR = 2.0
+CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
+CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
+OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
+DUMP_SHARE = 0.1            # of a core, at most, spent dumping over time ...
+DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
+BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
+CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
+# the feed's dump: no TIME_WAIT (already destroyed) and no request sockets (a
+# request's cookie is not the cookie of the socket accept() will return)
+CONN_STATES = DIAG_LIVE_STATES & ~(1 << TCP_NEW_SYN_RECV) & ~(1 << 0x07)
+DESTROY_GROUPS = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1))
+DESTROY_RCVBUF = 4 << 20
+
+
+def open_destroy_listener():
+    """A netlink socket on the TCP destroy groups of netsnoop's own namespace."""
+    sock = open_diag_socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
+        sock.bind((0, DESTROY_GROUPS))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ConnSeen(object):
+    """A socket the feed knows: its open event (or None: present at start) and owner."""
+    __slots__ = ("event", "opened", "pending_until", "sock")
+
+    def __init__(self, event, opened, pending_until=None):
+        self.event, self.opened, self.pending_until = event, opened, pending_until
+        self.sock = None        # the DiagSocket last seen, while waiting for an owner
+
+
+def conn_proto(sock):
+    return "tcp6" if sock.family == socket.AF_INET6 else "tcp"
+
+
+class ConnScanner(object):
+    """Finds TCP opens, listens and closes in netsnoop's network namespace.
+
+    step() waits (at most `limit` seconds) and returns event dicts.  Counts for the
+    summary: opens, listens, closes, closes_unseen (closes whose open was never
+    seen), present (sockets there at start), lost (destroy messages the kernel
+    dropped: ENOBUFS on a full receive buffer)."""
+
+    def __init__(self, procfs, slowest=None):
+        self.procfs = procfs
+        self.quiet = slowest or CONN_QUIET
+        self.opens = self.listens = self.closes = self.closes_unseen = 0
+        self.present = self.lost = self.unbound = 0
+        self.known = {}             # cookie -> ConnSeen
+        self.owners = SocketOwners(procfs)
+        self.cgroups = CgroupNames()
+        self.diag = self.destroy = None
+        self.stat_fds = {}          # "sockstat", "sockstat6", "snmp" -> kept-open fd
+        self.inuse = {}             # family -> TCP inuse of sockstat / sockstat6
+        self.active_opens = None    # Tcp ActiveOpens + PassiveOpens of /proc/net/snmp
+        self.pending = set()        # cookies of opens waiting for their owner
+        self.want = set()           # families to dump once the gap between dumps is over
+        self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
+        self.last_change = self.last_dump = 0.0
+        self.dump_cost = 0.0
+        self.recent = collections.OrderedDict()     # pids that owned the last opens
+        self.netns_of = {}          # pid -> its network namespace, read once
+        self.own_netns = procfs.netns("self")
+        self.uid_pass = 0.0         # when processes were last rescanned by uid
+
+    def start(self):
+        try:
+            self.destroy = open_destroy_listener()
+            self.diag = (open_diag_socket(), threading.Lock())
+        except OSError as err:
+            self.close()
+            raise NetsnoopError("cannot open sock_diag (NETLINK_SOCK_DIAG): %s"
+                                % (err.strerror or err))
+        for name in ("sockstat", "sockstat6", "snmp"):
+            try:
+                self.stat_fds[name] = _open_ro(self.procfs.path("net", name))
+            except OSError:
+                pass                # IPv6 off; without any: dumps by the clock only
+        self._inuse_moved()
+        self._opens_moved()
+        self.owners.scan(pids=self.local_pids())
+        for sock in self._dump():
+            self.known[sock.cookie] = ConnSeen(self._event("open", sock), None)
+            self.present += 1
+        return self.present
+
+    def close(self):
+        for sock in (self.destroy, self.diag[0] if self.diag else None):
+            if sock is not None:
+                sock.close()
+        for fd in self.stat_fds.values():
+            _close(fd)
+        self.stat_fds = {}
+        self.destroy = self.diag = None
+
+    def _dump_gap(self, now):
+        """Seconds until a dump may run.  Each dump walks the kernel's whole TCP hash
+        (~2.2 ms per family on a 262,144-bucket hash, however few sockets the
+        namespace has), so dumps spend at most DUMP_SHARE of a core over time,
+        from a budget that lets a burst of DUMP_BURST seconds of dumps go at once."""
+        self.budget = min(DUMP_BURST, self.budget + (now - self.budget_at) * DUMP_SHARE)
+        self.budget_at = now
+        return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
+
+    def _inuse_moved(self):
+        """The families whose count of hashed TCP sockets grew (a connect, accept or
+        listen; a close lowers it and needs no dump): "TCP: inuse 5 ..." in sockstat,
+        "TCP6: inuse 3" in sockstat6."""
+        moved = []
+        for name, family, head in (("sockstat", socket.AF_INET, b"TCP: inuse "),
+                                   ("sockstat6", socket.AF_INET6, b"TCP6: inuse ")):
+            fd = self.stat_fds.get(name)
+            if fd is None:
+                continue
+            data = os.pread(fd, 4096, 0)
+            at = data.find(head)
+            try:
+                count = int(data[at + len(head):].split(None, 1)[0]) if at >= 0 else -1
+            except (ValueError, IndexError):
+                count = -1
+            before = self.inuse.get(family)
+            self.inuse[family] = count
+            if before is not None and (count > before or count < 0):
+                moved.append(family)
+        return moved
+
+    def _opens_moved(self):
+        """Did Tcp ActiveOpens + PassiveOpens of /proc/net/snmp move?  (Asked only after
+        a close: an open and a close between two polls leave inuse as it was.)"""
+        fd = self.stat_fds.get("snmp")
+        if fd is None:
+            return True
+        try:
+            tcp = parse_snmp(decode(_pread_all(fd))).get("Tcp", {})
+        except OSError:
+            return True
+        opens = tcp.get("ActiveOpens", 0) + tcp.get("PassiveOpens", 0)
+        moved, self.active_opens = opens != self.active_opens, opens
+        return moved
+
+    def _dump(self, families=(socket.AF_INET, socket.AF_INET6)):
+        started = time.monotonic()
+        try:
+            found = diag_dump(self.diag, CONN_STATES, families)
+        except OSError as err:
+            raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
+        now = time.monotonic()
+        self.last_dump, self.dump_cost = now, now - started
+        self.budget -= self.dump_cost
+        self._opens_moved()         # the opens counted so far are in this dump
+        return found
+
+    # -- the loop --
+
+    def step(self, limit=MAX_WAIT):
+        now = time.monotonic()
+        period = CONN_FAST if now - self.last_change < CONN_ACTIVE_FOR else self.quiet
+        deadline = now + max(0.0, limit)
+        events = []
+        destroyed = []
+        families = self.want         # moved before, not dumped yet (the gap)
+        waited = False
+        while True:
+            fresh = self._read_destroys()
+            destroyed.extend(fresh)
+            moved = self._inuse_moved()
+            families.update(moved)
+            if fresh and not moved and self._opens_moved():
+                families.update(BOTH_FAMILIES)
+            now = time.monotonic()
+            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
+                families.update(BOTH_FAMILIES)
+            gap = self._dump_gap(now)
+            if (families and gap <= 0) or (destroyed and not families) or now >= deadline \
+                    or (self.pending and waited):
+                break
+            wait = CONN_FAST if self.pending else period
+            select.select([self.destroy], [], [],
+                          max(0.0, min(max(wait, gap) if families else wait, deadline - now)))
+            waited = True
+        if families or destroyed:
+            self.last_change = now
+        if families and self._dump_gap(now) <= 0:
+            self.want = set()
+            self._compare(self._dump(sorted(families)), now, events,
+                          whole=len(families) == 2)
+        elif self.pending:
+            self._look_again(now, events)
+        for sock in destroyed:
+            self._closed(sock, events)
+        return events
+
+    def _read_destroys(self):
+        out = []
+        while True:
+            try:
+                data = self.destroy.recv(DIAG_RECV)
+            except BlockingIOError:
+                return out
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:      # the kernel dropped some: say how many
+                    self.lost += 1
+                    continue
+                raise
+            out.extend(parse_diag_dump(data)[0])
+
+    def _compare(self, dump, now, events, whole=True):
+        """New cookies are opens (listens); an open without an owner yet waits a little.
+        whole: both families were dumped, so a waiting open not in it is gone."""
+        if whole and self.pending:
+            present = set(sock.cookie for sock in dump)
+            for cookie in [c for c in self.pending if c not in present]:
+                self._emit_open(self.known[cookie], events)
+        fresh = []
+        for sock in dump:
+            seen = self.known.get(sock.cookie)
+            if seen is None:
+                kind = "listen" if sock.state == TCP_LISTEN else "open"
+                seen = self.known[sock.cookie] = ConnSeen(self._event(kind, sock), now)
+            elif not seen.pending_until:
+                continue
+            # accepted but not yet taken by accept(): no inode, no fd to find yet
+            seen.event["inode"] = sock.inode
+            seen.sock = sock
+            fresh.append((sock, seen))
+        missing = [sock for sock, _ in fresh if sock.inode and not self.owners.owner(sock.inode)]
+        if missing:
+            self._find_owners(missing, now)
+        for sock, seen in fresh:
+            found = self.owners.owner(sock.inode) if sock.inode else None
+            if found is not None:
+                self._set_owner(seen.event, found)
+            elif seen.pending_until is None:
+                seen.pending_until = now + OWNER_WAIT
+                self.pending.add(sock.cookie)
+                continue
+            elif now < seen.pending_until:
+                continue
+            self._emit_open(seen, events)
+
+    def local_pids(self):
+        """The processes in netsnoop's network namespace: a socket belongs to the
+        namespace its maker was in, so only they are searched for owners (the
+        namespace of each PID read once: ~1,000 processes of other namespaces
+        would otherwise cost every search ~10 ms).  Unknown namespace: searched."""
+        try:
+            pids = PythonBackend().list_pids(self.procfs.root)
+        except OSError:
+            return []
+        netns_of = {}
+        for pid in pids:
+            ns = self.netns_of.get(pid, False)
+            if ns is False:
+                ns = self.procfs.netns(pid)
+            netns_of[pid] = ns
+        self.netns_of = netns_of
+        return [pid for pid, ns in netns_of.items() if ns is None or ns == self.own_netns]
+
+    def _look_again(self, now, events):
+        """The opens waiting for an owner, looked up one by one (a dump would walk the
+        whole hash for them): an accepted socket gets its inode from accept()."""
+        waiting = [self.known[c] for c in self.pending]
+        try:
+            current = diag_lookup(self.diag, [seen.sock for seen in waiting])
+        except OSError as err:
+            raise NetsnoopError("sock_diag lookup failed: %s" % (err.strerror or err))
+        for seen in waiting:
+            if seen.event["cookie"] not in current:
+                self._emit_open(seen, events)       # gone: its close follows
+        self._compare(list(current.values()), now, events, whole=False)
+
+    def _find_owners(self, socks, now):
+        """Look for the owners of new sockets at bounded cost, cheapest first: the
+        processes that owned the last opens (a client in a loop reuses the same fd
+        numbers, so its fd count does not move), then new processes and fd
+        directories whose size changed, then (at most every UID_PASS seconds) every
+        process of the sockets' uids."""
+        owners = self.owners
+
+        def all_found():
+            return all(owners.owner(sock.inode) for sock in socks)
+
+        if self.recent and owners.rescan(list(self.recent)) and all_found():
+            return
+        local = self.local_pids()
+        owners.scan(changed_only=True, pids=local)
+        if not all_found() and now - self.uid_pass >= UID_PASS:
+            self.uid_pass = now
+            for uid in set(sock.uid for sock in socks if not owners.owner(sock.inode)):
+                owners.rescan(owners.pids_of_uid(uid, local))
+
+    def _emit_open(self, seen, events):
+        seen.pending_until = None
+        self.pending.discard(seen.event["cookie"])
+        if seen.event["event"] == "listen":
+            self.listens += 1
+        else:
+            self.opens += 1
+        events.append(seen.event)
+
+    def _set_owner(self, event, found):
+        pid, comm, _holders = found
+        self.recent.pop(pid, None)
+        self.recent[pid] = True
+        if len(self.recent) > 8:
+            self.recent.popitem(last=False)
+        event["pid"], event["comm"] = pid, comm
+        event["cmdline"] = read_proc_cmdline(self.procfs, pid)
+
+    def _event(self, kind, sock, when=None):
+        event = collections.OrderedDict(event=kind, time=round(when or time.time(), 6))
+        event.update((
+            ("proto", conn_proto(sock)), ("local_address", sock.local_address),
+            ("local_port", sock.local_port), ("remote_address", sock.remote_address),
+            ("remote_port", sock.remote_port), ("state", state_name(sock.state)),
+            ("uid", sock.uid), ("inode", sock.inode), ("cookie", sock.cookie),
+            ("pid", None), ("comm", None), ("cmdline", None),
+            ("cgroup", self.cgroups.path(sock.cgroup)), ("bytes_sent", sock.bytes_sent),
+            ("bytes_received", sock.bytes_received), ("duration", None)))
+        event["findings"] = [new_listener_finding(event)] if kind == "listen" else []
+        return event
+
+    def _closed(self, sock, events):
+        """A destroy message -> a close event, with the open's owner when it was seen."""
+        seen = self.known.pop(sock.cookie, None)
+        if seen is None and sock.local_port == 0:
+            self.unbound += 1           # never bound nor connected: no connection to tell
+            return
+        if seen is not None and seen.pending_until:
+            self._emit_open(seen, events)   # still without an owner: out before its close
+        event = self._event("close", sock)
+        if seen is None:
+            self.closes_unseen += 1
+        else:
+            opened = seen.event
+            for key in ("uid", "inode", "pid", "comm", "cmdline", "cgroup"):
+                event[key] = opened[key]
+            if seen.opened is not None:
+                event["duration"] = round(event["time"] - opened["time"], 6)
+        self.closes += 1
+        events.append(event)
+
+
+def new_listener_finding(event):
+    """`new-listener`: a TCP port opened for listening; warn when other hosts can reach it."""
+    address = event["local_address"]
+    local = is_loopback(address)
+    where = hostport(address, event["local_port"])
+    if address in ("0.0.0.0", "::"):
+        where += " (every address)"
+    return collections.OrderedDict((
+        ("severity", "info" if local else "warn"), ("rule", "new-listener"),
+        ("text", "listens on %s%s" % (where, "" if local else ", reachable from other hosts"))))
+
+
+def conn_text(event):
+    """A connection event -> one line: time, event, endpoints, state, owner, bytes."""
+    parts = [clock_text(event["time"]), "%-6s" % event["event"], event["proto"],
+             hostport(event["local_address"], event["local_port"])]
+    if event["remote_port"]:            # a listener has no peer
+        parts += ["->", hostport(event["remote_address"], event["remote_port"])]
+    parts.append(event["state"])
+    if event["pid"] is not None:
+        parts.append("pid %d %s" % (event["pid"], printable(event["comm"] or "?", 32)))
+        if event.get("cmdline"):
+            parts.append(printable(" ".join(event["cmdline"]), CELL_LIMIT))
+    else:
+        parts.append("uid %s" % ("?" if event["uid"] is None else event["uid"]))
+    if event["event"] == "close" and event["bytes_sent"] is not None:
+        parts.append("sent %s recv %s" % (human_bytes(event["bytes_sent"]),
+                                          human_bytes(event["bytes_received"])))
+        if event["duration"] is not None:
+            parts.append("%.3fs" % event["duration"])
+    return " ".join(parts)
+
+
+def conn_event_matches(event, regex):
+    """--filter on a connection: command line, name, addresses and ports."""
+    if regex is None:
+        return True
+    text = " ".join([" ".join(event.get("cmdline") or []), event.get("comm") or "",
+                     hostport(event["local_address"], event["local_port"]),
+                     hostport(event["remote_address"], event["remote_port"])])
+    return bool(regex.search(text))
+
+
+class ConnFeedOutput(FeedOutput):
+    """FeedOutput for --conns (and --procs --conns): each event in its own shape."""
+
+    def emit(self, event):
+        if "proto" not in event:
+            return FeedOutput.emit(self, event)
+        # (connection events are not handed to --webhook/--syslog/--mail-to yet:
+        # their alert text is made for process events)
+        if conn_event_matches(event, self.regex):
+            self.write(event_json(event, self.ecs) if self.json
+                       else conn_text(event) + findings_suffix(event))
+
+    def conn_summary(self, conns, procs=None):
+        if not self.json:
+            return
+        out = collections.OrderedDict(event="summary")
+        if procs is not None:
+            out.update((("seen", procs.seen), ("missed", procs.missed),
+                        ("backend", procs.backend)))
+            if self.rules is not None:
+                out["findings_cost_us"] = self.rules.cost_us
+            if self.delivery is not None:
+                out["delivery"] = self.delivery.counts()
+        out.update((("conns_open", conns.opens), ("conns_listen", conns.listens),
+                    ("conns_close", conns.closes), ("conns_close_open_unseen", conns.closes_unseen),
+                    ("conns_present", conns.present), ("conns_lost", conns.lost)))
+        self.write(event_json(out, self.ecs))
+
+    def conn_report(self, conns):
+        try:
+            sys.stderr.write(
+                "%s: %d connection%s opened, %d listener%s, %d closed (%d whose open was not "
+                "seen, %d present at start)%s\n" % (
+                    PROG, conns.opens, "" if conns.opens == 1 else "s", conns.listens,
+                    "" if conns.listens == 1 else "s", conns.closes, conns.closes_unseen,
+                    conns.present,
+                    "; %d destroy message batches lost (receive buffer full)" % conns.lost
+                    if conns.lost else ""))
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def run_conns(args, procfs):
+    """--conns (with --procs: both feeds in one stream, in time order)."""
+    output = ConnFeedOutput(args)
+    conns = ConnScanner(procfs, args.interval)
+    procs = None
+    started = False
+    try:
+        if args.procs:              # the process events' findings and outputs, as --procs
+            output.rules = ProcRules(procfs, getattr(args, "baseline", None))
+            output.rules.start()
+            output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
+        with _StopFlag() as stop:
+            present = conns.start()
+            started = True
+            if args.procs:
+                procs = ProcFeed(procfs, args.backend)
+            sys.stderr.write("%s: watching TCP connections (%d present)%s; Ctrl+C ends\n" % (
+                PROG, present, " and new processes" if procs else ""))
+            sys.stderr.flush()
+            deadline = time.monotonic() + args.duration if args.duration else None
+            held = []
+            while not stop.stopped:
+                left = STOP_CHECK if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                events = conns.step(min(left, STOP_CHECK, CONN_HOLD if procs else 1.0))
+                if procs is None:
+                    for event in events:
+                        output.emit(event)
+                    continue
+                if procs.error:
+                    raise NetsnoopError(procs.error)
+                held.extend(events + [output.rules.apply(e) for e in procs.poll()])
+                held = _emit_in_order(output, held, time.time() - CONN_HOLD)
+            # what the kernel sent before the stop (destroys queued meanwhile) still goes out
+            last = conns.step(0)
+            if procs is None:
+                for event in last:
+                    output.emit(event)
+            else:
+                held.extend(last + [output.rules.apply(e) for e in procs.poll()])
+                _emit_in_order(output, held, float("inf"))
+        output.finish_delivery()
+        output.conn_summary(conns, procs._scanner if procs else None)
+    finally:
+        output.finish_delivery()
+        if started:
+            output.conn_report(conns)
+            if procs is not None:
+                output.report(procs._scanner)
+        if procs is not None:
+            procs.close()
+        conns.close()
+        try:
+            if output.rules is not None:
+                output.rules.close()        # the baseline is saved
+        finally:
+            output.close()
+    return EXIT_OK
+
+
+def _emit_in_order(output, events, until):
+    """Emit the events older than `until` in time order; return the others."""
+    events.sort(key=lambda e: e["time"])
+    later = [e for e in events if e["time"] > until]
+    for event in events[:len(events) - len(later)]:
+        output.emit(event)
+    return later
 
 
 # ---------------------------------------------------------------------------
