@@ -17,52 +17,12 @@ import uuid
 
 import pytest
 
-from conftest import NETSNOOP
+from conftest import NETSNOOP, python_for_nobody
+from feedrun import JsonFeed as Feed
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 BASH = shutil.which("bash")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-
-
-class Feed(object):
-    """netsnoop --procs --json as a subprocess; stop() ends it with SIGTERM."""
-
-    def __init__(self, tmp_path, *args, env=None):
-        self.out_path = str(tmp_path / ("feed-%s.out" % uuid.uuid4().hex[:8]))
-        self.err_path = self.out_path + ".err"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, NETSNOOP, "--procs", "--json"] + [str(a) for a in args],
-                stdout=out, stderr=err, env=env)
-        deadline = time.monotonic() + 20
-        while "watching for new processes" not in self.read_err():
-            assert self.proc.poll() is None, self.read_err()
-            assert time.monotonic() < deadline, "feed did not start"
-            time.sleep(0.02)
-
-    def read_err(self):
-        with open(self.err_path) as f:
-            return f.read()
-
-    def events(self):
-        with open(self.out_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    def wait_for(self, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events() if predicate(e)]
-            if found:
-                return found
-            time.sleep(0.02)
-        return []
-
-    def stop(self):
-        time.sleep(0.15)
-        self.proc.send_signal(signal.SIGTERM)
-        self.returncode = self.proc.wait(20)
-        self.stderr = self.read_err()
-        return self
 
 
 def marker():
@@ -201,7 +161,7 @@ def scenarios(tmp_path_factory):
         listener.wait(30)
     finally:
         feed.stop()
-    out["events"] = feed.events()
+    out["events"] = feed.lines()
     out["stderr"] = feed.stderr
     return out
 
@@ -336,18 +296,10 @@ def test_baseline_writable_by_others_is_refused(tmp_path):
 
 # --- what cannot be read is said ---------------------------------------------------------
 
-def python_for_nobody():
-    for python in (sys.executable, "/usr/bin/python3"):
-        if os.path.exists(python) and subprocess.run(
-                NOBODY + [python, "-c", "pass"], stderr=subprocess.DEVNULL).returncode == 0:
-            return python
-    return None
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root and setpriv to run the feed as nobody")
 def test_other_users_fds_give_cannot_tell_not_silence(request):
-    python = python_for_nobody()
+    python = python_for_nobody("json")
     if python is None:
         pytest.skip("no Python that nobody can run")
     public = pathlib.Path(tempfile.mkdtemp(prefix="netsnoop-nobody-"))   # tmp_path is 0700
