@@ -1947,14 +1947,14 @@ class ProcContext(object):
 class Watch(object):
     """A newborn under watch: its stat and cmdline held open, immune to PID reuse."""
     __slots__ = ("pid", "stat_fd", "cmd_fd", "born", "st", "fork_comm", "fork_cmdline",
-                 "cmdline", "forked_only", "next_check", "opens")
+                 "cmdline", "forked_only", "next_check", "opens", "checked")
 
     def __init__(self, pid, stat_fd, born):
         self.pid, self.stat_fd, self.born = pid, stat_fd, born
         self.st = self.cmd_fd = None
         self.fork_comm = self.fork_cmdline = self.cmdline = None
         self.forked_only = False
-        self.next_check = born
+        self.next_check = self.checked = born     # checked: last seen alive
         self.opens = -1         # Notifier.opens when last seen alive, not exec'd
 
     def read_stat(self):
@@ -1980,7 +1980,8 @@ class Watch(object):
 
 
 # A PID lost before its command line was read: pid and watch None when /proc/N was
-# never seen (it may even have been a thread); kind is the count it was added to.
+# never seen (it may even have been a thread); kind is the count it was added to
+# (None: a reported fork-only child reaped, perhaps after an exec).
 Lost = collections.namedtuple("Lost", "pid watch since kind")
 
 
@@ -2224,6 +2225,7 @@ class ProcScanner(object):
             return
         _close(watch.cmd_fd)
         watch.cmd_fd = None
+        watch.checked = now
         watch.next_check = now + SWEEP_PERIOD
         self.watched[watch.pid] = watch
         if len(self.watched) == 1 or watch.next_check < self.next_sweep:
@@ -2254,10 +2256,17 @@ class ProcScanner(object):
                 # exec'd since it was reported, and gone before it was read again:
                 # its zombie still names the program
                 self._partial_exec(watch, st, events)
+            elif st is None and watch.forked_only and not self._never_execed(watch, None):
+                # reaped: it may have exec'd (something did meanwhile); an open of a
+                # program file may still tell what (not counted: it was seen)
+                self.lost.append(Lost(watch.pid, watch, watch.checked, None))
             watch.close()
             return
         if st.comm == watch.fork_comm and not watch.forked_only:
             return
+        watch.checked = time.monotonic()
+        if watch.forked_only and st.comm == watch.fork_comm:
+            watch.opens = self._exec_hints()
         cmdline = watch.read_cmdline(self.procfs)
         _close(watch.cmd_fd)
         watch.cmd_fd = None
@@ -2353,15 +2362,18 @@ class ProcScanner(object):
         else:
             events.extend(self._lost_event(None, path) for path, _ in opens)
         for item, _ in zip(lost, opens):
-            setattr(self, item.kind, getattr(self, item.kind) - 1)
+            if item.kind is not None:
+                setattr(self, item.kind, getattr(self, item.kind) - 1)
         self.partial += len(opens)
         for entry in opens:
             notifier.programs.remove(entry)
         notifier.forget_programs(now - PROGRAM_KEEP)
 
     def _lost_event(self, item, path):
-        """A partial record from a program file's open; item None: the PID is unknown."""
-        event = collections.OrderedDict(event="new", time=round(time.time(), 6))
+        """A partial record from a program file's open; item None: the PID is unknown.
+        A reported child's later exec is an "exec" event."""
+        kind = "exec" if item is not None and item.kind is None else "new"
+        event = collections.OrderedDict(event=kind, time=round(time.time(), 6))
         st = item.watch.st if item is not None else None
         event["start_time"] = self.ctx.start_time(st.start) if st is not None else None
         event["pid"] = item.pid if item is not None else None
