@@ -2003,6 +2003,7 @@ class ProcScanner(object):
         self.slowest = slowest or SLOW_PERIOD
         self.seen = self.vanished = self.lost_cmdline = self.threads = self.partial = 0
         self.lost = []          # [Lost] since things last settled, for partial records
+        self.undescribed = []   # [(event, watch, ProcStat, cmdline)] of this step: _describe
         self.real_names = {}    # program name -> the file name it resolves to in PATH
         self.known = {}         # pid -> start ticks: present at start, or reported
         self.newborns = {}      # pid -> Watch, not reported yet
@@ -2059,6 +2060,9 @@ class ProcScanner(object):
         now = time.monotonic()
         if woke == WAIT_NOTIFY:
             self.notifier.drain()
+            # the counter was read before the nap: the fork of the process whose exec
+            # woke us is seen now, not one step (a record or two) later
+            cur = read_counter(self.counter_fd)
         events = []
         if cur != self.last:
             self._counter_moved(cur, now)
@@ -2068,8 +2072,10 @@ class ProcScanner(object):
             self._sweep(now, events, full=now >= self.next_sweep)
         if self.full_listing or (self.moved and now - self.last_listing >= RECONCILE_EVERY):
             self._reconcile(now, events)
+        self._describe()
         if self.lost and not self.pending and not self.newborns:
             self._name_the_lost(now, events)
+            self._describe()            # its re-checks may have found an exec
         return events
 
     def _pace(self, now, limit):
@@ -2282,14 +2288,24 @@ class ProcScanner(object):
         events.append(self._event("new", watch, cmdline))
 
     def _event(self, kind, watch, cmdline):
-        """An event dict; cmdline None makes it a partial record."""
+        """An event dict, its record filled by _describe(); cmdline None: partial."""
         event = collections.OrderedDict(event=kind, time=round(time.time(), 6))
-        event.update(self.ctx.record(watch.pid, watch.st, cmdline, watch.stat_fd))
-        if cmdline is None:
-            partial_record(event)
-        elif not event["kernel_thread"]:
-            self._claim_program(watch.st.comm, cmdline)
+        self.undescribed.append((event, watch, watch.st, cmdline))
         return event
+
+    def _describe(self):
+        """Fill in the records of this step's events, once every newborn has been read:
+        a record takes ~10 reads of /proc (~0.1 ms), time in which the next newborn
+        could end before its command line is read."""
+        for event, watch, st, cmdline in self.undescribed:
+            event.update(self.ctx.record(watch.pid, st, cmdline, watch.stat_fd))
+            if cmdline is None:
+                # a zombie: its program file's open, if unclaimed, is its exe
+                event["exe"] = self._claim_program(st.comm, None) or event["exe"]
+                partial_record(event)
+            elif not event["kernel_thread"]:
+                self._claim_program(st.comm, cmdline)
+        del self.undescribed[:]
 
     # -- partial records: what the kernel's traces tell of a process gone too soon --
 
@@ -2297,9 +2313,7 @@ class ProcScanner(object):
         """A zombie that exec'd before its command line was read: its name, and its
         program file when an open of that name is unclaimed; counted partial, not lost."""
         self.partial += 1
-        event = self._event(kind, watch, None)
-        event["exe"] = self._claim_program(st.comm, None) or event["exe"]
-        events.append(event)
+        events.append(self._event(kind, watch, None))
 
     def _claim_program(self, comm, cmdline):
         """Take the open of the program file a reported process ran out of the queue
