@@ -1477,6 +1477,8 @@ IN_OPEN, IN_IGNORED, IN_ISDIR = 0x20, 0x8000, 0x40000000   # include/uapi/linux/
 PROGRAM_KEEP = 1.0      # how long a program file's open waits to be claimed by a report
 MAX_PROGRAMS = 512      # opens of program files kept for partial records
 LOST_SLACK = 0.01       # an exec's open may be drained this long before its fork is seen
+EXEC_SPIN = 0.0005      # after an exec's wake-up, newborns are re-read this long ...
+EXEC_SPIN_STEP = 0.0001  # ... this often, for the new command line
 LD_CACHE = "/etc/ld.so.cache"
 WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what a wait saw
@@ -2058,8 +2060,11 @@ class ProcScanner(object):
         notify_fd = self.notifier.fd if self.notifier is not None else -1
         woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step)
         now = time.monotonic()
+        opened = 0
         if woke == WAIT_NOTIFY:
+            opened = len(self.notifier.programs)
             self.notifier.drain()
+            opened = len(self.notifier.programs) - opened
             # the counter was read before the nap: the fork of the process whose exec
             # woke us is seen now, not one step (a record or two) later
             cur = read_counter(self.counter_fd)
@@ -2068,6 +2073,8 @@ class ProcScanner(object):
             self._counter_moved(cur, now)
         self._probe_pending(now, events)
         self._check_newborns(now, events)
+        if opened and (self.newborns or self.pending):
+            self._catch_exec(events)
         if self.watched and (now >= self.next_sweep or woke == WAIT_NOTIFY):
             self._sweep(now, events, full=now >= self.next_sweep)
         if self.full_listing or (self.moved and now - self.last_listing >= RECONCILE_EVERY):
@@ -2077,6 +2084,18 @@ class ProcScanner(object):
             self._name_the_lost(now, events)
             self._describe()            # its re-checks may have found an exec
         return events
+
+    def _catch_exec(self, events):
+        """A program file's open woke us, but the newborn that exec'd it still shows its
+        parent: the new command line shows ~0.1 ms later, as the loader starts, where the
+        next wake-up (the loader's open of ld.so.cache) comes ~0.3 ms later, when a short
+        program may be gone.  So the newborns are re-read for up to EXEC_SPIN."""
+        deadline = time.monotonic() + EXEC_SPIN
+        while (self.newborns or self.pending) and time.monotonic() < deadline:
+            time.sleep(EXEC_SPIN_STEP)
+            now = time.monotonic()
+            self._probe_pending(now, events)
+            self._check_newborns(now, events)
 
     def _pace(self, now, limit):
         """-> (timeout, poll step): fast while something is happening, relaxed when quiet."""
@@ -2359,17 +2378,19 @@ class ProcScanner(object):
             self.lost = []
             return
         if read_counter(self.counter_fd) != self.last:
+            del self.lost[:-MAX_PROGRAMS]   # a machine never quiet: keep the newest
             return          # a newborn not probed yet may own one of the opens
         lost, self.lost = self.lost, []
         notifier.drain()
         since = min(item.since for item in lost) - LOST_SLACK
-        if any(entry[1] >= since for entry in notifier.programs):
-            for watch in list(self.watched.values()):
-                if watch.forked_only or now - watch.born < EXEC_WATCH:
-                    self._recheck(watch, events)    # a later exec claims its own open
-        opens = [entry for entry in notifier.programs if entry[1] >= since]
+        opens = self._unclaimed_since(since, events, young=True)
         if not opens or len(opens) > len(lost):
             notifier.forget_programs(now - PROGRAM_KEEP)
+            return
+        if len(lost) == 1 and lost[0].watch is not None:
+            # before a PID is named, every watched child has had its chance to claim
+            opens = self._unclaimed_since(since, events, young=False)
+        if not opens:
             return
         if len(lost) == 1 and lost[0].watch is not None:
             events.append(self._lost_event(lost[0], opens[0][0]))
@@ -2382,6 +2403,18 @@ class ProcScanner(object):
         for entry in opens:
             notifier.programs.remove(entry)
         notifier.forget_programs(now - PROGRAM_KEEP)
+
+    def _unclaimed_since(self, since, events, young):
+        """The program opens since `since` no report claims, once the watched children
+        (young: only those reported less than PROGRAM_KEEP ago, the cheap common case)
+        were re-checked for a later exec, which claims its own open."""
+        programs = self.notifier.programs
+        if any(entry[1] >= since for entry in programs):
+            now = time.monotonic()
+            for watch in list(self.watched.values()):
+                if not young or now - watch.born < PROGRAM_KEEP:
+                    self._recheck(watch, events)
+        return [entry for entry in programs if entry[1] >= since]
 
     def _lost_event(self, item, path):
         """A partial record from a program file's open; item None: the PID is unknown.
@@ -2398,10 +2431,10 @@ class ProcScanner(object):
         # open names the file it leads to (/usr/bin/x86_64-linux-gnu-gcc-12): exe
         event["comm"] = None
         event["cmdline"] = None
-        for key in ("exe", "kernel_thread", "cgroup", "pid_ns", "net_ns", "container"):
-            event[key] = None
         event["exe"] = path
         event["kernel_thread"] = False
+        for key in ("cgroup", "pid_ns", "net_ns", "container"):
+            event[key] = None
         return partial_record(event)
 
     def _reconcile(self, now, events):
@@ -2513,11 +2546,15 @@ class ProcFeed(object):
 # --- output ---------------------------------------------------------------------
 
 def event_matches(event, regex):
-    """--filter: the regex searched in the command line, the name and the user."""
+    """--filter: the regex searched in the command line, the name and the user (a
+    partial record: its name and program file)."""
     if regex is None:
         return True
-    return bool(regex.search(" ".join(event["cmdline"] or ())) or regex.search(event["comm"] or "")
-                or regex.search(event["user"] or "") or regex.search(event.get("exe") or ""))
+    if event["cmdline"] is None:
+        return bool(regex.search(event["comm"] or "") or regex.search(event["exe"] or "")
+                    or regex.search(event["user"] or ""))
+    return bool(regex.search(" ".join(event["cmdline"])) or regex.search(event["comm"])
+                or regex.search(event["user"]))
 
 
 def open_log(path):
