@@ -1151,3 +1151,22 @@ def test_reported_child_reaped_after_an_exec_leaves_a_trace_of_its_program(tmp_p
             traced = True
             break
     assert traced
+
+
+def test_partial_record_text_marks_it_and_says_what_is_unknown():
+    """A partial record with no PID: "?" for the PID, PPID and user, "partial" and the
+    program file where the command line goes (a bug would print None or crash)."""
+    event = {"event": "new", "time": time.time(), "pid": None, "ppid": None, "user": None,
+             "comm": None, "cmdline": None, "partial": True, "exe": "/usr/bin/tee"}
+    fields = netsnoop.format_event(event).split()
+    assert fields[1:] == ["?", "?", "?", "partial", "/usr/bin/tee"]
+    zombie = dict(event, pid=42, ppid=1, user="root", comm="tee", exe=None)
+    assert netsnoop.format_event(zombie).split()[1:] == ["42", "1", "root", "partial", "[tee]"]
+
+
+def test_filter_finds_a_partial_record_by_its_program_file():
+    """--filter on a record without a command line searches its name and program file."""
+    event = {"event": "new", "pid": None, "user": None, "comm": None, "cmdline": None,
+             "partial": True, "exe": "/usr/bin/x86_64-linux-gnu-as"}
+    assert netsnoop.event_matches(event, re.compile("gnu-as"))
+    assert not netsnoop.event_matches(event, re.compile("gcc"))
