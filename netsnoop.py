@@ -1441,7 +1441,7 @@ def _pairs(cur, prev, key, ident):
 # Process scanner (--procs): fast (C, _fastscan) and python backends
 # ---------------------------------------------------------------------------
 #
-# How new processes are caught without root (measured in PROCS-NOTES):
+# How new processes are caught without root (measured; docs/scanner.md):
 # - the last field of /proc/loadavg is the last PID allocated; a pread() of a
 #   kept-open fd costs ~0.6 us, so it is polled: every 1 ms while a newborn has
 #   not exec'd yet, every 5 ms for 2 s after a birth, every 50 ms (--interval)
@@ -1453,7 +1453,13 @@ def _pairs(cur, prev, key, ident):
 #   cmdline, held open), without listing /proc; threads (exit_signal -1) are
 #   skipped; a child still showing its parent's name and arguments has not
 #   exec'd yet and stays under watch until it does (or for FORK_WAIT);
-# - a full listing reconciles now and then, only when the counter moved.
+# - a full listing reconciles now and then, only when the counter moved;
+# - a process gone before its command line was read is still reported, as a
+#   partial record, when its zombie's name or its program file's open (the
+#   names inotify gives) tells what it ran; a PID is named only when one lost
+#   process and one unclaimed open leave no doubt;
+# - the scanner asks for a short scheduling slice, to run as soon as it wakes
+#   while a build keeps both cores busy.
 # The two backends share all of this; they differ only in the listing and the
 # wait (C: getdents64 and a poll loop run without the GIL).
 
@@ -1464,11 +1470,11 @@ SLOW_PERIOD = 0.05      # when quiet (--interval overrides)
 MAX_WAIT = 1.0          # longest single wait (--duration, sweeps)
 STOP_CHECK = 0.25       # --procs looks at its stop flag at least this often: a signal
                         # interrupts the C wait, but Python's poll resumes after it
-VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (trap 4)
+VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (docs/scanner.md)
 FORK_WAIT = 0.03        # a child that has not exec'd by then is reported as is
 SWEEP_PERIOD = 0.02     # how often reported newborns are re-checked for exec
 EXEC_WATCH = 0.5        # how long an exec'd newborn is watched for another exec
-FORKED_WATCH = 30.0     # ... and a fork-only child (trap 8)
+FORKED_WATCH = 30.0     # ... and a fork-only child (docs/scanner.md)
 MAX_WATCHED = 1000      # cap on reported processes under watch (fds)
 RECONCILE_EVERY = 1.0   # full listing at most this often, when the counter moved
 MAX_SPAN = 4096         # more new PIDs than this at once: list /proc instead
@@ -1544,7 +1550,7 @@ def read_proc_cmdline(procfs, pid):
 
 
 def _pread_all(fd):
-    """The whole content of a kept-open /proc file, regenerated (trap 5): one small
+    """The whole content of a kept-open /proc file, regenerated (docs/scanner.md): one small
     pread as a rule (it runs every ms for a newborn), read_fd_all from the start
     for a long one."""
     data = os.pread(fd, 4096, 0)
@@ -2139,7 +2145,7 @@ class ProcScanner(object):
         if st is None:
             watch.close()
             return False
-        if st.exit_signal == -1:            # a thread (trap 3): not a process
+        if st.exit_signal == -1:            # a thread (docs/scanner.md): not a process
             self.threads += 1
             watch.close()
             return True
@@ -2196,7 +2202,7 @@ class ProcScanner(object):
         if cmdline is None:
             return self._newborn_died(watch, None, events)
         if not cmdline and now - watch.born < FORK_WAIT:
-            return                  # inside execve (trap 1): arguments not copied yet
+            return                  # inside execve (docs/scanner.md): arguments not copied yet
         if watch.fork_cmdline is None:
             watch.fork_cmdline = cmdline
         new_args = cmdline != watch.fork_cmdline
@@ -2220,7 +2226,7 @@ class ProcScanner(object):
         return self.notifier.opens
 
     def _never_execed(self, watch, st):
-        """A zombie keeps its name (trap 2); a reaped child did not exec if nothing
+        """A zombie keeps its name (docs/scanner.md); a reaped child did not exec if nothing
         was exec'd anywhere since it was last seen unchanged (no inotify open)."""
         if st is not None:
             return st.comm == watch.fork_comm
@@ -2234,7 +2240,7 @@ class ProcScanner(object):
             watch.forked_only = not new_args
             self._report(watch, watch.cmdline, events)
         elif st is not None:
-            # a zombie keeps its program's name (trap 2): a partial record; it stays
+            # a zombie keeps its program's name (docs/scanner.md): a partial record; it stays
             # listed, so it is known, not counted twice
             self.known[watch.pid] = st.start
             self._partial_exec(watch, st, events, "new")
@@ -2615,7 +2621,8 @@ class FeedOutput(object):
         if self.json:
             self.write(json.dumps(collections.OrderedDict((
                 ("event", "summary"), ("seen", scanner.seen), ("missed", scanner.missed),
-                ("partial", scanner.partial), ("backend", scanner.backend), ("missed_unreadable", scanner.vanished),
+                ("partial", scanner.partial), ("backend", scanner.backend),
+                ("missed_unreadable", scanner.vanished),
                 ("missed_cmdline", scanner.lost_cmdline), ("threads", scanner.threads)))))
 
     def report(self, scanner):

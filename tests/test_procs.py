@@ -223,8 +223,8 @@ def test_reused_pid_is_reported_again(tmp_path):
     tag = marker()
     first_pid, second_pid, events = run_in_pid_namespace(PIDNS_SCRIPT, tag, tmp_path)
     assert first_pid == second_pid
-    first = [e for e in events if e.get("cmdline", [""])[0] == tag + "-first"]
-    second = [e for e in events if e.get("cmdline", [""])[0] == tag + "-second"]
+    first = [e for e in events if (e.get("cmdline") or [""])[0] == tag + "-first"]
+    second = [e for e in events if (e.get("cmdline") or [""])[0] == tag + "-second"]
     assert len(first) == 1 and len(second) == 1
     assert first[0]["pid"] == second[0]["pid"] == first_pid
     assert second[0]["start_time"] > first[0]["start_time"]
