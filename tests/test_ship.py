@@ -196,7 +196,7 @@ def test_crowded_namespace_quick():
 
 def test_fork_storm_quick():
     r = bench.fork_storm_run(rate=1000, seconds=2)
-    assert r["alive_throughout"], r
+    assert r["alive_throughout"], (r["status"], r["stderr"][-2000:], r["summary"])
     assert r["status"] in (0, 130), r
     assert r["vm_hwm_kb"] <= bench.RSS_LIMIT_KB, r
     assert r["summary"] is not None, "no summary line: %r" % r
