@@ -355,3 +355,15 @@ def test_text_feed_ends_the_line_with_warn_and_alert_findings(tmp_path):
     assert len(lines) == 1, out
     assert "0.2  !! alert writable-dir-exe: runs %s\\e[31m from /dev/shm" % mark in lines[0]
     assert "\x1b" not in out
+
+
+def test_partial_record_of_a_shell_gets_cannot_tell_not_a_crash():
+    """A shell gone before it could be read (a partial record: pid and ppid null) took
+    the feed down with a TypeError in shell-from-service (found by a fork storm)."""
+    import netsnoop
+    rules = netsnoop.ProcRules(netsnoop.ProcFS("/proc"))
+    event = {"event": "new", "pid": None, "ppid": None, "uid": None, "comm": "sh",
+             "cmdline": None, "exe": "/usr/bin/dash", "partial": True}
+    found = {f["rule"]: f for f in rules.apply(event)["findings"]}
+    assert found["shell-from-service"]["text"].startswith("cannot tell: its parent is unknown")
+    assert found["shell-from-service"]["severity"] == "info"
