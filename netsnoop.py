@@ -4774,7 +4774,8 @@ h2 .count { font-weight: normal; color: #666; font-size: 12px; margin-left: 8px;
 .feed { flex: 1 1 520px; min-width: 0; }
 .scroll { max-height: 300px; overflow: auto; border: 1px solid #ccc; background: #fff; }
 table { border-collapse: collapse; width: 100%; font: 12px/1.3 ui-monospace, monospace; }
-th, td { padding: 1px 6px; text-align: left; vertical-align: top; white-space: pre-wrap; word-break: break-all; }
+th, td { padding: 1px 6px; text-align: left; vertical-align: top; white-space: pre; }
+td.wrap { white-space: pre-wrap; word-break: break-all; width: 100%; }
 th { background: #eceff1; position: sticky; top: 0; cursor: pointer; user-select: none; }
 td.right, th.right { text-align: right; }
 tr.owned td { color: #1b5e20; font-weight: bold; }
@@ -4873,10 +4874,11 @@ svg text { font: 11px sans-serif; fill: #555; }
 
   // --- the feeds: newest first, filterable, findings highlighted
   var RANK = {info: 1, warn: 2, warning: 2, alert: 3, critical: 4};
-  function row(cells, rights) {
+  function row(cells, rights, wrap) {
     var tr = el("tr");
     cells.forEach(function (text, i) {
-      tr.appendChild(el("td", rights.indexOf(i) >= 0 ? "right" : "", visible(text)));
+      tr.appendChild(el("td", rights.indexOf(i) >= 0 ? "right" : i === wrap ? "wrap" : "",
+                        visible(text)));
     });
     return tr;
   }
@@ -4901,7 +4903,7 @@ svg text { font: 11px sans-serif; fill: #555; }
   function procEvent(ev) {
     var tr = row([clock(ev.time), ev.pid, ev.ppid, ev.user,
                   (ev.container ? "[ct] " : "") + (ev.event === "exec" ? "exec> " : "") +
-                  cmdline(ev)], [1, 2]);
+                  cmdline(ev)], [1, 2], 4);
     addFindings(tr, ev, tr.lastChild);
     addRow("procs", tr);
   }
@@ -4913,7 +4915,7 @@ svg text { font: 11px sans-serif; fill: #555; }
       : "sent " + human(ev.bytes_sent) + " recv " + human(ev.bytes_received);
     var peer = ev.event === "listen" ? "" : hostport(ev.remote_address, ev.remote_port);
     var tr = row([clock(ev.time), ev.event, hostport(ev.local_address, ev.local_port), peer,
-                  ev.state || "", owner, bytes], [6]);
+                  ev.state || "", owner, bytes], [6], 5);
     addFindings(tr, ev, tr.childNodes[5]);
     addRow("conns", tr);
   }
@@ -5048,19 +5050,22 @@ svg text { font: 11px sans-serif; fill: #555; }
       chart.appendChild(svg("text", {x: 10, y: 20}, "collecting: the chart starts after two samples"));
       return;
     }
-    var end = found.times[found.times.length - 1], start = end - data.window, peak = 1;
+    // the last minutes: five at most, one at least, so a young history is not a sliver
+    var end = found.times[found.times.length - 1], peak = 1;
+    var span = Math.min(data.window, Math.max(60, end - found.times[0]));
+    var start = end - span;
     found.series.forEach(function (s) {
       s.values.forEach(function (v) { if (v !== null && v > peak) { peak = v; } });
     });
     chart.setAttribute("data-peak", peak);
     chart.appendChild(svg("text", {x: 4, y: 12}, human(peak) + "/s"));
-    chart.appendChild(svg("text", {x: 4, y: 216}, "-" + Math.round(data.window / 60) + " min"));
+    chart.appendChild(svg("text", {x: 4, y: 216}, "-" + Math.round(span) + " s"));
     chart.appendChild(svg("text", {x: 970, y: 216}, "now"));
     found.series.forEach(function (s, n) {
       var colour = COLOURS[n % COLOURS.length], points = [], last = null;
       s.values.forEach(function (v, i) {
         if (v === null) { return; }
-        var x = (found.times[i] - start) / data.window * 1000, y = 205 - v / peak * 190;
+        var x = (found.times[i] - start) / span * 1000, y = 205 - v / peak * 190;
         points.push(x.toFixed(1) + "," + y.toFixed(1));
         last = v;
       });
