@@ -439,3 +439,39 @@ def test_traffic_sample_labels_processes_and_cgroups():
     assert sample["interfaces"] == {"lo": [5, 6]}
     assert sample["processes"] == {"curl (42)": [10, 3], "uid 1000 (?)": [1, 2]}
     assert sample["cgroups"] == {"/user.slice": [11, 5]}
+
+
+@pytest.mark.slow
+def test_100_process_events_a_second_reach_a_stream_without_loss(served):
+    """bench_serve's load phase, short: 4 s of marked processes at 100/s; every event the
+    server sent reaches the stream (ids without a gap, no drop reported) and every marked
+    process is among them."""
+    import subprocess
+    stream = served.events()
+    time.sleep(0.3)
+    tag = unique_tag("load")
+    procs, start = [], time.monotonic()
+    for n in range(400):
+        due = start + n / 100.0
+        time.sleep(max(0.0, due - time.monotonic()))
+        procs.append(subprocess.Popen(["%s-%d" % (tag, n), "0.2"], executable="/bin/sleep"))
+    for proc in procs:
+        proc.wait()
+    ids, names, dropped = [], set(), []
+    end = time.monotonic() + 3
+    try:
+        while time.monotonic() < end and len([x for x in names if x.startswith(tag)]) < 400:
+            ev = stream.next(1)
+            if ev is None:
+                continue
+            if ev["event"] == "dropped":
+                dropped.append(ev["data"])
+                continue
+            ids.append(int(ev["id"]))
+            cmdline = json.loads(ev["data"]).get("cmdline") or [""]
+            names.add(cmdline[0])
+    finally:
+        stream.close()
+    assert not dropped
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "an event id was skipped"
+    assert {"%s-%d" % (tag, n) for n in range(400)} <= names
