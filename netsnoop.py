@@ -4823,7 +4823,8 @@ svg text { font: 11px sans-serif; fill: #555; }
   var COLOURS = ["#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f",
                  "#4e342e", "#ad1457"];
   var st = {tab: "tcp", interval: 2, sort: {}, kind: null, dropped: 0, live: false,
-            counts: {procs: 0, conns: 0}, status: null, error: null, timer: null};
+            counts: {procs: 0, conns: 0}, status: null, error: null, timer: null,
+            tables: null};
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -4979,7 +4980,7 @@ svg text { font: 11px sans-serif; fill: #555; }
       th.addEventListener("click", function () {
         var cur = st.sort[key];
         st.sort[key] = {col: i, desc: !!(cur && cur.col === i && !cur.desc)};
-        refresh();
+        drawTables(st.tables);
       });
       head.appendChild(th);
     });
@@ -5009,7 +5010,9 @@ svg text { font: 11px sans-serif; fill: #555; }
   }
   function drawTables(data) {
     var box = $("tables");
+    st.tables = data;
     clear(box);
+    if (!data) { return; }
     data.tables.forEach(function (t) { drawTable(box, t); });
   }
   function drawTabbar(tabs) {
@@ -5018,7 +5021,12 @@ svg text { font: 11px sans-serif; fill: #555; }
     tabs.forEach(function (name) {
       var b = el("button", name === st.tab ? "on" : "", name);
       b.type = "button";
-      b.addEventListener("click", function () { st.tab = name; drawTabbar(tabs); refresh(); });
+      b.addEventListener("click", function () {
+        st.tab = name;
+        drawTabbar(tabs);
+        drawTables(null);
+        refresh();
+      });
       bar.appendChild(b);
     });
   }
@@ -5103,7 +5111,9 @@ svg text { font: 11px sans-serif; fill: #555; }
           drawTabbar(s.tabs);
         }
       }),
-      getJSON("/api/tables?tab=" + encodeURIComponent(st.tab)).then(drawTables),
+      getJSON("/api/tables?tab=" + encodeURIComponent(st.tab)).then(function (d) {
+        if (d.tab === st.tab) { drawTables(d); }     // not an answer for the tab left since
+      }),
       getJSON("/api/traffic").then(drawChart)
     ]).then(function () { st.error = null; }, function (e) { st.error = String(e.message || e); })
       .then(function () { renderStatus(); done(); });
@@ -5112,7 +5122,7 @@ svg text { font: 11px sans-serif; fill: #555; }
   ["procs", "conns"].forEach(function (name) {
     $(name + "-filter").addEventListener("input", function () { refilter(name); });
   });
-  $("tab-filter").addEventListener("input", refresh);
+  $("tab-filter").addEventListener("input", function () { drawTables(st.tables); });
   $("chart-kind").addEventListener("change", function () { st.kind = this.value; refresh(); });
   document.addEventListener("visibilitychange", function () { if (!document.hidden) { refresh(); } });
   connect();
