@@ -4228,6 +4228,7 @@ class FeedThread(object):
         self.scanner = scanner
         self.hub = hub
         self.error = None
+        self.published = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="netsnoop-" + name)
         self._thread.daemon = True
@@ -4241,6 +4242,7 @@ class FeedThread(object):
             while not self._stop.is_set():
                 for event in self.scanner.step(STOP_CHECK):
                     self.hub.publish(self.name, event)
+                    self.published += 1
         except Exception as err:    # noqa: BLE001 -- said on the status line, not a traceback
             self.error = "%s feed stopped: %s" % (self.name, err)
         finally:
@@ -4250,6 +4252,7 @@ class FeedThread(object):
         out = collections.OrderedDict(name=self.name)
         for key in ("backend", "seen", "missed"):
             out[key] = getattr(self.scanner, key, None)
+        out["events"] = self.published
         out["error"] = self.error
         return out
 
@@ -4949,7 +4952,7 @@ svg text { font: 11px sans-serif; fill: #555; }
       part("every " + s.interval + "s");
       s.feeds.forEach(function (f) {
         part(f.name + " feed" + (f.backend ? " (" + f.backend + ")" : "") +
-             (f.seen !== null ? ": " + f.seen + " seen" : "") +
+             (f.seen !== null ? ": " + f.seen + " seen" : ": " + f.events + " events") +
              (f.missed ? ", " + f.missed + " missed" : ""));
       });
       s.unknown.forEach(function (u) { part(u.what + " unknown: " + u.why, "unknown"); });

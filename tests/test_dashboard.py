@@ -475,3 +475,28 @@ def test_100_process_events_a_second_reach_a_stream_without_loss(served):
     assert not dropped
     assert ids == list(range(ids[0], ids[0] + len(ids))), "an event id was skipped"
     assert {"%s-%d" % (tag, n) for n in range(400)} <= names
+
+
+def test_a_feed_that_cannot_start_is_said_and_the_tabs_still_work(tmp_path):
+    """--proc tree without loadavg: no process feed, and /api/status says why; the
+    traffic tab of the fake PID is served from its net/dev."""
+    pid_dir = tmp_path / "7"
+    (pid_dir / "net").mkdir(parents=True)
+    (pid_dir / "stat").write_text("7 (fake) S 1 7 7 0 -1 4194560" + " 0" * 12 + " 100" + " 0" * 30)
+    (pid_dir / "net" / "dev").write_text(
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets"
+        " errs drop fifo colls carrier compressed\n"
+        "    lo:    1234      10    0    0    0     0          0         0     1234      10"
+        "    0    0    0     0       0          0\n")
+    dash = Served(7, "--proc", tmp_path)
+    try:
+        status = json.loads(dash.request("/api/status")[2].decode())
+        assert status["feeds"] == []
+        assert [u["what"] for u in status["unknown"]] == ["procs feed"]
+        assert "last-PID counter" in status["unknown"][0]["why"]
+        assert status["comm"] == "fake"
+        tables = json.loads(dash.request("/api/tables?tab=traffic")[2].decode())
+        assert tables["tables"][0]["rows"][0]["cells"][:2] == ["lo", "1.2K"]
+    finally:
+        dash.close()
