@@ -4,6 +4,7 @@
     netsnoop.py PID                     curses session on PID's network view
     netsnoop.py PID --once [--tab TAB|all] [--json]
     netsnoop.py --procs [--json] [--log FILE] [--filter REGEX] ...
+    netsnoop.py --conns [--procs] [--json] [--log FILE] [--filter REGEX] ...
     netsnoop.py --serve [HOST:]PORT [PID] [--token-file FILE] [--serve-public]
 
 The nine net tabs read /proc/PID/net, which is PID's *network namespace*:
@@ -672,6 +673,197 @@ def parse_stat_line(text):
 
 
 # ---------------------------------------------------------------------------
+# Netlink sock_diag: parsers (bytes in, records out; pure)
+# ---------------------------------------------------------------------------
+# Owns the layout of NETLINK_SOCK_DIAG messages (docs/conns.md gives the kernel
+# headers: include/uapi/linux/netlink.h, sock_diag.h, inet_diag.h, tcp.h).  Calls
+# nothing but struct and socket.inet_ntop; the sockets themselves are opened
+# in "Socket owners and TCP bytes: collection".
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+INET_DIAG_INFO, INET_DIAG_CGROUP_ID = 2, 21
+# sock_diag multicast groups: every TCP socket's destruction, with its last tcp_info
+SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY = 1, 3
+TCP_LISTEN, TCP_TIME_WAIT, TCP_NEW_SYN_RECV = 0x0A, 0x06, 0x0C
+# every TCP state but TIME_WAIT (no owner, no tcp_info: already destroyed)
+DIAG_LIVE_STATES = sum(1 << s for s in TCP_STATES if s not in (TCP_TIME_WAIT, 0x0D))
+
+NLMSGHDR = struct.Struct("=IHHII")                  # len type flags seq pid
+# inet_diag_req_v2: family protocol ext pad states, then inet_diag_sockid
+INET_DIAG_REQ = struct.Struct("=BBBxI48x")
+# inet_diag_msg: family state timer retrans, sockid (sport dport big-endian,
+# src[16] dst[16] if cookie[2]), expires rqueue wqueue uid inode
+INET_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sIIIIIIII")
+RTATTR = struct.Struct("=HH")
+# tcp_info offsets of the two byte counters (u64): bytes_acked, bytes_received
+TCP_INFO_BYTES = struct.Struct("=QQ")
+TCP_INFO_BYTES_AT = 120
+TCP_INFO_BYTES_END = TCP_INFO_BYTES_AT + TCP_INFO_BYTES.size
+
+DiagSocket = collections.namedtuple(
+    "DiagSocket",
+    "family state local_address local_port remote_address remote_port uid inode cookie "
+    "cgroup bytes_sent bytes_received")
+
+
+def inet_diag_request(family, states, seq=1, protocol=socket.IPPROTO_TCP,
+                      info=True):
+    """A SOCK_DIAG_BY_FAMILY dump request: sockets of `family` in the states of the
+    bitmask (filtered by the kernel), with tcp_info when `info`."""
+    ext = 1 << (INET_DIAG_INFO - 1) if info else 0
+    body = INET_DIAG_REQ.pack(family, protocol, ext, states)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
+                         NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def _align4(n):
+    return (n + 3) & ~3
+
+
+def parse_netlink(data):
+    """Netlink messages -> [(type, seq, payload)]; a truncated tail is ignored."""
+    out = []
+    at = 0
+    while at + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq = NLMSGHDR.unpack_from(data, at)[:4]
+        if length < NLMSGHDR.size or at + length > len(data):
+            break
+        out.append((kind, seq, bytes(data[at + NLMSGHDR.size:at + length])))
+        at += _align4(length)
+    return out
+
+
+def parse_rtattrs(data):
+    """Netlink attributes -> {type: payload}."""
+    attrs = {}
+    at = 0
+    while at + RTATTR.size <= len(data):
+        length, kind = RTATTR.unpack_from(data, at)
+        if length < RTATTR.size or at + length > len(data):
+            break
+        attrs[kind & 0x3FFF] = data[at + RTATTR.size:at + length]     # no NLA_F_ flags
+        at += _align4(length)
+    return attrs
+
+
+def parse_tcp_info_bytes(blob):
+    """tcp_info -> (bytes_acked, bytes_received).  An older kernel sends a shorter
+    struct: what it lacks reads 0, as ss does (bytes_acked came in Linux 4.1)."""
+    if len(blob) < TCP_INFO_BYTES_END:
+        blob = bytes(blob) + bytes(TCP_INFO_BYTES_END - len(blob))
+    return TCP_INFO_BYTES.unpack_from(blob, TCP_INFO_BYTES_AT)
+
+
+def _diag_address(family, raw):
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def parse_inet_diag_msg(payload):
+    """One inet_diag_msg and its attributes -> DiagSocket; ValueError if short.
+    cgroup and the byte counts are None when the kernel did not send them."""
+    if len(payload) < INET_DIAG_MSG.size:
+        raise ValueError("short inet_diag_msg")
+    (family, state, _timer, _retrans, sport, dport, src, dst, _ifindex, cookie_low,
+     cookie_high, _expires, _rqueue, _wqueue, uid, inode) = INET_DIAG_MSG.unpack_from(payload)
+    attrs = parse_rtattrs(payload[_align4(INET_DIAG_MSG.size):])
+    cgroup = None
+    if len(attrs.get(INET_DIAG_CGROUP_ID, b"")) >= 8:
+        cgroup = struct.unpack_from("=Q", attrs[INET_DIAG_CGROUP_ID])[0]
+    sent = received = None
+    if INET_DIAG_INFO in attrs:
+        sent, received = parse_tcp_info_bytes(attrs[INET_DIAG_INFO])
+    return DiagSocket(family, state, _diag_address(family, src), struct.unpack(">H", sport)[0],
+                      _diag_address(family, dst), struct.unpack(">H", dport)[0], uid, inode,
+                      cookie_low | cookie_high << 32, cgroup, sent, received)
+
+
+_U32 = struct.Struct("=I")
+_INODE_AT = NLMSGHDR.size + INET_DIAG_MSG.size - 4     # inet_diag_msg's last field
+
+
+def parse_diag_bytes(data, out, seq=None):
+    """A chunk of a dump's reply -> out[inode] = (bytes_acked, bytes_received), for
+    sockets with an inode and tcp_info; -> (finished, errno or 0).
+
+    parse_diag_dump for the tcp tab, where only these count: at 20,000 sockets the
+    full records cost ~120 ms, this ~30.  The attributes of a dump's messages come
+    in the same order, so where tcp_info sat in the last message is tried first
+    (its header checked) before walking the attributes."""
+    at, end, guess, guess_head = 0, len(data), None, None
+    header, u32, info_bytes = NLMSGHDR.unpack_from, _U32.unpack_from, TCP_INFO_BYTES.unpack_from
+    while at + NLMSGHDR.size <= end:
+        length, kind, _flags, msg_seq, _pid = header(data, at)
+        if length < NLMSGHDR.size or at + length > end:
+            break
+        if seq is None or msg_seq == seq:
+            if kind == NLMSG_DONE:
+                return True, 0
+            if kind == NLMSG_ERROR:
+                code = struct.unpack_from("=i", data, at + NLMSGHDR.size)[0] \
+                    if length >= 20 else -errno.EIO
+                return True, -code
+            if kind == SOCK_DIAG_BY_FAMILY and length >= _INODE_AT + 4:
+                inode = u32(data, at + _INODE_AT)[0]
+                if inode:
+                    found = None
+                    if guess is not None and at + guess + 4 + TCP_INFO_BYTES_END <= at + length \
+                            and data[at + guess:at + guess + 4] == guess_head:
+                        found = info_bytes(data, at + guess + 4 + TCP_INFO_BYTES_AT)
+                    else:
+                        attrs = parse_rtattrs(data[at + _align4(_INODE_AT + 4):at + length])
+                        if INET_DIAG_INFO in attrs:
+                            found = parse_tcp_info_bytes(attrs[INET_DIAG_INFO])
+                            guess = _info_offset(data, at, length)
+                            guess_head = data[at + guess:at + guess + 4] if guess else None
+                    if found is not None:
+                        out[inode] = found
+        at += _align4(length)
+    return False, 0
+
+
+def _info_offset(data, at, length):
+    """Where INET_DIAG_INFO's header sits in the message at `at` (None if absent)."""
+    a = at + _align4(_INODE_AT + 4)
+    while a + RTATTR.size <= at + length:
+        alen, kind = RTATTR.unpack_from(data, a)
+        if alen < RTATTR.size:
+            return None
+        if kind & 0x3FFF == INET_DIAG_INFO:
+            return a - at
+        a += _align4(alen)
+    return None
+
+
+def parse_diag_dump(data, seq=None):
+    """A chunk of a dump's reply -> (Records of DiagSocket, finished, errno or 0).
+
+    finished: NLMSG_DONE (or an error) was in this chunk; a damaged message is
+    skipped and counted.  seq: only that request's messages count (the rest of
+    an earlier dump, abandoned, may still be queued)."""
+    out = Records()
+    for kind, msg_seq, payload in parse_netlink(data):
+        if seq is not None and msg_seq != seq:
+            continue
+        if kind == NLMSG_DONE:
+            return out, True, 0
+        if kind == NLMSG_ERROR:
+            code = struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else -errno.EIO
+            return out, True, -code
+        if kind != SOCK_DIAG_BY_FAMILY:
+            continue
+        try:
+            out.append(parse_inet_diag_msg(payload))
+        except (ValueError, struct.error, OSError):
+            out.skipped += 1
+    return out, False, 0
+
+
+# ---------------------------------------------------------------------------
 # ProcFS: the only code that opens files under /proc
 # ---------------------------------------------------------------------------
 
@@ -968,6 +1160,7 @@ class Ownership(object):
 
     def __init__(self, procfs, pid):
         self._result = None
+        self._everyone = None               # SocketOwners, after PID's own scan
         self.beside_parsing = fast_fd_scanner() is not None
         self._scan = threading.Thread(target=self._run_scan, args=(procfs, pid),
                                       name="netsnoop-fd-scan")
@@ -978,6 +1171,10 @@ class Ownership(object):
         started = time.thread_time()
         try:
             self._result = procfs.socket_inodes(pid) + (None,)
+            inodes = self._result[0]
+            # every other process's sockets too, for the owner of each row
+            self._everyone = SocketOwners(procfs).scan(
+                given={pid: inodes} if inodes is not None else None)
         except Exception as err:            # handed to the asking thread
             self._result = (None, None, err)
         _count_helper_cpu(time.thread_time() - started)
@@ -994,6 +1191,12 @@ class Ownership(object):
     @property
     def inodes(self):
         return self._wait()[0]
+
+    @property
+    def everyone(self):
+        """SocketOwners of every process netsnoop may read."""
+        self._wait()
+        return self._everyone
 
     @property
     def reason(self):
@@ -1060,11 +1263,23 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         parsed = parse_sockets(text, name)
         skipped += parsed.skipped
         records.extend(parsed)
-    rows = SocketRows(records, owners.held())
+    everyone = owners.everyone
+    tcp_bytes = diag = reason = None
+    if tab == "tcp":
+        diag, reason = tcp_diag(procfs, pid, bytes_only=True)
+        tcp_bytes = {} if diag is None else diag
+    rows = SocketRows(records, owners.held(), everyone, tcp_bytes)
     data = collections.OrderedDict(sockets=rows if json_rows else rows.dicts())
     data["owned_known"] = owners.known
     if not owners.known:
         data["owned_reason"] = owners.reason
+    data["owners_known"] = everyone.known
+    if not everyone.known:
+        data["owners_reason"] = everyone.reason()
+    if tab == "tcp":
+        data["bytes_known"] = diag is not None
+        if diag is None:
+            data["bytes_reason"] = reason
     data["skipped_lines"] = skipped
     data["files_missing"] = missing
     return data
@@ -1079,7 +1294,7 @@ def _socket_json_template(drops):
             parts.append('"drops": null')
         else:
             parts.append('"%s": %s' % (key, '"%s"' if key in quoted else "%s"))
-    return "{" + ", ".join(parts) + "}"
+    return "{" + ", ".join(parts) + "%s}"     # the owner (and bytes) as JSON text
 
 
 # Text json.dumps writes as it is (ensure_ascii): no quote, backslash, control or non-ASCII.
@@ -1098,13 +1313,49 @@ class SocketRows(object):
     TEMPLATE = _socket_json_template(drops=True)
     TEMPLATE_NO_DROPS = _socket_json_template(drops=False)
 
-    def __init__(self, records, held):
+    def __init__(self, records, held, owners=None, tcp_bytes=None):
         self.records = records
         self.held = held
+        self.owners = owners            # SocketOwners, or None: no owner keys
+        self.tcp_bytes = tcp_bytes      # {inode: (sent, received)}, or None: no bytes keys
+
+    def _extra(self, sock):
+        extra = collections.OrderedDict()
+        if self.owners is not None:
+            found = self.owners.owner(sock.inode) if sock.inode else None
+            extra["pid"], extra["process"], extra["holders"] = found or (None, None, None)
+        if self.tcp_bytes is not None:
+            counts = self.tcp_bytes.get(sock.inode) if sock.inode else None
+            extra["bytes_sent"], extra["bytes_received"] = counts or (None, None)
+        return extra
 
     def dicts(self):
         held, keys = self.held, SOCKET_KEYS
-        return [dict(zip(keys, s + (s.inode in held,))) for s in self.records]
+        if self.owners is None and self.tcp_bytes is None:
+            return [dict(zip(keys, s + (s.inode in held,))) for s in self.records]
+        out = []
+        for s in self.records:
+            row = dict(zip(keys, s + (s.inode in held,)))
+            row.update(self._extra(s))
+            out.append(row)
+        return out
+
+    def _extra_json(self):
+        """inode -> the JSON text after "owned" (owner, bytes), and the text for the rest."""
+        inodes = set(s.inode for s in self.records) - {0}
+        default = ""
+        texts = dict.fromkeys(inodes, "")
+        if self.owners is not None:
+            default = NO_OWNER_JSON
+            known = owners_json(self.owners, inodes)
+            texts = {i: known.get(i, NO_OWNER_JSON) for i in inodes}
+        if self.tcp_bytes is not None:
+            for inode in inodes:
+                counts = self.tcp_bytes.get(inode)
+                texts[inode] += (', "bytes_sent": %d, "bytes_received": %d' % counts
+                                 if counts else NO_BYTES_JSON)
+            default += NO_BYTES_JSON
+        return texts, default
 
     def plain_strings(self):
         """True when every text field is JSON-safe as it is (no quote, backslash, control)."""
@@ -1119,8 +1370,10 @@ class SocketRows(object):
             return json.dumps(self.dicts(), check_circular=False)
         held, full, no_drops = self.held, self.TEMPLATE, self.TEMPLATE_NO_DROPS
         flag = ("false", "true")
-        rows = [full % (s + (flag[s.inode in held],)) if s[14] is not None
-                else no_drops % (s[:14] + (flag[s.inode in held],))
+        extra, default = self._extra_json()
+        rows = [full % (s + (flag[s.inode in held], extra.get(s.inode, default)))
+                if s[14] is not None
+                else no_drops % (s[:14] + (flag[s.inode in held], extra.get(s.inode, default)))
                 for s in self.records]
         if not rows:
             return "[]"
@@ -1170,7 +1423,7 @@ def collect_arp(procfs, pid):
 def collect_traffic(procfs, pid):
     data = collections.OrderedDict()
     data["interfaces"] = list(_read_parsed(procfs, pid, "dev", parse_dev, data, Records()))
-    return data
+    return add_process_traffic(procfs, pid, data)
 
 
 def collect_stats(procfs, pid):
@@ -1275,6 +1528,429 @@ def snapshot_json(snap):
         parts.extend((head, rows.json_text()))
     parts.append(text)
     return "".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Socket owners and TCP bytes: collection
+# ---------------------------------------------------------------------------
+# Owns: which process holds each socket inode (the fd links of every process
+# netsnoop may read, as `ss -p` finds them), the sock_diag dumps of a network
+# namespace (root enters another one in a thread that ends at once), and the
+# cgroup id -> path map.  May call ProcFS, fd_socket_inodes, the sock_diag
+# parsers.  docs/conns.md says why each piece is as it is.
+
+CLONE_NEWNET = 0x40000000
+DIAG_RECV = 1 << 17         # a dump's reply comes in chunks of at most ~32 KiB
+DIAG_SOCKETS_KEPT = 8       # netlink sockets kept open, one per namespace seen
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_REWALK = 10.0        # an unknown cgroup id walks the tree again at most this often
+
+
+class SocketOwners(object):
+    """inode -> the processes holding it, from the fd links of every process
+    netsnoop may read (all of them as root, its own user's otherwise).
+
+    scan(changed_only=True) rescans only the processes that are new or whose fd
+    directory changed size (on Linux 6.2+ the size is the count of open fds), so
+    the connection feed never walks every fd of every process per event.
+    """
+
+    def __init__(self, procfs):
+        self.procfs = procfs
+        self.fds = {}           # pid -> (fd directory size, frozenset of socket inodes)
+        self.refused = 0        # processes whose fds could not be read
+        self.first = {}         # inode -> lowest pid holding it
+        self.multi = {}         # inode -> number of holders, when more than one
+        self.comms = {}         # pid -> comm, for the pids in first
+
+    def scan(self, given=None, changed_only=False, pids=None):
+        """Walk /proc/N/fd.  given: {pid: inodes} already read (PID's own scan);
+        pids: only these processes (the feed's: those of its network namespace)."""
+        fds, refused = {}, 0
+        if pids is None:
+            try:
+                pids = PythonBackend().list_pids(self.procfs.root)
+            except OSError:
+                pids, refused = [], -1          # no listing: every owner unknown
+        for pid in pids:
+            if given and pid in given:
+                fds[pid] = (-1, frozenset(given[pid]))
+                continue
+            found = self._scan_pid(pid, self.fds.get(pid) if changed_only else None)
+            if found is False:
+                refused += 1
+            elif found is not None:
+                fds[pid] = found
+        self.fds, self.refused = fds, refused
+        self._index()
+        return self
+
+    def _scan_pid(self, pid, old):
+        """-> (size, inodes); None when gone; False when refused."""
+        try:
+            dir_fd = os.open(self.procfs.path(pid, "fd"),
+                             os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            return False if err.errno in (errno.EACCES, errno.EPERM) else None
+        try:
+            size = os.fstat(dir_fd).st_size
+            if old is not None and old[0] == size and size > 0:
+                return old
+            return size, frozenset(fd_socket_inodes(dir_fd))
+        except OSError as err:
+            return False if err.errno in (errno.EACCES, errno.EPERM) else None
+        finally:
+            os.close(dir_fd)
+
+    def _index(self):
+        first, multi, seen = {}, {}, set()
+        # highest pid first, so the lowest one is written last and stays
+        for pid in sorted(self.fds, reverse=True):
+            inodes = self.fds[pid][1]
+            if not inodes:
+                continue
+            for inode in inodes & seen:
+                multi[inode] = multi.get(inode, 1) + 1
+            seen |= inodes
+            first.update(dict.fromkeys(inodes, pid))
+        first.pop(0, None)
+        comms = {}
+        for pid in set(first.values()):
+            comms[pid] = self.comms.get(pid) or self._comm(pid)
+        self.first, self.multi, self.comms = first, multi, comms
+
+    def rescan(self, pids):
+        """Read the fds of these processes again, whatever their size; the index is
+        patched (not rebuilt: cheap at 20,000 sockets).  -> True if any changed."""
+        changed = False
+        for pid in pids:
+            old = self.fds.get(pid, (0, frozenset()))[1]
+            found = self._scan_pid(pid, None)
+            new = found[1] if found else frozenset()
+            if found:
+                self.fds[pid] = found
+            else:
+                self.fds.pop(pid, None)
+            if new == old:
+                continue
+            changed = True
+            for inode in old - new:
+                if self.first.get(inode) == pid:
+                    del self.first[inode]
+            for inode in new - old:
+                if inode and (inode not in self.first or self.first[inode] > pid):
+                    self.first[inode] = pid
+            if new and pid not in self.comms:
+                self.comms[pid] = self._comm(pid)
+        return changed
+
+    def pids_of_uid(self, uid, pids):
+        """Those of pids whose /proc/N belongs to uid (their effective uid)."""
+        out = []
+        for pid in pids:
+            try:
+                if os.stat(self.procfs.path(pid)).st_uid == uid:
+                    out.append(pid)
+            except OSError:
+                continue
+        return out
+
+    def _comm(self, pid):
+        try:
+            return parse_stat_line(self.procfs.read(pid, "stat"))[0]
+        except (OSError, ValueError):
+            return None
+
+    def owner(self, inode):
+        """-> (pid, comm, holders) or None when no readable process holds it."""
+        pid = self.first.get(inode)
+        if pid is None:
+            return None
+        return pid, self.comms.get(pid), self.multi.get(inode, 1)
+
+    @property
+    def known(self):
+        return self.refused == 0
+
+    def reason(self):
+        if self.refused == 0:
+            return None
+        if self.refused < 0:
+            return "cannot list the processes in %s" % self.procfs.root
+        why = ("not dumpable, or of another user namespace" if os.geteuid() == 0
+               else "another user's, or not dumpable; root sees them")
+        return ("the fds of %d process%s cannot be read (%s): the sockets only they "
+                "hold show no owner" % (self.refused, "" if self.refused == 1 else "es", why))
+
+
+def owners_json(owners, inodes):
+    """inode -> ', "pid": N, "process": "comm", "holders": N' for the inodes given."""
+    out, texts = {}, {}
+    first, multi, comms = owners.first, owners.multi, owners.comms
+    for inode in inodes:
+        pid = first.get(inode)
+        if pid is None:
+            continue
+        key = (pid, multi.get(inode, 1))
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = ', "pid": %d, "process": %s, "holders": %d' % (
+                pid, json.dumps(comms.get(pid)), key[1])
+        out[inode] = text
+    return out
+
+
+NO_OWNER_JSON = ', "pid": null, "process": null, "holders": null'
+NO_BYTES_JSON = ', "bytes_sent": null, "bytes_received": null'
+
+
+# --- sock_diag: a namespace's sockets with uid, cookie, cgroup and tcp_info ----
+
+_DIAG_SOCKETS = {}      # "net:[N]" -> (netlink socket in that namespace, lock)
+
+
+def open_diag_socket():
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_SOCK_DIAG)
+
+
+def open_diag_socket_in(ns_path):
+    """A sock_diag socket of another network namespace (root).  A netlink socket
+    stays in the namespace it was made in, so a thread enters the namespace,
+    makes it and ends: setns changes only the calling thread, and netsnoop's
+    other threads never leave their own namespace.  os.setns exists only from
+    Python 3.12: libc's setns through ctypes (standard library)."""
+    result = []
+
+    def enter():
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, os.strerror(code))
+            finally:
+                os.close(fd)
+            result.append(open_diag_socket())
+        except Exception as err:        # handed to the caller
+            result.append(err)
+
+    thread = threading.Thread(target=enter, name="netsnoop-setns")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], Exception):
+        raise result[0]
+    return result[0]
+
+
+def diag_socket_for(procfs, pid):
+    """-> ((socket, lock), None) for PID's network namespace, or (None, reason)."""
+    if os.path.realpath(procfs.root) != "/proc":
+        return None, "TCP bytes come from the kernel (sock_diag), not from a --proc tree"
+    theirs = procfs.netns(pid)
+    if theirs is None and shares_netns(procfs, pid):
+        theirs = procfs.netns("self")
+    if theirs is None:
+        return None, ("cannot read /proc/%d/ns/net (another user's process) and its "
+                      "network namespace is not netsnoop's: TCP bytes need the same "
+                      "namespace, or root" % pid)
+    entry = _DIAG_SOCKETS.get(theirs)
+    if entry is not None:
+        return entry, None
+    try:
+        if theirs == procfs.netns("self"):
+            sock = open_diag_socket()
+        elif os.geteuid() == 0:
+            sock = open_diag_socket_in(procfs.path(pid, "ns", "net"))
+        else:
+            return None, ("TCP bytes need PID in netsnoop's own network namespace, or "
+                          "root: sock_diag answers only for the caller's namespace")
+    except OSError as err:
+        return None, "cannot open sock_diag in PID's network namespace: %s" % (
+            err.strerror or err)
+    if len(_DIAG_SOCKETS) >= DIAG_SOCKETS_KEPT:
+        close_diag_sockets()
+    entry = _DIAG_SOCKETS[theirs] = (sock, threading.Lock())
+    return entry, None
+
+
+def shares_netns(procfs, pid):
+    """Is PID in netsnoop's network namespace, when its ns/net link cannot be read
+    (another user's process)?  Each namespace has its own /proc/net entries, so
+    /proc/PID/net/tcp is the very inode of /proc/self/net/tcp exactly then."""
+    try:
+        return os.stat(procfs.path(pid, "net", "tcp")).st_ino == \
+            os.stat(procfs.path("self", "net", "tcp")).st_ino
+    except OSError:
+        return False
+
+
+def close_diag_sockets():
+    for sock, _ in _DIAG_SOCKETS.values():
+        sock.close()
+    _DIAG_SOCKETS.clear()
+
+
+_DIAG_SEQ = [0]
+
+
+def diag_dump(entry, states=DIAG_LIVE_STATES, families=(socket.AF_INET, socket.AF_INET6)):
+    """Every TCP socket of the families in the states of the bitmask -> Records of
+    DiagSocket; the kernel filters the states.  OSError on failure.  Each family
+    costs a walk of the kernel's whole TCP hash (~2 ms here, sockets or not)."""
+    return _diag_exchange(entry, states, families, Records())
+
+
+def diag_bytes(entry, states=DIAG_LIVE_STATES):
+    """diag_dump reduced to {inode: (bytes_acked, bytes_received)} (parse_diag_bytes)."""
+    return _diag_exchange(entry, states, (socket.AF_INET, socket.AF_INET6), {})
+
+
+def _diag_exchange(entry, states, families, out):
+    """Send the dump requests and parse the replies into `out` (Records: every
+    record; a dict: the byte counts by inode)."""
+    sock, lock = entry
+    with lock:
+        for family in families:
+            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            sock.send(inet_diag_request(family, states, seq))
+            done = False
+            while not done:
+                data = sock.recv(DIAG_RECV)
+                if isinstance(out, dict):
+                    done, err = parse_diag_bytes(data, out, seq)
+                else:
+                    part, done, err = parse_diag_dump(data, seq)
+                    out.extend(part)
+                    out.skipped += part.skipped
+            if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
+                                                                   errno.EAFNOSUPPORT)):
+                raise OSError(err, os.strerror(err))
+    return out
+
+
+def tcp_diag(procfs, pid, bytes_only=False):
+    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets;
+    bytes_only: ({inode: (sent, received)}, None) instead."""
+    entry, reason = diag_socket_for(procfs, pid)
+    if entry is None:
+        return None, reason
+    try:
+        return (diag_bytes(entry) if bytes_only else diag_dump(entry)), None
+    except OSError as err:
+        return None, "sock_diag dump failed: %s" % (err.strerror or err)
+
+
+# --- cgroups: id -> path ------------------------------------------------------
+
+class CgroupNames(object):
+    """cgroup id (as sock_diag gives it) -> path under /sys/fs/cgroup.
+
+    On cgroup2 the id is the inode number of the cgroup's directory, so one walk
+    of the tree (its readdir gives the inodes, no stat) maps them all; an id
+    not found walks again, at most every CGROUP_REWALK seconds."""
+
+    def __init__(self, root=CGROUP_ROOT):
+        self.root = root
+        self.paths = None
+        self.walked = None
+
+    def _walk(self):
+        paths = {}
+        try:
+            paths[os.stat(self.root).st_ino] = "/"
+        except OSError:
+            return paths
+        todo = [(self.root, "")]
+        while todo:
+            top, rel = todo.pop()
+            try:
+                entries = list(os.scandir(top))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        path = rel + "/" + entry.name
+                        paths[entry.inode()] = path
+                        todo.append((entry.path, path))
+                except OSError:
+                    continue
+        return paths
+
+    def path(self, cgroup_id):
+        if cgroup_id is None:
+            return None
+        now = time.monotonic()
+        if self.paths is None or (cgroup_id not in self.paths
+                                  and now - self.walked >= CGROUP_REWALK):
+            self.paths, self.walked = self._walk(), now
+        return self.paths.get(cgroup_id)
+
+
+_CGROUPS = CgroupNames()
+
+
+# --- the traffic tab's processes and cgroups ---------------------------------
+
+class ProcessTraffic(list):
+    """[{pid, comm, uid, cgroup, sockets, bytes_sent, bytes_received}] plus, unseen
+    by JSON, .sockets: {cookie: (row key, sent, received)} for the session's rates."""
+    sockets = None
+
+
+def traffic_by_owner(diag, owners, cgroups=_CGROUPS):
+    """TCP sockets summed per owning process (per uid under pid null when the
+    owner is unknown) -> (ProcessTraffic, [per cgroup path]), busiest first."""
+    rows, groups = collections.OrderedDict(), collections.OrderedDict()
+    per_socket = {}
+    for sock in diag:
+        if sock.bytes_sent is None:
+            continue
+        found = owners.owner(sock.inode) if sock.inode else None
+        key = ("pid", found[0]) if found else ("uid", sock.uid)
+        cgroup = cgroups.path(sock.cgroup)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = collections.OrderedDict(
+                (("pid", found[0] if found else None), ("comm", found[1] if found else None),
+                 ("uid", sock.uid), ("cgroup", cgroup), ("sockets", 0),
+                 ("bytes_sent", 0), ("bytes_received", 0)))
+        group = groups.get(cgroup)
+        if group is None:
+            group = groups[cgroup] = collections.OrderedDict(
+                (("cgroup", cgroup), ("sockets", 0), ("bytes_sent", 0),
+                 ("bytes_received", 0)))
+        for out in (row, group):
+            out["sockets"] += 1
+            out["bytes_sent"] += sock.bytes_sent
+            out["bytes_received"] += sock.bytes_received
+        per_socket[sock.cookie] = (key, cgroup, sock.bytes_sent, sock.bytes_received)
+
+    def busiest(r):
+        return -(r["bytes_sent"] + r["bytes_received"])
+
+    processes = ProcessTraffic(sorted(rows.values(), key=busiest))
+    processes.sockets = per_socket
+    return processes, sorted(groups.values(), key=busiest)
+
+
+def add_process_traffic(procfs, pid, data):
+    """The traffic tab's `processes` and `cgroups` (or bytes_known false + reason)."""
+    diag, reason = tcp_diag(procfs, pid)
+    data["bytes_known"] = diag is not None
+    if diag is None:
+        data["bytes_reason"] = reason
+        data["processes"], data["cgroups"] = [], []
+        return data
+    owners = SocketOwners(procfs).scan()
+    data["processes"], data["cgroups"] = traffic_by_owner(diag, owners)
+    data["owners_known"] = owners.known
+    if not owners.known:
+        data["owners_reason"] = owners.reason()
+    return data
 
 
 # ---------------------------------------------------------------------------
@@ -2488,6 +3164,479 @@ def collect_procs(procfs, pid):
 
 
 # ---------------------------------------------------------------------------
+# Connection feed (--conns)
+# ---------------------------------------------------------------------------
+# Owns the --conns events (open, listen, close) and the loop that finds them,
+# alone or interleaved with --procs.  May call the sock_diag parsers and the
+# owners/bytes collection, ProcFeed, FeedOutput and event_matches.
+#
+# How (docs/conns.md has the measurements and the traps):
+# - close: the kernel multicasts every TCP socket's destruction with its last
+#   tcp_info (sock_diag groups, open to any user), so no close is missed; uid and
+#   inode come zeroed, the cookie names the socket;
+# - open/listen: a dump (states filtered in the kernel) compared with the one
+#   before, by cookie.  A dump is taken when the TCP line of /proc/net/sockstat
+#   moved (a pread of a kept-open fd, ~3 us: every connect, accept, listen and
+#   close changes it), when a destroy arrived, and now and then to reconcile;
+# - the owner: SocketOwners rescans only new processes and fd directories that
+#   changed size; an accepted socket is in the dump before accept() returns its
+#   fd, so an open without an owner waits up to OWNER_WAIT for one.
+
+CONN_FAST = 0.001           # sockstat poll period for CONN_ACTIVE_FOR after a change
+CONN_ACTIVE_FOR = 2.0
+CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
+CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
+OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
+DUMP_SHARE = 0.2            # of a core, at most, spent dumping over time ...
+DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
+BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
+CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
+# the feed's dump: no TIME_WAIT (already destroyed) and no request sockets (a
+# request's cookie is not the cookie of the socket accept() will return)
+CONN_STATES = DIAG_LIVE_STATES & ~(1 << TCP_NEW_SYN_RECV) & ~(1 << 0x07)
+DESTROY_GROUPS = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1))
+DESTROY_RCVBUF = 4 << 20
+
+
+def open_destroy_listener():
+    """A netlink socket on the TCP destroy groups of netsnoop's own namespace."""
+    sock = open_diag_socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
+        sock.bind((0, DESTROY_GROUPS))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ConnSeen(object):
+    """A socket the feed knows: its open event (or None: present at start) and owner."""
+    __slots__ = ("event", "opened", "pending_until")
+
+    def __init__(self, event, opened, pending_until=None):
+        self.event, self.opened, self.pending_until = event, opened, pending_until
+
+
+def conn_proto(sock):
+    return "tcp6" if sock.family == socket.AF_INET6 else "tcp"
+
+
+class ConnScanner(object):
+    """Finds TCP opens, listens and closes in netsnoop's network namespace.
+
+    step() waits (at most `limit` seconds) and returns event dicts.  Counts for the
+    summary: opens, listens, closes, closes_unseen (closes whose open was never
+    seen), present (sockets there at start), lost (destroy messages the kernel
+    dropped: ENOBUFS on a full receive buffer)."""
+
+    def __init__(self, procfs, slowest=None):
+        self.procfs = procfs
+        self.quiet = slowest or CONN_QUIET
+        self.opens = self.listens = self.closes = self.closes_unseen = 0
+        self.present = self.lost = self.unbound = 0
+        self.known = {}             # cookie -> ConnSeen
+        self.owners = SocketOwners(procfs)
+        self.cgroups = CgroupNames()
+        self.diag = self.destroy = None
+        self.stat_fds = {}          # "sockstat", "sockstat6", "snmp" -> kept-open fd
+        self.inuse = {}             # family -> TCP inuse of sockstat / sockstat6
+        self.active_opens = None    # Tcp ActiveOpens + PassiveOpens of /proc/net/snmp
+        self.pending = set()        # cookies of opens waiting for their owner
+        self.want = set()           # families to dump once the gap between dumps is over
+        self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
+        self.last_change = self.last_dump = 0.0
+        self.dump_cost = 0.0
+        self.recent = collections.OrderedDict()     # pids that owned the last opens
+        self.netns_of = {}          # pid -> its network namespace, read once
+        self.own_netns = procfs.netns("self")
+        self.uid_pass = 0.0         # when processes were last rescanned by uid
+
+    def start(self):
+        try:
+            self.destroy = open_destroy_listener()
+            self.diag = (open_diag_socket(), threading.Lock())
+        except OSError as err:
+            self.close()
+            raise NetsnoopError("cannot open sock_diag (NETLINK_SOCK_DIAG): %s"
+                                % (err.strerror or err))
+        for name in ("sockstat", "sockstat6", "snmp"):
+            try:
+                self.stat_fds[name] = _open_ro(self.procfs.path("net", name))
+            except OSError:
+                pass                # IPv6 off; without any: dumps by the clock only
+        self._inuse_moved()
+        self._opens_moved()
+        self.owners.scan(pids=self.local_pids())
+        for sock in self._dump():
+            self.known[sock.cookie] = ConnSeen(self._event("open", sock), None)
+            self.present += 1
+        return self.present
+
+    def close(self):
+        for sock in (self.destroy, self.diag[0] if self.diag else None):
+            if sock is not None:
+                sock.close()
+        for fd in self.stat_fds.values():
+            _close(fd)
+        self.stat_fds = {}
+        self.destroy = self.diag = None
+
+    def _dump_gap(self, now):
+        """Seconds until a dump may run.  Each dump walks the kernel's whole TCP hash
+        (~2.2 ms per family on a 262,144-bucket hash, however few sockets the
+        namespace has), so dumps spend at most DUMP_SHARE of a core over time,
+        from a budget that lets a burst of DUMP_BURST seconds of dumps go at once."""
+        self.budget = min(DUMP_BURST, self.budget + (now - self.budget_at) * DUMP_SHARE)
+        self.budget_at = now
+        return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
+
+    def _inuse_moved(self):
+        """The families whose count of hashed TCP sockets moved (a connect, accept,
+        listen or close): "TCP: inuse 5 ..." in sockstat, "TCP6: inuse 3" in sockstat6."""
+        moved = []
+        for name, family, head in (("sockstat", socket.AF_INET, b"TCP: inuse "),
+                                   ("sockstat6", socket.AF_INET6, b"TCP6: inuse ")):
+            fd = self.stat_fds.get(name)
+            if fd is None:
+                continue
+            data = os.pread(fd, 4096, 0)
+            at = data.find(head)
+            count = data[at + len(head):].split(None, 1)[0] if at >= 0 else data
+            if self.inuse.get(family) != count:
+                self.inuse[family] = count
+                moved.append(family)
+        return moved
+
+    def _opens_moved(self):
+        """Did Tcp ActiveOpens + PassiveOpens of /proc/net/snmp move?  (Asked only after
+        a close: an open and a close between two polls leave inuse as it was.)"""
+        fd = self.stat_fds.get("snmp")
+        if fd is None:
+            return True
+        try:
+            tcp = parse_snmp(decode(_pread_all(fd))).get("Tcp", {})
+        except OSError:
+            return True
+        opens = tcp.get("ActiveOpens", 0) + tcp.get("PassiveOpens", 0)
+        moved, self.active_opens = opens != self.active_opens, opens
+        return moved
+
+    def _dump(self, families=(socket.AF_INET, socket.AF_INET6)):
+        started = time.monotonic()
+        try:
+            found = diag_dump(self.diag, CONN_STATES, families)
+        except OSError as err:
+            raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
+        now = time.monotonic()
+        self.last_dump, self.dump_cost = now, now - started
+        self.budget -= self.dump_cost
+        return found
+
+    # -- the loop --
+
+    def step(self, limit=MAX_WAIT):
+        now = time.monotonic()
+        period = CONN_FAST if now - self.last_change < CONN_ACTIVE_FOR else self.quiet
+        deadline = now + max(0.0, limit)
+        events = []
+        destroyed = []
+        families = self.want         # moved before, not dumped yet (the gap)
+        waited = False
+        while True:
+            fresh = self._read_destroys()
+            destroyed.extend(fresh)
+            moved = self._inuse_moved()
+            families.update(moved)
+            if fresh and not moved and self._opens_moved():
+                families.update(BOTH_FAMILIES)
+            now = time.monotonic()
+            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost) or \
+                    (self.pending and waited):
+                families.update(BOTH_FAMILIES)
+            gap = self._dump_gap(now)
+            if (families and gap <= 0) or (destroyed and not families) or now >= deadline:
+                break
+            wait = CONN_FAST if self.pending else period
+            select.select([self.destroy], [], [],
+                          max(0.0, min(max(wait, gap) if families else wait, deadline - now)))
+            waited = True
+        if families or destroyed:
+            self.last_change = now
+        if families and self._dump_gap(now) <= 0:
+            self.want = set()
+            self._compare(self._dump(sorted(families)), now, events,
+                          whole=len(families) == 2)
+        for sock in destroyed:
+            self._closed(sock, events)
+        return events
+
+    def _read_destroys(self):
+        out = []
+        while True:
+            try:
+                data = self.destroy.recv(DIAG_RECV)
+            except BlockingIOError:
+                return out
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:      # the kernel dropped some: say how many
+                    self.lost += 1
+                    continue
+                raise
+            out.extend(parse_diag_dump(data)[0])
+
+    def _compare(self, dump, now, events, whole=True):
+        """New cookies are opens (listens); an open without an owner yet waits a little.
+        whole: both families were dumped, so a waiting open not in it is gone."""
+        if whole and self.pending:
+            present = set(sock.cookie for sock in dump)
+            for cookie in [c for c in self.pending if c not in present]:
+                self._emit_open(self.known[cookie], events)
+        fresh = []
+        for sock in dump:
+            seen = self.known.get(sock.cookie)
+            if seen is None:
+                kind = "listen" if sock.state == TCP_LISTEN else "open"
+                seen = self.known[sock.cookie] = ConnSeen(self._event(kind, sock), now)
+            elif not seen.pending_until:
+                continue
+            # accepted but not yet taken by accept(): no inode, no fd to find yet
+            seen.event["inode"] = sock.inode
+            fresh.append((sock, seen))
+        missing = [sock for sock, _ in fresh if sock.inode and not self.owners.owner(sock.inode)]
+        if missing:
+            self._find_owners(missing, now)
+        for sock, seen in fresh:
+            found = self.owners.owner(sock.inode) if sock.inode else None
+            if found is not None:
+                self._set_owner(seen.event, found)
+            elif seen.pending_until is None:
+                seen.pending_until = now + OWNER_WAIT
+                self.pending.add(sock.cookie)
+                continue
+            elif now < seen.pending_until:
+                continue
+            self._emit_open(seen, events)
+
+    def local_pids(self):
+        """The processes in netsnoop's network namespace: a socket belongs to the
+        namespace its maker was in, so only they are searched for owners (the
+        namespace of each PID read once: ~1,000 processes of other namespaces
+        would otherwise cost every search ~10 ms).  Unknown namespace: searched."""
+        try:
+            pids = PythonBackend().list_pids(self.procfs.root)
+        except OSError:
+            return []
+        netns_of = {}
+        for pid in pids:
+            ns = self.netns_of.get(pid, False)
+            if ns is False:
+                ns = self.procfs.netns(pid)
+            netns_of[pid] = ns
+        self.netns_of = netns_of
+        return [pid for pid, ns in netns_of.items() if ns is None or ns == self.own_netns]
+
+    def _find_owners(self, socks, now):
+        """Look for the owners of new sockets at bounded cost, cheapest first: the
+        processes that owned the last opens (a client in a loop reuses the same fd
+        numbers, so its fd count does not move), then new processes and fd
+        directories whose size changed, then (at most every UID_PASS seconds) every
+        process of the sockets' uids."""
+        owners = self.owners
+
+        def all_found():
+            return all(owners.owner(sock.inode) for sock in socks)
+
+        if self.recent and owners.rescan(list(self.recent)) and all_found():
+            return
+        local = self.local_pids()
+        owners.scan(changed_only=True, pids=local)
+        if not all_found() and now - self.uid_pass >= UID_PASS:
+            self.uid_pass = now
+            for uid in set(sock.uid for sock in socks if not owners.owner(sock.inode)):
+                owners.rescan(owners.pids_of_uid(uid, local))
+
+    def _emit_open(self, seen, events):
+        seen.pending_until = None
+        self.pending.discard(seen.event["cookie"])
+        if seen.event["event"] == "listen":
+            self.listens += 1
+        else:
+            self.opens += 1
+        events.append(seen.event)
+
+    def _set_owner(self, event, found):
+        pid, comm, _holders = found
+        self.recent.pop(pid, None)
+        self.recent[pid] = True
+        if len(self.recent) > 8:
+            self.recent.popitem(last=False)
+        event["pid"], event["comm"] = pid, comm
+        event["cmdline"] = read_proc_cmdline(self.procfs, pid)
+
+    def _event(self, kind, sock, when=None):
+        event = collections.OrderedDict(event=kind, time=round(when or time.time(), 6))
+        event.update((
+            ("proto", conn_proto(sock)), ("local_address", sock.local_address),
+            ("local_port", sock.local_port), ("remote_address", sock.remote_address),
+            ("remote_port", sock.remote_port), ("state", state_name(sock.state)),
+            ("uid", sock.uid), ("inode", sock.inode), ("cookie", sock.cookie),
+            ("pid", None), ("comm", None), ("cmdline", None),
+            ("cgroup", self.cgroups.path(sock.cgroup)), ("bytes_sent", sock.bytes_sent),
+            ("bytes_received", sock.bytes_received), ("duration", None)))
+        return event
+
+    def _closed(self, sock, events):
+        """A destroy message -> a close event, with the open's owner when it was seen."""
+        seen = self.known.pop(sock.cookie, None)
+        if seen is None and sock.local_port == 0:
+            self.unbound += 1           # never bound nor connected: no connection to tell
+            return
+        if seen is not None and seen.pending_until:
+            self._emit_open(seen, events)   # still without an owner: out before its close
+        event = self._event("close", sock)
+        if seen is None:
+            self.closes_unseen += 1
+        else:
+            opened = seen.event
+            for key in ("uid", "inode", "pid", "comm", "cmdline", "cgroup"):
+                event[key] = opened[key]
+            if seen.opened is not None:
+                event["duration"] = round(event["time"] - opened["time"], 6)
+        self.closes += 1
+        events.append(event)
+
+
+def conn_text(event):
+    """A connection event -> one line: time, event, endpoints, state, owner, bytes."""
+    parts = [clock_text(event["time"]), "%-6s" % event["event"], event["proto"],
+             hostport(event["local_address"], event["local_port"])]
+    if event["event"] != "listen":
+        parts += ["->", hostport(event["remote_address"], event["remote_port"])]
+    parts.append(event["state"])
+    if event["pid"] is not None:
+        parts.append("pid %d %s" % (event["pid"], printable(event["comm"] or "?", 32)))
+        if event.get("cmdline"):
+            parts.append(printable(" ".join(event["cmdline"]), CELL_LIMIT))
+    else:
+        parts.append("uid %s" % ("?" if event["uid"] is None else event["uid"]))
+    if event["event"] == "close" and event["bytes_sent"] is not None:
+        parts.append("sent %s recv %s" % (human_bytes(event["bytes_sent"]),
+                                          human_bytes(event["bytes_received"])))
+        if event["duration"] is not None:
+            parts.append("%.3fs" % event["duration"])
+    return " ".join(parts)
+
+
+def conn_event_matches(event, regex):
+    """--filter on a connection: command line, name, addresses and ports."""
+    if regex is None:
+        return True
+    text = " ".join([" ".join(event.get("cmdline") or []), event.get("comm") or "",
+                     hostport(event["local_address"], event["local_port"]),
+                     hostport(event["remote_address"], event["remote_port"])])
+    return bool(regex.search(text))
+
+
+class ConnFeedOutput(FeedOutput):
+    """FeedOutput for --conns (and --procs --conns): each event in its own shape."""
+
+    def emit(self, event):
+        if "proto" not in event:
+            return FeedOutput.emit(self, event)
+        if conn_event_matches(event, self.regex):
+            self.write(json.dumps(event) if self.json else conn_text(event))
+
+    def conn_summary(self, conns, procs=None):
+        if not self.json:
+            return
+        out = collections.OrderedDict(event="summary")
+        if procs is not None:
+            out.update((("seen", procs.seen), ("missed", procs.missed),
+                        ("backend", procs.backend)))
+        out.update((("conns_open", conns.opens), ("conns_listen", conns.listens),
+                    ("conns_close", conns.closes), ("conns_close_open_unseen", conns.closes_unseen),
+                    ("conns_present", conns.present), ("conns_lost", conns.lost)))
+        self.write(json.dumps(out))
+
+    def conn_report(self, conns):
+        try:
+            sys.stderr.write(
+                "%s: %d connection%s opened, %d listener%s, %d closed (%d whose open was not "
+                "seen, %d present at start)%s\n" % (
+                    PROG, conns.opens, "" if conns.opens == 1 else "s", conns.listens,
+                    "" if conns.listens == 1 else "s", conns.closes, conns.closes_unseen,
+                    conns.present,
+                    "; %d destroy message batches lost (receive buffer full)" % conns.lost
+                    if conns.lost else ""))
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def run_conns(args, procfs):
+    """--conns (with --procs: both feeds in one stream, in time order)."""
+    output = ConnFeedOutput(args)
+    conns = ConnScanner(procfs, args.interval)
+    procs = None
+    started = False
+    try:
+        with _StopFlag() as stop:
+            present = conns.start()
+            started = True
+            if args.procs:
+                procs = ProcFeed(procfs, args.backend)
+            sys.stderr.write("%s: watching TCP connections (%d present)%s; Ctrl+C ends\n" % (
+                PROG, present, " and new processes" if procs else ""))
+            sys.stderr.flush()
+            deadline = time.monotonic() + args.duration if args.duration else None
+            held = []
+            while not stop.stopped:
+                left = STOP_CHECK if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                events = conns.step(min(left, STOP_CHECK, CONN_HOLD if procs else 1.0))
+                if procs is None:
+                    for event in events:
+                        output.emit(event)
+                    continue
+                if procs.error:
+                    raise NetsnoopError(procs.error)
+                held.extend(events + procs.poll())
+                held = _emit_in_order(output, held, time.time() - CONN_HOLD)
+            # what the kernel sent before the stop (destroys queued meanwhile) still goes out
+            last = conns.step(0)
+            if procs is None:
+                for event in last:
+                    output.emit(event)
+            else:
+                held.extend(last + procs.poll())
+                _emit_in_order(output, held, float("inf"))
+        output.conn_summary(conns, procs._scanner if procs else None)
+    finally:
+        if started:
+            output.conn_report(conns)
+            if procs is not None:
+                output.report(procs._scanner)
+        if procs is not None:
+            procs.close()
+        conns.close()
+        output.close()
+    return EXIT_OK
+
+
+def _emit_in_order(output, events, until):
+    """Emit the events older than `until` in time order; return the others."""
+    events.sort(key=lambda e: e["time"])
+    later = [e for e in events if e["time"] > until]
+    for event in events[:len(events) - len(later)]:
+        output.emit(event)
+    return later
+
+
+# ---------------------------------------------------------------------------
 # Views: tab data to tables of text rows (pure)
 # ---------------------------------------------------------------------------
 
@@ -2533,25 +3682,32 @@ def ss_state(sock):
     return sock["state"]
 
 
-def socket_table(tab, data):
+def socket_table(tab, data, prev=None, dt=None):
     port_title = {"raw": "Proto", "icmp": "Id"}.get(tab, "Port")
     columns = [Column("Netid", L), Column("State", L), Column("Recv-Q", R),
                Column("Send-Q", R), Column("Local Address:" + port_title, L),
                Column("Peer Address:Port", L), Column("UID", R), Column("Inode", R),
-               Column("Own", L)]
+               Column("Own", L), Column("Process", L)]
+    byte_cells = socket_byte_cells(data, prev, dt)
+    if byte_cells is not None:
+        columns += byte_cells.columns
     rows = []
     for s in data["sockets"]:
+        cells = [s["proto"], ss_state(s), str(s["rx_queue"]),
+                 # a listener's Send-Q is "-": ss shows its backlog there, /proc does not give it
+                 "-" if s["state"] == "LISTEN" else str(s["tx_queue"]),
+                 hostport(s["local_address"], s["local_port"]),
+                 hostport(s["remote_address"], s["remote_port"] or "*"),
+                 str(s["uid"]), str(s["inode"]), "*" if s["owned"] else "",
+                 owner_cell(s)]
+        if byte_cells is not None:
+            cells += byte_cells(s)
         rows.append(Row(
-            # a listener's Send-Q is "-": ss shows its backlog there, /proc does not give it
-            [s["proto"], ss_state(s), str(s["rx_queue"]),
-             "-" if s["state"] == "LISTEN" else str(s["tx_queue"]),
-             hostport(s["local_address"], s["local_port"]),
-             hostport(s["remote_address"], s["remote_port"] or "*"),
-             str(s["uid"]), str(s["inode"]), "*" if s["owned"] else ""],
+            cells,
             "owned" if s["owned"] else None,
             (s["proto"], s["local_address"], s["local_port"], s["remote_address"],
              s["remote_port"], s["inode"])))
-    notes = _ownership_notes(data) + _read_notes(data)
+    notes = _ownership_notes(data) + owner_notes(data) + _read_notes(data)
     count = "%d socket%s in the namespace" % (len(rows), "" if len(rows) == 1 else "s")
     if data.get("owned_known", True):
         owned = sum(1 for s in data["sockets"] if s["owned"])
@@ -2643,7 +3799,8 @@ def traffic_tables(data, prev=None, dt=None):
         elif old is not None and any(i[k] != old.get(k) for k in DEV_FIELDS):
             role = "changed"
         rows.append(Row(cells, role, i["name"]))
-    return [Table("traffic", columns, rows, _read_notes(data))]
+    return [Table("traffic", columns, rows, _read_notes(data))] + process_traffic_tables(
+        data, prev, dt)
 
 
 def _rate(cur, old, key, dt):
@@ -2778,7 +3935,7 @@ def procs_tables(data):
 def tab_tables(tab, data, prev=None, dt=None):
     """Tab data (from collect_tab) -> [Table]; with prev and dt, changes and rates too."""
     if tab in ("tcp", "udp", "raw"):
-        return [socket_table(tab, data)]
+        return [socket_table(tab, data, prev, dt)]
     if tab == "icmp":
         return icmp_tables(data, prev)
     if tab == "traffic":
@@ -2871,6 +4028,131 @@ def format_snapshot(snap):
             lines.append("")
             lines.extend(format_table(table))
     return "\n".join(lines) + "\n"
+
+
+# --- owners and TCP bytes: the Process column, tcp byte columns, traffic per process ---
+
+def owner_cell(sock):
+    """"sshd/812" (" +2" more holders), or "" when no readable process holds it."""
+    if sock.get("pid") is None:
+        return ""
+    text = "%s/%d" % (sock.get("process") or "?", sock["pid"])
+    holders = sock.get("holders") or 1
+    return text + (" +%d" % (holders - 1) if holders > 1 else "")
+
+
+def owner_notes(data):
+    """One line each for owners and bytes that could not be known, and why."""
+    notes = []
+    if data.get("owners_known") is False:
+        notes.append("owners unknown for some sockets: %s" % data.get("owners_reason"))
+    if data.get("bytes_known") is False:
+        notes.append("TCP bytes unknown: %s" % data.get("bytes_reason"))
+    return notes
+
+
+def _per_second(delta, dt):
+    return human_bytes(max(0, delta) / dt) + "/s"
+
+
+class SocketByteCells(object):
+    """The tcp rows' Sent and Recv columns (and per-second rates against prev)."""
+
+    def __init__(self, prev, dt):
+        self.columns = [Column("Sent", R), Column("Recv", R)]
+        self.before = None
+        if prev is not None and dt and prev.get("bytes_known"):
+            self.dt = dt
+            self.before = {s["inode"]: s for s in prev["sockets"] if s.get("inode")}
+            self.columns += [Column("Sent/s", R), Column("Recv/s", R)]
+
+    def __call__(self, sock):
+        sent, received = sock.get("bytes_sent"), sock.get("bytes_received")
+        if sent is None:
+            return [""] * len(self.columns)
+        cells = [human_bytes(sent), human_bytes(received)]
+        if self.before is not None:
+            old = self.before.get(sock["inode"])
+            if old is None or old.get("bytes_sent") is None:
+                cells += ["", ""]
+            else:
+                cells += [_per_second(sent - old["bytes_sent"], self.dt),
+                          _per_second(received - old["bytes_received"], self.dt)]
+        return cells
+
+
+def socket_byte_cells(data, prev, dt):
+    """SocketByteCells for the tcp tab when sock_diag answered, else None."""
+    if not data.get("bytes_known"):
+        return None
+    return SocketByteCells(prev, dt)
+
+
+def traffic_rates(data, prev, dt):
+    """{row key: (sent/s, received/s)} per process and per cgroup, from the byte
+    counts of each socket (by cookie) since prev: a closed socket drops out
+    without making a rate negative, a new one counts from 0."""
+    now = getattr(data.get("processes"), "sockets", None)
+    before = getattr(prev.get("processes"), "sockets", None) if prev else None
+    if now is None or before is None or not dt:
+        return None
+    rates = collections.defaultdict(lambda: [0, 0])
+    for cookie, (key, cgroup, sent, received) in now.items():
+        old = before.get(cookie)
+        d_sent = sent - old[2] if old else sent
+        d_received = received - old[3] if old else received
+        for target in (key, ("cgroup", cgroup)):
+            rates[target][0] += max(0, d_sent)
+            rates[target][1] += max(0, d_received)
+    return {key: (s / dt, r / dt) for key, (s, r) in rates.items()}
+
+
+def process_key(row):
+    return ("pid", row["pid"]) if row.get("pid") is not None else ("uid", row["uid"])
+
+
+def process_traffic_tables(data, prev=None, dt=None):
+    """The traffic tab's TCP bytes per process and per cgroup (busiest first: by
+    rate when there is one, nethogs' order, else by bytes)."""
+    if "processes" not in data:
+        return []
+    if not data.get("bytes_known"):
+        return [Table("TCP per process", [Column("PID", R)], [], owner_notes(data))]
+    rates = traffic_rates(data, prev, dt)
+    rate_cols = [Column("Sent/s", R), Column("Recv/s", R)] if rates is not None else []
+
+    def rate_cells(key):
+        sent, received = rates.get(key, (0, 0))
+        return [human_bytes(sent) + "/s", human_bytes(received) + "/s"]
+
+    def order(rows, key_of):
+        if rates is None:
+            return rows
+        return sorted(rows, key=lambda r: -sum(rates.get(key_of(r), (0, 0))))
+
+    columns = [Column("PID", R), Column("Process", L), Column("UID", R), Column("Sockets", R),
+               Column("Sent", R), Column("Recv", R)] + rate_cols + [Column("Cgroup", L)]
+    rows = []
+    for p in order(data["processes"], process_key):
+        cells = ["-" if p["pid"] is None else str(p["pid"]),
+                 p["comm"] or "(owner unknown)", str(p["uid"]), str(p["sockets"]),
+                 human_bytes(p["bytes_sent"]), human_bytes(p["bytes_received"])]
+        if rates is not None:
+            cells += rate_cells(process_key(p))
+        rows.append(Row(cells + [p["cgroup"] or ""], None, process_key(p)))
+    notes = ["live TCP sockets only: bytes acked by the peer and bytes received"]
+    tables = [Table("TCP per process", columns, rows, notes + owner_notes(data))]
+    columns = [Column("Cgroup", L), Column("Sockets", R), Column("Sent", R),
+               Column("Recv", R)] + rate_cols
+    rows = []
+    for g in order(data["cgroups"], lambda g: ("cgroup", g["cgroup"])):
+        cells = [g["cgroup"] or "?", str(g["sockets"]), human_bytes(g["bytes_sent"]),
+                 human_bytes(g["bytes_received"])]
+        if rates is not None:
+            cells += rate_cells(("cgroup", g["cgroup"]))
+        rows.append(Row(cells, None, ("cgroup", g["cgroup"])))
+    tables.append(Table("TCP per cgroup", columns, rows, []))
+    return tables
 
 
 # ---------------------------------------------------------------------------
@@ -4053,6 +5335,10 @@ REQUEST_TIMEOUT = 30.0      # a request line, or one write, may take this long
 MAX_CONNECTIONS = 32        # open connections at once; more are closed at once
 ATTACHED_FOR = 60.0         # traffic is sampled while a stream is open or for this long after
                             # a request: nobody looking costs nothing but the feed
+# Interfaces are sampled every interval (/proc/PID/net/dev: ~0.1 ms).  TCP bytes per
+# process read every process's fds (~27 ms of CPU with 1,150 processes): they are
+# sampled as often as keeps that under this share of one core (there: every ~5 s).
+SAMPLE_SHARE = 0.005
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}\Z")     # what a --token-file may hold
 
 
@@ -4268,11 +5554,11 @@ def traffic_sample(when, data):
     kinds present: interfaces, and (when collected) TCP bytes per process and cgroup."""
     sample = {"time": when, "interfaces": {
         i["name"]: [i["rx_bytes"], i["tx_bytes"]] for i in data.get("interfaces", ())}}
-    if data.get("processes"):
+    if "processes" in data:
         sample["processes"] = {
             "%s (%s)" % (p.get("comm") or "uid %s" % p.get("uid"), p.get("pid") or "?"):
             [p["bytes_received"], p["bytes_sent"]] for p in data["processes"]}
-    if data.get("cgroups"):
+    if "cgroups" in data:
         sample["cgroups"] = {c["cgroup"] or "?": [c["bytes_received"], c["bytes_sent"]]
                              for c in data["cgroups"]}
     return sample
@@ -4338,6 +5624,8 @@ class Dashboard(object):
         self.last = {}          # tab -> (data, monotonic time): changes and rates
         self.lock = threading.Lock()
         self.looked = 0.0       # monotonic time of the last request
+        self.sample_cost = 0.0  # CPU seconds of a sample with TCP bytes per process (smoothed)
+        self.next_full = 0.0    # monotonic time of the next such sample
         self.streams = 0        # event streams open
         self.stopping = threading.Event()
         self.sampler = threading.Thread(target=self._sample_loop, name="netsnoop-traffic")
@@ -4371,24 +5659,50 @@ class Dashboard(object):
     def _sample_loop(self):
         while not self.stopping.is_set():
             if self.attached():
-                self.sample_traffic()
+                now = time.monotonic()
+                if now >= self.next_full:
+                    self.timed_sample()
+                    self.next_full = now + self.full_wait()
+                else:
+                    self.sample_traffic(full=False)
             self.stopping.wait(self.interval)
 
-    def sample_traffic(self):
+    def full_wait(self):
+        """Seconds between samples of TCP bytes per process (see SAMPLE_SHARE)."""
+        return max(self.interval, self.sample_cost / SAMPLE_SHARE)
+
+    def timed_sample(self):
+        # this thread and the collection's helpers, as the session counts a refresh
+        started, helpers = time.thread_time(), helper_cpu_seconds()
+        self.sample_traffic(full=True)
+        cost = time.thread_time() - started + helper_cpu_seconds() - helpers
+        self.sample_cost = cost if not self.sample_cost else 0.5 * self.sample_cost + 0.5 * cost
+
+    def sample_traffic(self, full):
+        """full: the whole traffic tab; else only the interfaces."""
         try:
-            data = collect_tab(self.procfs, self.pid, "traffic")
+            if full:
+                data = collect_tab(self.procfs, self.pid, "traffic")
+            else:
+                data = {}
+                data["interfaces"] = _read_parsed(self.procfs, self.pid, "dev", parse_dev,
+                                                  data, Records())
         except NetsnoopError as err:
             self.unknown["traffic"] = str(err)
             return
         self.unknown.pop("traffic", None)
-        for key in ("bytes", "owners"):     # why TCP bytes per process are missing, if they are
-            if data.get(key + "_known") is False:
-                self.unknown["traffic by process"] = data.get(key + "_reason") or "unknown"
-                break
-        else:
-            self.unknown.pop("traffic by process", None)
+        if full:
+            self.note_process_traffic(data)
         with self.lock:
             self.traffic.append(traffic_sample(time.time(), data))
+
+    def note_process_traffic(self, data):
+        """Why TCP bytes per process are missing or partial, if they are."""
+        for key in ("bytes", "owners"):
+            if data.get(key + "_known") is False:
+                self.unknown["traffic by process"] = data.get(key + "_reason") or "unknown"
+                return
+        self.unknown.pop("traffic by process", None)
 
     def traffic_json(self):
         with self.lock:
@@ -4397,7 +5711,8 @@ class Dashboard(object):
                  if any(k in s for s in samples)]
         return collections.OrderedDict((
             ("interval", self.interval), ("window", SERVE_HISTORY), ("kinds", kinds),
-            ("charts", [traffic_series(samples, kind) for kind in kinds])))
+            ("charts", [traffic_series([s for s in samples if kind in s], kind)
+                        for kind in kinds])))
 
     # -- tabs --
 
@@ -4435,6 +5750,7 @@ class Dashboard(object):
         except NetsnoopError as err:
             out["gone"] = str(err)
         out["interval"] = self.interval
+        out["processes_every"] = round(self.full_wait(), 2)
         out["tabs"] = list(TABS)
         out["feeds"] = [feed.status() for feed in self.feeds]
         out["events"] = self.hub.published
@@ -4729,6 +6045,10 @@ def run_serve(args, procfs):
     try:
         with _StopFlag() as stop:
             dash.add_feed("procs", ProcScanner(procfs, args.backend))
+            dash.add_feed("conns", ConnScanner(procfs))
+            if procfs.netns(pid) != procfs.netns("self"):
+                dash.unknown["connections of PID's namespace"] = (
+                    "the connection feed watches netsnoop's own network namespace")
             if os.geteuid() != 0 and procfs.hidepid():
                 dash.unknown["other users' processes"] = "%s is mounted with hidepid" % (
                     procfs.root)
@@ -4949,7 +6269,8 @@ svg text { font: 11px sans-serif; fill: #555; }
       part("PID " + s.pid + (s.comm ? " " + s.comm : ""));
       if (s.netns) { part(s.netns); }
       if (s.gone) { part(s.gone, "bad"); }
-      part("every " + s.interval + "s");
+      part("every " + s.interval + "s" + (s.processes_every > s.interval + 0.05 ?
+           " (TCP by process every " + s.processes_every.toFixed(1) + "s)" : ""));
       s.feeds.forEach(function (f) {
         part(f.name + " feed" + (f.backend ? " (" + f.backend + ")" : "") +
              (f.seen !== null ? ": " + f.seen + " seen" : ": " + f.events + " events") +
@@ -5174,7 +6495,7 @@ def build_parser():
     p = ArgumentParser(
         prog=PROG,
         usage="%(prog)s PID [--tab TAB] | PID --once [--tab TAB|all] [--json] | "
-              "--procs [options] | --serve [HOST:]PORT [PID]",
+              "--procs [options] | --conns [--procs] [options] | --serve [HOST:]PORT [PID]",
         description="Network view of a process (read from /proc/PID/net, i.e. its "
                     "network namespace) and a feed of new processes.",
         epilog="TAB: " + " ".join(TABS) + ".  Exit status: 0 ok, 1 error, 2 usage.")
@@ -5185,6 +6506,8 @@ def build_parser():
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true", help="JSON output (with --once or --procs)")
     p.add_argument("--procs", action="store_true", help="stream newly created processes")
+    p.add_argument("--conns", action="store_true",
+                   help="stream TCP opens, listens and closes (with --procs: both)")
     p.add_argument("--log", metavar="FILE", help="--procs: append events to FILE (0600)")
     p.add_argument("--filter", metavar="REGEX",
                    help="--procs: only processes whose command line, name or user match")
@@ -5230,28 +6553,30 @@ def parse_args(argv):
         return check_serve_args(args)
     if args.serve_public or args.token_file:
         raise UsageError("--serve-public and --token-file go with --serve")
-    if args.procs and args.pid is not None:
-        raise UsageError("give either PID or --procs, not both (try --help)")
-    if not args.procs and args.pid is None:
-        raise UsageError("a PID or --procs is required (try --help)")
+    feed = args.procs or args.conns
+    if feed and args.pid is not None:
+        raise UsageError("give either PID or --procs/--conns, not both (try --help)")
+    if not feed and args.pid is None:
+        raise UsageError("a PID, --procs or --conns is required (try --help)")
     if args.filter is not None:
         args.filter_re = compile_filter(args.filter)
     if args.tab == "all" and not args.once:
         raise UsageError("--tab all needs --once")
     if args.pid is not None and (args.log or args.filter or args.duration):
-        raise UsageError("--log, --filter and --duration go with --procs")
-    if args.procs and (args.once or args.tab):
-        raise UsageError("--once and --tab go with PID, not --procs")
+        raise UsageError("--log, --filter and --duration go with --procs or --conns")
+    if feed and (args.once or args.tab):
+        raise UsageError("--once and --tab go with PID, not --procs or --conns")
     if args.once and args.interval is not None:
         raise UsageError("--interval goes with the session or --procs, not --once")
-    if args.json and not (args.once or args.procs):
+    if args.json and not (args.once or feed):
         raise UsageError("--json goes with --once or --procs (the session is for a terminal)")
     return args
 
 
 def check_serve_args(args):
     """--serve [PID]: the feed's and session's output options do not apply."""
-    if args.procs or args.once or args.tab or args.json or args.log or args.filter:
+    if args.procs or args.conns or args.once or args.tab or args.json or args.log or \
+            args.filter:
         raise UsageError("--serve takes PID, --interval, --backend, --duration, --token-file, "
                          "--serve-public and --proc only")
     return args
@@ -5377,11 +6702,13 @@ def run(args, script=None):
         return run_once(args, procfs)
     if args.serve is not None:
         return run_serve(args, procfs)
-    if not args.procs:
+    if not (args.procs or args.conns):
         procfs.check_net(args.pid)
     if script is not None:
         rerun_compiled(script, sys.argv[1:])
     release_free_memory()
+    if args.conns:
+        return run_conns(args, procfs)
     if args.procs:
         return run_procs(args, procfs)
     return run_session(args, procfs)

@@ -390,10 +390,12 @@ def test_once_text_on_fake_tree(tmp_path):
     out = res.stdout
     assert "\x1b" not in out                               # comm escaped for the terminal
     assert "pid %d (fa\\eke)" % FAKE_PID in out
-    rows = {line.split()[-2] if line.rstrip().endswith("*") else line.split()[-1]: line
-            for line in out.splitlines() if line.startswith("tcp ")}
-    assert rows["1001"].rstrip().endswith("*")
-    assert not rows["1002"].rstrip().endswith("*")
+    # Netid State Recv-Q Send-Q Local Peer UID Inode [Own] [Process]
+    rows = {line.split()[7]: line.split() for line in out.splitlines()
+            if line.startswith("tcp ")}
+    assert rows["1001"][8:] == ["*", "fa\\eke/%d" % FAKE_PID]     # owner escaped too
+    assert rows["1002"][8:] == []
+    rows = {inode: " ".join(fields) for inode, fields in rows.items()}
     assert "127.0.0.1:8080" in rows["1001"] and "LISTEN" in rows["1001"]
     assert "1 owned by the process" in out
     assert "not present: tcp6" in out

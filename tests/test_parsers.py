@@ -260,6 +260,8 @@ class TestCrafted:
 
     def test_inode_zero_is_never_owned(self):
         class NoFS(object):
+            root = "/nonexistent"           # no other process to walk for owners
+
             def socket_inodes(self, pid):
                 return {0, 41001}, None
         owners = ns.Ownership(NoFS(), 1)

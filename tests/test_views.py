@@ -23,6 +23,7 @@ with open(os.path.join(FIXTURES, "netns_live", "capture.json")) as _f:
 OWNED = set(CAPTURE["owned_inodes"][str(PID)])
 ALL_TABS = netsnoop.NET_TABS + ("procs",)
 SOCKET_TABS = ("tcp", "udp", "raw", "icmp")
+OWN = 8                      # the Own column of a socket table ("*" when PID holds it)
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
                     "\u2066-\u2069\ufeff\ud800-\udfff]")
 
@@ -212,7 +213,7 @@ def test_other_process_owns_nothing():
     data = collect("tcp", pid=OTHER_PID)
     assert data["owned_known"] is True and data["sockets"]
     table = netsnoop.tab_tables("tcp", data)[0]
-    assert all(r.cells[-1] == "" and r.role is None for r in table.rows)
+    assert all(r.cells[OWN] == "" and r.role is None for r in table.rows)
     assert "0 owned by the process" in table.notes[0]
 
 
@@ -225,7 +226,7 @@ def test_unknown_ownership_is_said_once(tabs):
     table = netsnoop.tab_tables("udp", data)[0]
     assert [n for n in table.notes if n.startswith("ownership unknown")] == [
         "ownership unknown: cannot read /proc/%d/fd (permission denied)" % PID]
-    assert all(r.cells[-1] == "" for r in table.rows)
+    assert all(r.cells[OWN] == "" for r in table.rows)
 
 
 # --- the other tabs' rows against their data ----------------------------------------------
@@ -487,5 +488,5 @@ def test_v4_mapped_and_v6_endpoints_like_ss():
     assert [(r.cells[4], r.cells[5]) for r in table.rows] == [
         ("[::]:8080", "[::]:*"), ("[::ffff:127.0.0.1]:8080", "[::ffff:127.0.0.1]:50000"),
         ("[::1]:22", "[::1]:54321"), ("[2001:db8::1]:443", "[2001:db8::2]:40000")]
-    assert [r.cells[-1] == "*" for r in table.rows] == [s.inode % 2 == 1 for s in socks]
+    assert [r.cells[OWN] == "*" for r in table.rows] == [s.inode % 2 == 1 for s in socks]
     check_aligned(table)
