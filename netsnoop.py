@@ -5338,7 +5338,10 @@ ATTACHED_FOR = 60.0         # traffic is sampled while a stream is open or for t
 # Interfaces are sampled every interval (/proc/PID/net/dev: ~0.1 ms).  TCP bytes per
 # process read every process's fds (~27 ms of CPU with 1,150 processes): they are
 # sampled as often as keeps that under this share of one core (there: every ~5 s).
-SAMPLE_SHARE = 0.005
+SAMPLE_SHARE = 0.004
+# The same for the tabs the page shows: a socket tab finds the owners the same way
+# (~30 ms there), so the page asks for it again only after cost / TABLES_SHARE.
+TABLES_SHARE = 0.004
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}\Z")     # what a --token-file may hold
 
 
@@ -5626,6 +5629,7 @@ class Dashboard(object):
         self.looked = 0.0       # monotonic time of the last request
         self.sample_cost = 0.0  # CPU seconds of a sample with TCP bytes per process (smoothed)
         self.next_full = 0.0    # monotonic time of the next such sample
+        self.tables_cost = {}   # tab -> CPU seconds of /api/tables (smoothed)
         self.streams = 0        # event streams open
         self.stopping = threading.Event()
         self.sampler = threading.Thread(target=self._sample_loop, name="netsnoop-traffic")
@@ -5723,7 +5727,17 @@ class Dashboard(object):
 
     def tables(self, tab):
         """/api/tables: one tab as the session's tables, with changes and rates
-        since the previous request for that tab."""
+        since the previous request for that tab, and when to ask again ("next")."""
+        started, helpers = time.thread_time(), helper_cpu_seconds()
+        out = self._tables(tab)
+        cost = time.thread_time() - started + helper_cpu_seconds() - helpers
+        with self.lock:
+            old = self.tables_cost.get(tab)
+            self.tables_cost[tab] = cost = cost if old is None else 0.5 * old + 0.5 * cost
+        out["next"] = round(max(self.interval, cost / TABLES_SHARE), 2)
+        return out
+
+    def _tables(self, tab):
         snap = snapshot(self.procfs, self.pid, (tab,))
         data = snap["tabs"][tab]
         now = time.monotonic()
@@ -6147,7 +6161,7 @@ svg text { font: 11px sans-serif; fill: #555; }
                  "#4e342e", "#ad1457"];
   var st = {tab: "tcp", interval: 2, sort: {}, kind: null, dropped: 0, live: false,
             counts: {procs: 0, conns: 0}, status: null, error: null, timer: null,
-            tables: null};
+            tables: null, nextTables: 0, lastId: 0, lost: 0};
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -6249,10 +6263,18 @@ svg text { font: 11px sans-serif; fill: #555; }
       tr.hidden = !ok(tr.searchText);
     });
   }
+  // event ids follow each other: a gap is an event this page never got (dropped for
+  // it, or gone from the backlog before a reconnect)
+  function counted(m) {
+    var id = parseInt(m.lastEventId, 10);
+    if (st.lastId && id > st.lastId + 1) { st.lost += id - st.lastId - 1; renderStatus(); }
+    if (id > st.lastId) { st.lastId = id; }
+    return JSON.parse(m.data);
+  }
   function connect() {
     var source = new EventSource("/api/events");
-    source.addEventListener("procs", function (m) { procEvent(JSON.parse(m.data)); });
-    source.addEventListener("conns", function (m) { connEvent(JSON.parse(m.data)); });
+    source.addEventListener("procs", function (m) { procEvent(counted(m)); });
+    source.addEventListener("conns", function (m) { connEvent(counted(m)); });
     source.addEventListener("dropped", function (m) {
       st.dropped = JSON.parse(m.data).dropped; renderStatus();
     });
@@ -6269,8 +6291,14 @@ svg text { font: 11px sans-serif; fill: #555; }
       part("PID " + s.pid + (s.comm ? " " + s.comm : ""));
       if (s.netns) { part(s.netns); }
       if (s.gone) { part(s.gone, "bad"); }
-      part("every " + s.interval + "s" + (s.processes_every > s.interval + 0.05 ?
-           " (TCP by process every " + s.processes_every.toFixed(1) + "s)" : ""));
+      var slower = [];
+      if (st.tables && st.tables.next > s.interval + 0.05) {
+        slower.push("this tab every " + st.tables.next.toFixed(1) + "s");
+      }
+      if (s.processes_every > s.interval + 0.05) {
+        slower.push("TCP by process every " + s.processes_every.toFixed(1) + "s");
+      }
+      part("every " + s.interval + "s" + (slower.length ? " (" + slower.join(", ") + ")" : ""));
       s.feeds.forEach(function (f) {
         part(f.name + " feed" + (f.backend ? " (" + f.backend + ")" : "") +
              (f.seen !== null ? ": " + f.seen + " seen" : ": " + f.events + " events") +
@@ -6280,6 +6308,7 @@ svg text { font: 11px sans-serif; fill: #555; }
     }
     part(st.live ? "live" : "feed disconnected", st.live ? "" : "bad");
     part("dropped " + st.dropped, st.dropped ? "bad" : "");
+    part("lost " + st.lost, st.lost ? "bad" : "");
     if (st.error) { part(st.error, "bad"); }
   }
 
@@ -6349,6 +6378,7 @@ svg text { font: 11px sans-serif; fill: #555; }
         st.tab = name;
         drawTabbar(tabs);
         drawTables(null);
+        st.nextTables = 0;
         refresh();
       });
       bar.appendChild(b);
@@ -6435,9 +6465,14 @@ svg text { font: 11px sans-serif; fill: #555; }
           drawTabbar(s.tabs);
         }
       }),
-      getJSON("/api/tables?tab=" + encodeURIComponent(st.tab)).then(function (d) {
-        if (d.tab === st.tab) { drawTables(d); }     // not an answer for the tab left since
-      }),
+      // a costly tab (see TABLES_SHARE) says when to ask again
+      Date.now() < st.nextTables ? null :
+        getJSON("/api/tables?tab=" + encodeURIComponent(st.tab)).then(function (d) {
+          if (d.tab === st.tab) {       // not an answer for a tab left since
+            st.nextTables = Date.now() + d.next * 1000 - 50;
+            drawTables(d);
+          }
+        }),
       getJSON("/api/traffic").then(drawChart)
     ]).then(function () { st.error = null; }, function (e) { st.error = String(e.message || e); })
       .then(function () { renderStatus(); done(); });

@@ -4,7 +4,7 @@
     python3 bench/bench_serve.py --quick      short phases (< 90 s)
     python3 bench/bench_serve.py              30 s idle phases, 60 s under load
 
-The peer, `netsnoop.py --procs --json > /dev/null` (the feed alone), runs beside
+The peer, `netsnoop.py --procs --conns --json > /dev/null` (the feeds alone), runs beside
 `--serve` and is measured over the same windows (CPU: utime+stime of
 /proc/PID/stat, threads included), so both see the same processes come and go:
 1. idle: `--serve` with nobody looking, then with one browser
@@ -73,10 +73,10 @@ def stop(proc):
 
 
 def start_feed():
-    proc = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--json"],
+    proc = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--conns", "--json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             universal_newlines=True)
-    proc.stderr.readline()          # "watching for new processes ..."
+    proc.stderr.readline()          # "watching TCP connections ... and new processes"
     return proc
 
 
@@ -130,10 +130,10 @@ class StreamReader(object):
                     continue
                 if fields.get("event") == "dropped":
                     self.dropped = json.loads(fields["data"])["dropped"]
-                elif fields.get("event") == "procs":
+                elif "id" in fields:                # procs and conns events
                     self.ids.append(int(fields["id"]))
                     event = json.loads(fields["data"])
-                    if event.get("cmdline"):
+                    if fields["event"] == "procs" and event.get("cmdline"):
                         self.cmdlines[event["cmdline"][0]] = time.monotonic()
                         if self.on_event:
                             self.on_event(event)
@@ -170,9 +170,13 @@ class Browser(object):
         time.sleep(1.0)
 
     def received(self):
-        text = self.driver.execute_script(
-            "return document.getElementById('procs-count').textContent")
-        return int(text.split()[0]) if text else 0
+        """Events of both feeds the page has counted."""
+        total = 0
+        for name in ("procs", "conns"):
+            text = self.driver.execute_script(
+                "return document.getElementById(arguments[0]).textContent", name + "-count")
+            total += int(text.split()[0]) if text else 0
+        return total
 
     def shows(self, tag):
         return self.driver.execute_script(
@@ -180,9 +184,11 @@ class Browser(object):
             tag)
 
     def dropped_shown(self):
+        """(dropped, lost) as the status line says: drops the server reported to this page,
+        event ids the page never got."""
         text = self.driver.execute_script("return document.getElementById('status').textContent")
-        found = re.search(r"dropped (\d+)", text)
-        return int(found.group(1)) if found else None
+        found = re.search(r"dropped (\d+).*lost (\d+)", text)
+        return (int(found.group(1)), int(found.group(2))) if found else None
 
     def close(self):
         self.driver.quit()
@@ -211,7 +217,7 @@ class PageClient(object):
         return tag in self.stream.cmdlines
 
     def dropped_shown(self):
-        return self.stream.dropped
+        return self.stream.dropped, self.stream.gaps()
 
     def close(self):
         self.stopping.set()
@@ -326,10 +332,11 @@ def main():
     print("bench_serve: one browser = %s; refresh every %ss; %.0f s idle phases, %.0f s at "
           "%.0f spawns/s" % (who, INTERVAL, idle, load, args.rate))
 
-    print("\nidle CPU (share of one core; the peer --procs --json runs in the same window)")
+    print("\nidle CPU (share of one core; the peer --procs --conns --json runs in the same "
+          "window)")
     for what, (peer, serve) in zip(("nobody looking", "one browser attached"),
                                    phase_idle(idle, use_browser)):
-        print("  %-22s feed %5.2f%%  --serve %5.2f%%  beyond the feed %+.2f points (x%.2f)"
+        print("  %-22s feeds %5.2f%%  --serve %5.2f%%  beyond the feeds %+.2f points (x%.2f)"
               % (what, 100 * peer, 100 * serve, 100 * (serve - peer),
                  serve / peer if peer else float("nan")))
 
@@ -339,13 +346,14 @@ def main():
 
     res = phase_load(load, args.rate, use_browser)
     print("\nunder load: %d spawned in %.0f s" % (res["spawned"], load))
-    print("  CPU feed alone %.2f%%, --serve with the browser %.2f%% (%+.2f points, x%.2f)" % (
+    print("  CPU feeds alone %.2f%%, --serve with the browser %.2f%% (%+.2f points, x%.2f)" % (
         100 * res["peer"], 100 * res["serve"], 100 * (res["serve"] - res["peer"]),
         res["serve"] / res["peer"] if res["peer"] else float("nan")))
-    print("  events sent by the server %d, received by the page %d (lost %d)" % (
-        res["sent"], res["received"], res["sent"] - res["received"]))
-    print("  second stream: id gaps %d, drops reported %d; page shows dropped %s" % (
-        res["gaps"], res["dropped_reader"], res["dropped_page"]))
+    print("  events sent by the server %d, counted by the page %d (the two counts are read "
+          "moments apart)" % (res["sent"], res["received"]))
+    print("  page's status line: dropped %s, lost %s (event ids it never got)"
+          % res["dropped_page"])
+    print("  second stream: id gaps %d, drops reported %d" % (res["gaps"], res["dropped_reader"]))
     print("  marked processes caught by the feed: %d of %d (%.1f%%; the scanner's catch rate)"
           % (res["caught"], res["spawned"], 100.0 * res["caught"] / max(1, res["spawned"])))
 

@@ -128,7 +128,8 @@ def test_token_leaves_the_address_bar_and_the_status_line_shows_pid(page, served
     assert page.current_url == served.base + "/"
     assert served.token not in page.execute_script("return document.cookie")
     status, _ = wait_for(page, "return document.getElementById('status').textContent", 5)
-    assert "PID %d" % holder.pid in status and "live" in status and "dropped 0" in status
+    assert "PID %d" % holder.pid in status and "live" in status and "dropped 0" in status \
+        and "lost 0" in status
 
 
 def test_a_new_process_shows_within_one_second(page):
