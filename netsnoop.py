@@ -5322,8 +5322,8 @@ def plain_wait(commands, state):
 #
 # An event source is a scanner: start() (-> anything), step(limit) -> [event
 # dict] waiting at most `limit` seconds, close(), and optionally .backend, .seen,
-# .missed for the status line.  ProcScanner is one; a second feed plugs in the
-# same way, under its own SSE event name.
+# .missed for the status line.  ProcScanner ("procs") and ConnScanner ("conns")
+# are the two; each runs in a FeedThread under its own SSE event name.
 
 SERVE_HISTORY = 300.0       # seconds of traffic the chart shows
 SERVE_SAMPLES = 600         # ... at most this many samples (a short --interval)
@@ -5337,7 +5337,7 @@ ATTACHED_FOR = 60.0         # traffic is sampled while a stream is open or for t
                             # a request: nobody looking costs nothing but the feed
 # Interfaces are sampled every interval (/proc/PID/net/dev: ~0.1 ms).  TCP bytes per
 # process read every process's fds (~27 ms of CPU with 1,150 processes): they are
-# sampled as often as keeps that under this share of one core (there: every ~5 s).
+# sampled as often as keeps that under this share of one core (there: every ~7 s).
 SAMPLE_SHARE = 0.004
 # The same for the tabs the page shows: a socket tab finds the owners the same way
 # (~30 ms there), so the page asks for it again only after cost / TABLES_SHARE.
