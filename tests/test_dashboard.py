@@ -500,3 +500,24 @@ def test_a_feed_that_cannot_start_is_said_and_the_tabs_still_work(tmp_path):
         assert tables["tables"][0]["rows"][0]["cells"][:2] == ["lo", "1.2K"]
     finally:
         dash.close()
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_loopback_in_brackets():
+    """--serve [::1]:0 listens on ::1 (no --serve-public needed) and prints [::1] in the URL."""
+    dash = Served(serve="[::1]:0")
+    try:
+        assert dash.host == "[::1]"
+        assert dash.request("/api/status")[0] == 200
+        assert dash.request("/api/status", token=False)[0] == 401
+    finally:
+        dash.close()
