@@ -1,16 +1,20 @@
 """The dashboard in a real browser: headless Chromium (Debian's chromium and
 chromium-driver) driven by selenium, nothing downloaded.  The dashboard shows
 a process in a private network namespace, so the chart's loopback is ours alone."""
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
 
+import netsnoop
 from conftest import needs_root_netns
 from dashboard_helper import Served, spawn_tagged, unique_tag
 
@@ -278,3 +282,80 @@ def test_without_the_token_the_browser_gets_nothing(browser, served):
     assert "New processes" not in browser.page_source
     browser.get(served.base + "/api/status")
     assert '"pid"' not in browser.page_source
+
+
+class QueuedScanner(object):
+    """An event source the test feeds by hand (events as a scanner would return them)."""
+
+    def __init__(self):
+        self.queue = []
+
+    def start(self):
+        pass
+
+    def step(self, limit):
+        time.sleep(0.02)
+        out, self.queue[:] = list(self.queue), []
+        return out
+
+    def close(self):
+        pass
+
+
+@contextlib.contextmanager
+def in_process_dashboard(browser, per_client=netsnoop.CLIENT_QUEUE):
+    """A dashboard in this process whose only feed is a QueuedScanner; the page open on it."""
+    dash = netsnoop.Dashboard(netsnoop.ProcFS(), os.getpid(), 1.0, "F" * 32)
+    dash.hub.per_client = per_client
+    server = netsnoop.make_server("127.0.0.1", 0, dash)
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    source = QueuedScanner()
+    dash.add_feed("procs", source)
+    try:
+        browser.get("http://127.0.0.1:%d/?token=%s" % (server.server_address[1], "F" * 32))
+        wait_for(browser, "return document.getElementById('status').textContent"
+                          ".indexOf('live') >= 0", 5)
+        yield source
+    finally:
+        dash.close()
+        server.shutdown()
+        server.server_close()
+
+
+def fake_event(tag, **extra):
+    event = {"event": "new", "time": time.time(), "pid": 4242, "ppid": 1, "user": "root",
+             "comm": "sh", "cmdline": ["sh", "-c", tag]}
+    event.update(extra)
+    return event
+
+
+def test_findings_colour_the_row_and_show_as_text(browser):
+    """An event with findings (issue 12's [{severity, rule, text}]): its row takes the worst
+    severity's class, each finding is listed under the command line as text."""
+    with in_process_dashboard(browser) as source:
+        tag = unique_tag("finding")
+        source.queue.append(fake_event(tag, findings=[
+            {"severity": "warn", "rule": "shell", "text": "a shell"},
+            {"severity": "alert", "rule": "<b>rule</b>", "text": "<i>x</i>"}]))
+        wait_for(browser, feed_has(tag), 5)
+        row = browser.execute_script(
+            "var r = document.getElementById('procs-rows').rows[0];"
+            "return [r.className, Array.prototype.map.call(r.querySelectorAll('.finding'),"
+            " function (f) { return f.textContent; }), r.querySelectorAll('b, i').length];")
+    assert row == ["sev-alert", ["[warn] shell: a shell", "[alert] <b>rule</b>: <i>x</i>"], 0]
+
+
+def test_drops_for_a_slow_page_are_counted_on_its_status_line(browser):
+    """A queue of one event per page and a burst of 200: the page says how many the server
+    dropped for it and how many event ids it never got, and the two agree."""
+    with in_process_dashboard(browser, per_client=1) as source:
+        tag = unique_tag("burst")
+        source.queue.extend(fake_event("%s-%d" % (tag, n)) for n in range(200))
+        wait_for(browser, feed_has(tag), 5)
+        source.queue.append(fake_event(tag + "-last"))      # carries the count along
+        text, _ = wait_for(browser, "var t = document.getElementById('status').textContent;"
+                                    "return /dropped [1-9]/.test(t) && /lost [1-9]/.test(t) && t;",
+                           5)
+    dropped = int(re.search(r"dropped (\d+)", text).group(1))
+    lost = int(re.search(r"lost (\d+)", text).group(1))
+    assert 0 < dropped < 200 and dropped == lost
