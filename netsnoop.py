@@ -6145,7 +6145,7 @@ svg text { font: 11px sans-serif; fill: #555; }
   <th>Peer</th><th>State</th><th>Process</th><th class="right">Bytes</th></tr></thead>
   <tbody id="conns-rows"></tbody></table></div></div>
 </div>
-<h2>Traffic <select id="chart-kind"></select><span class="count" id="chart-note"></span></h2>
+<h2>Traffic <select id="chart-kind"></select></h2>
 <svg id="chart" viewBox="0 0 1000 220" preserveAspectRatio="none"></svg>
 <div class="legend" id="legend"></div>
 <h2>Tabs</h2>
