@@ -3,9 +3,13 @@
 
     python3 bench/bench_procs.py --quick      one round, < 60 s (CI)
     python3 bench/bench_procs.py              three alternating rounds, medians
+    python3 bench/bench_procs.py --installed VENV/bin/netsnoop
+                                              the pip-installed command too
 
-For each scanner -- netsnoop's `fast` backend, its `python` backend run from a
-lone copy of netsnoop.py (`python3 -I`, in a temp dir), and a naive poller
+For each scanner -- netsnoop's `fast` backend (this tree's netsnoop.py, the
+.so beside it), its `python` backend run from a lone copy of netsnoop.py
+(`python3 -I`, in a temp dir), with --installed the `netsnoop` command that
+pip installed (its own interpreter, the fast backend), and a naive poller
 that lists /proc every 100 ms (pspy's default, without inotify) -- the bench:
 1. starts it as a subprocess with JSON output to a file, while 1,000 idle
    extra processes exist;
@@ -16,7 +20,7 @@ that lists /proc every 100 ms (pspy's default, without inotify) -- the bench:
    the detection latency (event time - spawn time), the scanner's CPU while
    spawning (utime+stime of /proc/PID/stat) and, with no spawns, idle CPU;
    memory three ways: the peak over the whole life, start-up included
-   (ru_maxrss from wait4: it covers the run before netsnoop's rerun too), the
+   (ru_maxrss from wait4), the
    peak after start-up (VmHWM, reset through /proc/PID/clear_refs once the
    scanner says it is watching) and VmRSS at the end.
 The machine may be shared: figures are medians over rounds that alternate
@@ -116,11 +120,14 @@ def memory_mb(pid, field):
 
 
 PYTHON = [sys.executable]      # the interpreter that runs the scanners (--python)
+INSTALLED = []                 # the pip-installed command (--installed)
 
 
 def scanner_command(name, lone_dir):
     if name == "fast":
         return PYTHON + [NETSNOOP, "--procs", "--json", "--backend", "fast"]
+    if name == "installed":
+        return INSTALLED + ["--procs", "--json", "--backend", "fast"]
     if name == "python":
         return PYTHON + ["-I", os.path.join(lone_dir, "netsnoop.py"), "--procs",
                          "--json", "--backend", "python"]
@@ -231,7 +238,7 @@ def print_table(by_scanner, rounds, per_lifetime, idle_seconds):
     print(head)
     print("-" * len(head))
     labels = {"fast": "fast (C, cffi)", "python": "python (-I lone copy)",
-              "naive": "naive /proc 100 ms"}
+              "installed": "installed (pip, fast)", "naive": "naive /proc 100 ms"}
     for name, results in by_scanner.items():
         cells = "".join("%7.1f%%" % (100 * median_of(results, "caught", ms))
                         for ms in LIFETIMES_MS)
@@ -256,8 +263,16 @@ def main():
                              "--mount-proc) so other users of the machine do not count")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for the scanners (default: this one)")
+    parser.add_argument("--installed", metavar="COMMAND",
+                        help="also bench this pip-installed netsnoop command (e.g. "
+                        "VENV/bin/netsnoop of a venv made by --python)")
     args = parser.parse_args()
     PYTHON[:] = [args.python]
+    names = args.scanners.split(",")
+    if args.installed:
+        INSTALLED[:] = [os.path.abspath(args.installed)]
+        if "installed" not in names:
+            names.insert(1, "installed")
     if args.isolated and os.environ.get("NSBENCH_IN_NS") != "1":
         os.environ["NSBENCH_IN_NS"] = "1"
         os.execvp("unshare", ["unshare", "-p", "-f", "--mount-proc", sys.executable,
@@ -265,7 +280,6 @@ def main():
     rounds = args.rounds or (1 if args.quick else 3)
     per_lifetime = 50 if args.quick else 250
     idle_seconds = 4.0 if args.quick else 15.0
-    names = args.scanners.split(",")
     workdir = tempfile.mkdtemp(prefix="nsbench-")
     lone_dir = os.path.join(workdir, "lone")
     os.mkdir(lone_dir)

@@ -1,8 +1,8 @@
 """Turn what `ss`, `ip` and `nstat` print, and what netsnoop reports, into comparable sets.
 
 Shared by test_parsers.py (captured trees: the tools' output is stored in capture.json)
-and test_live_netns.py (the tools run live in a private namespace).  See the "Testing
-traps" of PROCFS-NOTES.md: ss prints a dual-stack wildcard as `*`, an IPv6 address in
+and test_live_netns.py (the tools run live in a private namespace).  See "ss's print
+quirks" in docs/procfs.md: ss prints a dual-stack wildcard as `*`, an IPv6 address in
 brackets, a device-bound one as ADDR%DEV; it has no tcp6/udp6 Netid.
 """
 

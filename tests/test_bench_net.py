@@ -19,7 +19,7 @@ import textwrap
 import pytest
 
 import netsnoop
-from conftest import ROOT, needs_root_netns
+from conftest import ROOT, needs_root_netns, python_for_nobody
 
 BENCH = os.path.join(ROOT, "bench", "bench_net.py")
 
@@ -77,12 +77,17 @@ def test_quick_bench_prints_a_ratio():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root and setpriv to run the bench as nobody")
-def test_bench_refuses_without_root_clearly():
+def test_bench_refuses_without_root_clearly(public_tmp):
+    # a copy where nobody can read it (the clone may sit under a 0700 directory)
+    (public_tmp / "bench").mkdir(mode=0o755)
+    bench = shutil.copy(BENCH, str(public_tmp / "bench"))
+    os.chmod(bench, 0o644)
+    python = python_for_nobody("json")
+    if python is None:
+        pytest.skip("no Python interpreter that user nobody may run")
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    if subprocess.run(nobody + [sys.executable, "-c", "pass"]).returncode != 0:
-        pytest.skip("this interpreter cannot run as nobody (installed under /root?)")
-    proc = subprocess.run(nobody + [sys.executable, BENCH, "--quick"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+    proc = subprocess.run(nobody + [python, bench, "--quick"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=30, cwd="/")
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("bench_net: needs root"), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -125,8 +130,14 @@ def line_by_line(text, proto):
 
 
 def test_fast_parse_matches_line_by_line_on_real_and_damaged_lines(loopback_pairs):
+    """The fast path against the plain one, and both against the sockets this process
+    holds (their inodes and ports from fstat and getsockname): fails when the fast path
+    drops, damages or invents a line, or when both paths share a decoding bug."""
     procfs = netsnoop.ProcFS()
     text = procfs.net_read(os.getpid(), "tcp") + procfs.net_read(os.getpid(), "tcp6")
+    parsed = {s.inode: s.local_port for s in netsnoop.parse_sockets(text, "tcp")}
+    held = {os.fstat(s.fileno()).st_ino: s.getsockname()[1] for s in loopback_pairs}
+    assert {inode: parsed.get(inode) for inode in held} == held
     lines = text.splitlines()
     real = [ln for ln in lines[1:] if ln.strip() and not ln.lstrip().startswith("sl")]
     assert len(real) >= 40

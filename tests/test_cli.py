@@ -1,28 +1,26 @@
-"""The SPEC's error table and --once output, through the real program (a subprocess).
+"""The README's exit statuses and --once output, through the real program (a subprocess).
 
 Real processes are spawned for the live cases (a zombie, a vanished PID, another user's
 process seen through setpriv); fake /proc trees are built under tmp_path with real
 socket:[N] symlinks for the output cases."""
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 import netsnoop as ns
-from conftest import NETSNOOP, run_netsnoop
+from conftest import FIXTURES, NETSNOOP, python_for_nobody, run_netsnoop
 
 NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def assert_one_line_error(res, status, *words):
-    """SPEC: one line `netsnoop: ...` on stderr, the right status, never a traceback."""
+    """One line `netsnoop: ...` on stderr, the right status, never a traceback."""
     assert res.returncode == status, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr
     lines = res.stderr.splitlines()
@@ -36,15 +34,6 @@ def assert_one_line_error(res, status, *words):
 def pid_max():
     with open("/proc/sys/kernel/pid_max") as f:
         return int(f.read())
-
-
-@pytest.fixture
-def public_tmp():
-    """A directory user 65534 can traverse (pytest's tmp_path sits under a 0700 dir)."""
-    path = tempfile.mkdtemp(prefix="netsnoop-test-")
-    os.chmod(path, 0o755)
-    yield pathlib.Path(path)
-    shutil.rmtree(path)
 
 
 def wait_state(pid, letters, timeout=5.0):
@@ -99,6 +88,16 @@ def test_pid_and_procs_together():
 def test_options_that_do_not_apply_are_refused(args, names):
     args = [str(os.getpid()) if a == "PID" else a for a in args]
     assert_one_line_error(run_netsnoop(*args), 2, names)
+
+
+def test_procs_interval_above_one_second_is_refused_not_capped():
+    """It was accepted and silently capped at 1 s; --help says so."""
+    line = assert_one_line_error(run_netsnoop("--procs", "--interval", "2"), 2, "--interval")
+    assert "at most 1 second" in line and "not 2" in line
+    res = run_netsnoop("--procs", "--interval", "1", "--duration", "0.2")
+    assert res.returncode == 0, res.stderr
+    help_text = " ".join(run_netsnoop("--help").stdout.split())
+    assert "at most 1: a longer one is refused" in help_text
 
 
 @pytest.mark.parametrize("regex, says", [
@@ -183,8 +182,8 @@ def test_procfs_on_vanished_pid(sleeper):
 
 def test_pid_exiting_during_the_read():
     """Best effort at the race: processes that die while netsnoop reads them.  Each run
-    must end either with a full snapshot (0) or one `netsnoop:` line naming the PID (1)."""
-    outcomes = set()
+    must end either with a full snapshot (0) or one `netsnoop:` line naming the PID (1);
+    fails on a traceback, a half-written snapshot, or an error that does not name the PID."""
     for delay in ("0.02", "0.04", "0.06", "0.08", "0.1", "0.12"):
         proc = subprocess.Popen(["sleep", delay])
         res = run_netsnoop(proc.pid, "--once", "--json", "--tab", "all")
@@ -192,11 +191,8 @@ def test_pid_exiting_during_the_read():
         if res.returncode == 0:
             assert json.loads(res.stdout)["pid"] == proc.pid
             assert res.stderr == ""
-            outcomes.add("read")
         else:
             assert_one_line_error(res, 1, str(proc.pid))
-            outcomes.add("gone")
-    assert outcomes
 
 
 # ---------------------------------------------------------------------------
@@ -214,26 +210,13 @@ def test_proc_dir_is_a_file(tmp_path):
     assert_one_line_error(run_netsnoop("--proc", str(path), "1", "--once"), 1, str(path))
 
 
-def python_for_nobody():
-    """An interpreter user 65534 can run (ours may live under /root)."""
-    if not shutil.which("setpriv") or os.geteuid() != 0:
-        return None
-    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(python) and subprocess.run(
-                ["setpriv"] + NOBODY + [python, "-c", "import json, curses"],
-                stderr=subprocess.DEVNULL).returncode == 0:
-            return python
-    return None
-
-
 def run_as_nobody(*args):
+    """NETSNOOP (in a directory nobody can read, see conftest) run by user 65534."""
     python = python_for_nobody()
-    if python is None:
+    if python is None or not shutil.which("setpriv"):
         pytest.skip("needs root, setpriv and a python that user 65534 can run")
-    if subprocess.run(["setpriv"] + NOBODY + ["test", "-r", NETSNOOP]).returncode != 0:
-        pytest.skip("netsnoop.py is not readable by user 65534 here")
     return subprocess.run(["setpriv"] + NOBODY + [python, NETSNOOP] + [str(a) for a in args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
                           universal_newlines=True, timeout=60)
 
 
@@ -265,7 +248,8 @@ def test_output_into_a_closed_pipe():
 @pytest.mark.parametrize("fmt", [[], ["--json"]], ids=["text", "json"])
 def test_head_closes_the_pipe_early(fmt, tmp_path):
     """`netsnoop ... | head -1`: the reader takes one line and goes away.  The output is
-    made larger than a pipe's buffer (64 KiB) so that the writer really hits EPIPE."""
+    made larger than a pipe's buffer (64 KiB) so that the writer really hits EPIPE.
+    Fails on a traceback or status 1 at EPIPE, or when the first line is not the heading."""
     root = build_tree(tmp_path, extra_tcp=3000)
     proc = subprocess.Popen([sys.executable, NETSNOOP, "--proc", root, str(FAKE_PID),
                              "--once", "--tab", "all"] + fmt,
@@ -275,7 +259,9 @@ def test_head_closes_the_pipe_early(fmt, tmp_path):
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(timeout=60) == 0
-    assert first
+    heading = b'{"pid": %d, ' % FAKE_PID if fmt else b"netsnoop %s: pid %d " % (
+        ns.__version__.encode(), FAKE_PID)
+    assert first.startswith(heading), first[:80]
     assert err == ""
 
 
@@ -379,7 +365,7 @@ def test_once_json_on_fake_tree(tmp_path):
     # every net file of the other tabs is missing from this tree: reported, not fatal
     assert snap["tabs"]["traffic"]["interfaces"] == []
     assert "dev" in snap["tabs"]["traffic"]["files_missing"]
-    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [],
+    assert snap["tabs"]["routing"] == {"ipv4": [], "ipv6": [], "skipped_lines": 0,
                                        "files_missing": ["route", "ipv6_route"]}
 
 
@@ -399,7 +385,7 @@ def test_once_text_on_fake_tree(tmp_path):
     assert "127.0.0.1:8080" in rows["1001"] and "LISTEN" in rows["1001"]
     assert "1 owned by the process" in out
     assert "not present: tcp6" in out
-    assert "1 damaged lines skipped" in out
+    assert "1 damaged line skipped" in out
 
 
 def test_json_comm_with_control_characters_stays_valid(tmp_path):
@@ -416,14 +402,42 @@ def test_fake_tree_pid_missing_says_so(tmp_path):
                           str(FAKE_PID + 1), "does not exist")
 
 
-def test_fake_tree_hidepid_named_in_message(tmp_path):
-    root = build_tree(tmp_path)
-    (tmp_path / "self").mkdir()
-    (tmp_path / "self" / "mountinfo").write_text(
+def hidepid_tree(root, cap_eff=None):
+    """A tree whose self/mountinfo says it is mounted with hidepid; cap_eff: self/status's
+    CapEff (netsnoop's own capabilities as this tree tells them)."""
+    tree = build_tree(root)
+    (root / "self").mkdir()
+    (root / "self" / "mountinfo").write_text(
         "22 1 0:21 / %s rw,nosuid,nodev,noexec,relatime shared:12 - proc proc "
-        "rw,hidepid=invisible\n" % os.path.realpath(root))
-    assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+        "rw,hidepid=invisible\n" % os.path.realpath(tree))
+    if cap_eff is not None:
+        (root / "self" / "status").write_text("Name:\tnetsnoop\nCapEff:\t%016x\n" % cap_eff)
+    return tree
+
+
+ALL_CAPS = (1 << 41) - 1
+NO_SYS_PTRACE = ALL_CAPS & ~(1 << 19)
+
+
+def test_fake_tree_hidepid_named_in_message(public_tmp):
+    root = hidepid_tree(public_tmp)
+    os.chmod(str(public_tmp / "self"), 0o755)
+    assert_one_line_error(run_as_nobody("--proc", root, FAKE_PID + 1, "--once"), 1,
                           str(FAKE_PID + 1), "hidepid")
+
+
+@pytest.mark.parametrize("cap_eff, hint", [(None, False), (ALL_CAPS, False),
+                                           (NO_SYS_PTRACE, True)],
+                         ids=["caps-unknown", "sys_ptrace", "no-sys_ptrace"])
+def test_hidepid_hint_not_shown_to_root_it_hides_nothing_from(tmp_path, cap_eff, hint):
+    """Root was told a missing PID may be hidden by hidepid: hidepid hides nothing from
+    root with CAP_SYS_PTRACE, only from a root that lacks it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    root = hidepid_tree(tmp_path, cap_eff)
+    line = assert_one_line_error(run_netsnoop("--proc", root, FAKE_PID + 1, "--once"), 1,
+                                 "process %d does not exist" % (FAKE_PID + 1))
+    assert ("hidepid" in line) == hint, line
 
 
 def test_fake_tree_zombie_state(tmp_path):
@@ -455,9 +469,46 @@ def test_another_users_process_ownership_unknown(sleeper):
         assert "permission denied" in data["owned_reason"]
         assert str(sleeper.pid) in data["owned_reason"]
         assert all(s["owned"] is False for s in data["sockets"])
+    assert "run as its user or root" in snap["tabs"]["tcp"]["owned_reason"]
+    assert snap["netns"] == "unknown" and snap["netns_reason"] == "another user's process"
     text = run_as_nobody(sleeper.pid, "--once")
     assert text.returncode == 0
     assert "ownership unknown" in text.stdout
+    assert "netns unknown (another user's process)" in text.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("wrapper, says, short", [
+    (["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"], "CAP_SYS_PTRACE",
+     "root without CAP_SYS_PTRACE"),
+    (["unshare", "-U", "-r"], "root is that of a user namespace", "root of a user namespace"),
+], ids=["no-sys_ptrace", "user-namespace"])
+def test_root_is_told_the_real_reason_its_reads_are_refused(wrapper, says, short):
+    """Root without CAP_SYS_PTRACE (a container that drops it), or the root of a user
+    namespace, cannot read another user's fds or ns links: it was told to 'run as its
+    user or root', and `netns unknown` came without a reason."""
+    if os.geteuid() != 0 or not shutil.which(wrapper[0]) or not shutil.which("setpriv"):
+        pytest.skip("needs root, setpriv and %s" % wrapper[0])
+    if subprocess.run(wrapper + ["true"]).returncode != 0:
+        pytest.skip("%s does not work here" % " ".join(wrapper))
+    target = subprocess.Popen(["setpriv"] + NOBODY + ["sleep", "60"])
+    try:
+        time.sleep(0.2)                                 # setpriv has exec'd sleep
+        res = subprocess.run(
+            wrapper + [sys.executable, NETSNOOP, str(target.pid), "--once", "--json",
+                       "--tab", "tcp"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        assert res.returncode == 0, res.stderr
+        snap = json.loads(res.stdout)
+        reason = snap["tabs"]["tcp"]["owned_reason"]
+        assert "permission denied: even to root" in reason and says in reason, reason
+        assert "run as its user or root" not in reason
+        assert (snap["netns"], snap["netns_reason"]) == ("unknown", short)
+        # with every capability, in the first user namespace, root reads them
+        full = json.loads(run_netsnoop(target.pid, "--once", "--json").stdout)
+        assert full["tabs"]["tcp"]["owned_known"] is True and full["netns"] != "unknown"
+    finally:
+        target.kill()
+        target.wait()
 
 
 def test_ctrl_c_while_reading_is_quiet(tmp_path):
@@ -543,17 +594,17 @@ def test_ascii_only_stdout(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The SPEC's JSON keys, on the tree captured from a real namespace
+# The README's JSON keys, on the tree captured from a real namespace
 # ---------------------------------------------------------------------------
 
 SOCKET_KEYS = {"proto", "local_address", "local_port", "remote_address", "remote_port",
                "state", "tx_queue", "rx_queue", "uid", "inode", "owned"}
-SPEC_STATES = {"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+JSON_STATES = {"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
                "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"}
 
 
 def captured_tree():
-    tree = os.path.join(os.path.dirname(NETSNOOP), "fixtures", "netns_live")
+    tree = os.path.join(FIXTURES, "netns_live")
     with open(os.path.join(tree, "capture.json")) as f:
         return os.path.join(tree, "proc"), json.load(f)
 
@@ -572,7 +623,7 @@ def test_json_contract_on_captured_tree():
         assert tabs[tab]["sockets"], tab
         for s in tabs[tab]["sockets"]:
             assert set(s) >= SOCKET_KEYS
-            assert s["proto"] in protos and s["state"] in SPEC_STATES
+            assert s["proto"] in protos and s["state"] in JSON_STATES
             for key in ("local_port", "remote_port", "tx_queue", "rx_queue", "uid", "inode"):
                 assert isinstance(s[key], int)
             assert s["owned"] == (s["inode"] in owned_inodes)
@@ -582,7 +633,8 @@ def test_json_contract_on_captured_tree():
     assert set(tabs["icmp"]["counters"]) == {"Icmp", "IcmpMsg", "Icmp6"}
     for entry in tabs["arp"]["entries"]:
         assert set(entry) >= {"ip_address", "hw_type", "flags", "hw_address", "mask", "device"}
-    assert isinstance(tabs["arp"]["stats"], dict)
+    # stat/arp_cache exists only in the host namespace: no stats, and said so
+    assert (tabs["arp"]["stats"], tabs["arp"]["stats_available"]) == ({}, False)
     for iface in tabs["traffic"]["interfaces"]:
         assert set(iface) == {"name"} | set(ns.DEV_FIELDS)
     assert {"TcpExt", "IpExt"} <= set(tabs["stats"])
@@ -615,7 +667,7 @@ def test_captured_tree_other_process_owns_nothing():
 
 def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     """A bug anywhere below main() reaches the user as one line and status 1."""
-    def broken(args, script=None):
+    def broken(args):
         raise RuntimeError("boom\x1b[2J")
     monkeypatch.setattr(ns, "run", broken)
     monkeypatch.delenv("NETSNOOP_DEBUG", raising=False)
@@ -629,21 +681,34 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
 
 
 def test_stats_without_netstat_says_so(tmp_path):
-    """No net/netstat in the tree: the JSON tab is an empty {SECTION: ...} map, the text says why."""
+    """No net/netstat in the tree: no section, files_missing says why (as every tab does)."""
     root = build_tree(tmp_path)
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
-    assert res.returncode == 0 and json.loads(res.stdout)["tabs"]["stats"] == {}
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["tabs"]["stats"] == {"skipped_lines": 0,
+                                                        "files_missing": ["netstat"]}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
     assert res.returncode == 0 and "(not present: netstat)" in res.stdout
 
 
-def test_stats_json_is_sections_of_ints(tmp_path):
+def test_stats_json_is_sections_of_ints_and_the_read_notes(tmp_path):
+    """stats had no skipped_lines/files_missing, unlike every other tab."""
     root = build_tree(tmp_path)
     (tmp_path / str(FAKE_PID) / "net" / "netstat").write_text(
         "TcpExt: SyncookiesSent ListenOverflows\nTcpExt: 0 7\nbroken line\n"
         "IpExt: InOctets\nIpExt: 1234\n")
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats", "--json")
     assert json.loads(res.stdout)["tabs"]["stats"] == {
-        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234}}
+        "TcpExt": {"SyncookiesSent": 0, "ListenOverflows": 7}, "IpExt": {"InOctets": 1234},
+        "skipped_lines": 1, "files_missing": []}
     res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "stats")
-    assert "ListenOverflows" in res.stdout and "1 damaged lines skipped" in res.stdout
+    assert "ListenOverflows" in res.stdout and "1 damaged line skipped" in res.stdout
+
+
+def test_every_net_tab_has_the_read_notes(tmp_path):
+    root = build_tree(tmp_path)
+    res = run_netsnoop(FAKE_PID, "--proc", root, "--once", "--tab", "all", "--json")
+    for tab in ns.NET_TABS:
+        data = json.loads(res.stdout)["tabs"][tab]
+        assert isinstance(data["skipped_lines"], int), tab
+        assert isinstance(data["files_missing"], list), tab

@@ -521,3 +521,37 @@ def test_ipv6_loopback_in_brackets():
         assert dash.request("/api/status", token=False)[0] == 401
     finally:
         dash.close()
+
+
+def test_process_events_carry_the_findings_of_the_rules(served):
+    """A process whose stdin is a TCP socket arrives with the socket-stdio finding (the
+    --procs rules run on the dashboard's feed too); an ordinary one with none."""
+    import subprocess
+    stream = served.events()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    client = socket.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+    tag, plain = unique_tag("stdio"), unique_tag("plain")
+    try:
+        time.sleep(0.2)
+        procs = [subprocess.Popen([tag, "3"], executable="/bin/sleep", stdin=peer.fileno()),
+                 spawn_tagged(plain)]
+        found = {}
+        while len(found) < 2:
+            ev = stream.until(lambda e: e["event"] == "procs" and json.loads(e["data"])[
+                "cmdline"][:1] in ([tag], [plain]), 5)
+            assert ev is not None, found
+            event = json.loads(ev["data"])
+            found[event["cmdline"][0]] = event["findings"]
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    finally:
+        stream.close()
+        for sock in (client, peer, srv):
+            sock.close()
+    assert [f["rule"] for f in found[tag]] == ["socket-stdio"]
+    assert found[tag][0]["severity"] == "warn" and "stdin" in found[tag][0]["text"]
+    assert found[plain] == []

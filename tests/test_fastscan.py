@@ -10,18 +10,20 @@ import time
 
 import pytest
 
+from conftest import need_fast, needs_fast
+
 import netsnoop
 
+# conftest built the C scanner for this run and put it where netsnoop looks (sys.path)
 module, reason = netsnoop._load_fastscan()
-needs_c = pytest.mark.skipif(
-    module is None, reason="C scanner not built (python3 build_fastscan.py): %s" % reason)
+needs_c = needs_fast
 BACKENDS = ["python", pytest.param("fast", marks=needs_c)]
 
 
 @pytest.fixture
 def fast():
-    if module is None:
-        pytest.skip("C scanner not built (python3 build_fastscan.py): %s" % reason)
+    need_fast()
+    assert module is not None, "the C scanner was built but does not load: " + reason
     return netsnoop.FastBackend(module)
 
 
@@ -244,9 +246,7 @@ def test_fd_scan_of_a_process_gone_raises(tmp_path):
 @needs_c
 def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_path):
     # copying a new netsnoop.py beside an older .so: the fd scan falls back to Python
-    cffi = pytest.importorskip("cffi")
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler")
+    import cffi     # needs_c: conftest built the scanner, so cffi and a compiler are here
     root = os.path.dirname(os.path.abspath(netsnoop.__file__))
     sys.path.insert(0, root)
     try:

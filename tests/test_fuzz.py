@@ -1,6 +1,6 @@
 """Fuzzing the parsers: random and mutated /proc files never make them raise.
 
-Seeds are real files (this machine's /proc/net, the procfs fixtures), mutated
+Seeds are real files (this machine's /proc/net, everything under fixtures/), mutated
 by byte flips, "interesting" characters (a sign, an underscore, a control
 character in a number), truncation, line duplication or deletion and column
 insertion.  Runs are derandomized so a CI failure reproduces; a crashing
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import netsnoop
 from conftest import FIXTURES, ROOT, run_netsnoop
 
-SHARED_FIXTURES = "/work/shared/procfs-fixtures/proc"
+UPSTREAM = os.path.join(FIXTURES, "procfs", "proc")     # prometheus/procfs's fixtures
 FUZZ_FIXTURES = os.path.join(FIXTURES, "fuzz")
 
 # Parser name -> (function taking text, file names whose contents seed it).
@@ -41,7 +41,7 @@ PARSERS = {
 }
 
 # Minimal stand-ins so every parser has a seed even on a machine without
-# IPv6, the shared fixtures or some /proc/net files.
+# IPv6 or some /proc/net files, and should fixtures/ lose a file.
 FALLBACK_SEEDS = {
     "tcp": b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
            b"   uid  timeout inode\n   0: 0100007F:0016 00000000:0000 0A 00000000:00000000"
@@ -74,10 +74,7 @@ def _read(path, cap=1 << 18):
 
 def seed_files():
     """{parser name: [bytes, ...]}: real files first, fallbacks when none exists."""
-    roots = ["/proc/net", "/proc/net/stat", os.path.join(SHARED_FIXTURES, "net"),
-             os.path.join(SHARED_FIXTURES, "net", "stat"),
-             os.path.join(SHARED_FIXTURES, "26231", "net"),
-             os.path.join(os.path.dirname(SHARED_FIXTURES), "inline-test-inputs")]
+    roots = ["/proc/net", "/proc/net/stat"]
     roots += sorted(glob.glob(os.path.join(FIXTURES, "**", ""), recursive=True))
     seeds = {}
     for name, (_, files) in PARSERS.items():
@@ -88,7 +85,8 @@ def seed_files():
                 if data:
                     found.append(data)
         seeds[name] = found or [FALLBACK_SEEDS[name]]
-    stat = [_read("/proc/self/stat"), _read(os.path.join(SHARED_FIXTURES, "26232", "stat"))]
+    stat = [_read("/proc/self/stat")] + [_read(os.path.join(UPSTREAM, pid, "stat"))
+                                          for pid in ("26231", "26232")]
     seeds["stat"] = [s for s in stat if s] + [FALLBACK_SEEDS["stat"]]
     return seeds
 

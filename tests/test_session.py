@@ -6,6 +6,7 @@ namespace (unshare -n) that holds known sockets, a veth with TEST-NET
 addresses, a default route and a permanent ARP entry; or a plain `sleep`.
 """
 import os
+import re
 import select
 import signal
 import subprocess
@@ -223,11 +224,48 @@ def test_ownership_unknown_is_said(netns_target):
     with PtyTerm([python, NETSNOOP, str(netns_target.pid)], uid=nobody) as term:
         reason = "ownership unknown: cannot read /proc/%d/fd (permission denied" % (
             netns_target.pid)
-        text = term.wait_for(lambda t: term.line(23).startswith(reason))
+        text = term.wait_for(lambda t: term.line(2).startswith(reason))
         assert "ownership unknown" in status_line(term)
+        assert term.line(23).startswith("q quit")
         assert not any(line.startswith("*") for line in text.splitlines()[2:-1])
         assert "rows %d" % (LISTENERS + 1) in status_line(term)
         quit_ok(term)
+
+
+NOBODY_REASON = ("ownership unknown: cannot read /proc/%d/fd (permission denied: another "
+                 "user's process, or one that is not dumpable; run as its user or root)")
+
+
+@pytest.mark.parametrize("cols", [80, 40])
+def test_ownership_reason_is_whole_and_the_key_hint_stays(sleeper, cols):
+    """The reason replaced the key hint on the bottom line and was cut at the width: it is
+    now wrapped above the table, whole, and the hint stays."""
+    nobody = 65534
+    python = python_for(nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that user %d may run" % nobody)
+    with PtyTerm([python, NETSNOOP, str(sleeper.pid)], uid=nobody, cols=cols) as term:
+        term.wait_for(lambda t: "== tcp ==" in t and "ownership unknown:" in t)
+        lines = [line.rstrip() for line in term.screen.display]
+        end = lines.index("== tcp ==")
+        assert " ".join(lines[2:end]) == NOBODY_REASON % sleeper.pid, lines
+        assert term.line(23).startswith("q quit")
+        assert "ownership unknown" in status_line(term) or cols < 48      # see below
+        quit_ok(term)
+
+
+@pytest.mark.parametrize("width", [80, 40])
+def test_ownership_banner_wraps_to_the_width(width):
+    st = netsnoop.SessionState(4242, "tcp", 2.0)
+    assert netsnoop.ownership_banner(st, width, 10) == []          # known: nothing
+    st.owned_problem = (NOBODY_REASON % 4242)[len("ownership unknown: "):]
+    lines = netsnoop.ownership_banner(st, width, 10)
+    assert all(len(line) <= width for line in lines) and len(lines) >= 2
+    assert " ".join(lines) == NOBODY_REASON % 4242
+    cut = netsnoop.ownership_banner(st, width, 1)                  # a tiny screen
+    assert len(cut) == 1 and len(cut[0]) <= width and cut[0].endswith("...")
+    st.tab = "traffic"                                             # not about sockets
+    assert netsnoop.ownership_banner(st, width, 10) == []
 
 
 # --- interval ------------------------------------------------------------------
@@ -244,25 +282,53 @@ def test_set_interval(sleeper):
         term.send(":set 0\r")
         term.wait_for("must be 0.2s .. 3600s, not 0")
         assert "every 6s" in status_line(term)
-        # the seed's habit: typing `set 6` without ':' (s sorts, e opens the
-        # command line and undoes that sort)
-        term.send("set 0.5")
-        term.wait_for(":set 0.5_")
-        term.send("\r")
+        term.send(":set 0.5\r")
         term.wait_for("every 0.5s")
-        term.send("S")                  # with no sort in force, S starts one: the s was undone
-        term.wait_for("sorted by Netid")
         quit_ok(term, "\x04")
 
 
-def test_session_runs_compiled_without_the_script_tree(sleeper):
+def test_only_colon_opens_the_command_line(sleeper):
+    """An unbound letter opened the command line (and undid the key before it)."""
+    with session(sleeper.pid) as term:
+        term.wait_for("q quit")
+        term.send("x")
+        term.send("?")                      # a bound key after it acts at once: help
+        term.wait_for("netsnoop session keys")
+        assert not term.line(23).startswith(":")
+        term.send("x")                      # closes the help
+        term.wait_gone("netsnoop session keys")
+        term.send(":")
+        term.wait_for(lambda t: term.line(23) == ":_")
+        quit_ok(term, "\x04")
+
+
+def test_unbound_keys_change_nothing():
+    """s sorts, then e (no use) must neither undo the sort nor open the command line."""
+    import curses
+    state = netsnoop.SessionState(1, "tcp", 2.0)
+    state.view = netsnoop.TabView([netsnoop.Table(
+        "tcp", [netsnoop.Column("Netid", "<"), netsnoop.Column("Port", ">")],
+        [netsnoop.Row(["tcp", "22"], None, 1)], [])])
+    handler = netsnoop.KeyHandler(state, netsnoop.session_keys(curses))
+    assert handler.dispatch("s") == netsnoop.REDRAW and state.sort["tcp"] == (0, False)
+    for key in "ezZ!\x01":
+        assert handler.dispatch(key) == netsnoop.NOTHING
+    assert (state.mode, state.sort["tcp"], state.tab) == (None, (0, False), "tcp")
+    handler.dispatch(":")
+    for key in "set 6\n":
+        handler.dispatch(key)
+    assert (state.mode, state.interval) == (None, 6.0)
+
+
+def test_session_keeps_the_command_line_it_was_started_with(sleeper):
+    """`ps -o args` shows the command the user typed once the session runs: no
+    re-exec of the interpreter, no other program in its place."""
     with session(sleeper.pid) as term:
         term.wait_for("every 2s")
         with open("/proc/%d/cmdline" % term.proc.pid, "rb") as f:
             argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
-        code = argv.index("-c")
-        assert argv[code + 1] == netsnoop.RERUN_CODE
-        assert argv[code + 4:] == [NETSNOOP, str(sleeper.pid)], argv
+        assert argv == [sys.executable, NETSNOOP, str(sleeper.pid)], argv
+        assert os.path.samefile("/proc/%d/exe" % term.proc.pid, sys.executable)
         quit_ok(term, "q")
 
 
@@ -607,7 +673,8 @@ def test_session_on_a_fake_proc_tree(tmp_path):
                   "--interval", "0.3"]) as term:
         term.wait_for("rows 2")
         status = status_line(term)
-        assert status.startswith("PID 4242 evil\\e]0;owned\\x07  netns unknown  every 0.3s")
+        assert status.startswith("PID 4242 evil\\e]0;owned\\x07 netns unknown (no ns/net "
+                                 "link) 0.3s"), status        # tightened to fit 80 columns
         term.wait_for(lambda t: any(line.startswith("* tcp") and "127.0.0.1:8080" in line
                                     for line in t.splitlines()))
         assert any(line.startswith("  tcp") and "127.0.0.1:9090" in line
@@ -675,17 +742,6 @@ def test_session_shows_a_stopped_feed_and_goes_on(tmp_path):
         term.send("1")                                       # the other tabs still work
         term.wait_for(lambda t: "== tcp ==" in t and "127.0.0.1:8080" in t)
         quit_ok(term)
-
-
-def test_state_save_view_and_restore_view():
-    state = netsnoop.SessionState(1, "tcp", 2.0)
-    saved = state.save_view()
-    state.tab, state.owned_only = "udp", True
-    state.sort["tcp"] = (1, True)
-    state.scroll["tcp"] = 5
-    state.restore_view(saved)
-    assert (state.tab, state.owned_only, state.sort["tcp"], state.scroll["tcp"]) == (
-        "tcp", False, None, 0)
 
 
 def plain_session(tmp_path, pid, stdout, env=None):
@@ -815,15 +871,18 @@ def test_a_tab_seen_again_keeps_its_rates_and_deltas(tmp_path):
     def titles():
         return [c.title for c in state.view.tables[0].columns]
 
+    def rx_rates():
+        return [r.cells[titles().index("RX/s")] for r in state.view.tables[0].rows]
+
     netsnoop.refresh_tab(state, procfs, procs)
-    assert "RX/s" not in titles()                   # no earlier data: no rates yet
+    assert rx_rates() == [""]                       # no earlier data: no rates yet
     state.tab = "tcp"
     netsnoop.refresh_tab(state, procfs, procs)
     (base / "net" / "dev").write_text(DEV % 99999)
     time.sleep(0.05)
     state.tab = "traffic"
     netsnoop.refresh_tab(state, procfs, procs)
-    assert "RX/s" in titles() and "TX/s" in titles()
+    assert "TX/s" in titles() and rx_rates()[0].endswith("/s")
 
 
 STAT_WITH_START = "%d (target) S 1 %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n"
@@ -862,3 +921,149 @@ def test_status_line_drops_whole_items_rather_than_cutting_numbers():
         assert "rows 10005" in text and text.endswith("ownership unknown"), (width, text)
     wide = netsnoop.status_text(st, 120)
     assert "net:[4026531833]" in wide and "every 2s" in wide
+
+
+# --- the procs tab on a fake tree: processes appear as directories -------------------------
+
+PROC_STAT = ("%d (%s) S %d %d %d 0 -1 %d 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0 0 0 0 0 0 0 0 0 0 0 0 "
+             "0 0 0 17 0\n")
+PF_KTHREAD = 0x00200000
+
+
+def fake_process(root, pid, ppid, comm, kernel=False, last=True):
+    """root/PID/{stat,cmdline}; last: the last-PID counter (loadavg) moves to it."""
+    base = root / str(pid)
+    base.mkdir()
+    (base / "stat").write_text(PROC_STAT % (pid, comm, ppid, pid, pid,
+                                            PF_KTHREAD if kernel else 0x400000, 100 + pid))
+    (base / "cmdline").write_bytes(b"" if kernel else comm.encode() + b"\0--run\0")
+    if last:
+        set_last_pid(root, pid)
+
+
+def set_last_pid(root, pid):
+    """Rewrite loadavg in place, at one length: the feed holds it open and re-reads it
+    every millisecond, so it must never see it truncated (write_text would)."""
+    path = root / "loadavg"
+    with open(str(path), "r+" if path.exists() else "w") as f:
+        f.write("0.00 0.01 0.05 1/80 %7d\n" % pid)
+
+
+def wait_for_events(pane, pids, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not set(pids) <= {e["pid"] for e in pane.events}:
+        assert time.monotonic() < deadline, [e["pid"] for e in pane.events]
+        pane.poll()
+        time.sleep(0.02)
+    return {e["pid"]: e["descendant"] for e in pane.events}
+
+
+def test_procs_tab_of_pid_1_marks_every_process_but_the_kernels(tmp_path):
+    """`netsnoop.py 1`: children of marked processes were left unmarked when a parent
+    in their chain had exited (its stat gone) -- yet everything descends from PID 1."""
+    fake_process(tmp_path, 1, 0, "init")
+    fake_process(tmp_path, 2, 0, "kthreadd", kernel=True)
+    fake_process(tmp_path, 100, 1, "sshd")
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 1, backend="python")
+    try:
+        pane.start()
+        assert pane.active, pane.tables()[0].notes
+        # 250 (a shell) ran 300 and exited before the feed could read it
+        fake_process(tmp_path, 300, 250, "worker")
+        fake_process(tmp_path, 301, 300, "helper")
+        fake_process(tmp_path, 302, 100, "session")
+        fake_process(tmp_path, 303, 2, "kworker/0:1", kernel=True)
+        marked = wait_for_events(pane, (300, 301, 302, 303))
+        assert marked == {300: True, 301: True, 302: True, 303: False}
+    finally:
+        pane.close()
+
+
+def test_procs_tab_of_another_pid_leaves_a_broken_chain_unmarked(tmp_path):
+    """For any PID but init, a parent that exited unread leaves the chain unknown: no mark."""
+    fake_process(tmp_path, 1, 0, "init")
+    fake_process(tmp_path, 100, 1, "target")
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 100, backend="python")
+    try:
+        pane.start()
+        fake_process(tmp_path, 300, 250, "orphan")           # 250 gone: unknown
+        fake_process(tmp_path, 301, 100, "child")
+        fake_process(tmp_path, 302, 301, "grandchild")
+        fake_process(tmp_path, 303, 1, "stranger")
+        marked = wait_for_events(pane, (300, 301, 302, 303))
+        assert marked == {300: False, 301: True, 302: True, 303: False}
+    finally:
+        pane.close()
+
+
+def test_status_clock_is_as_new_as_the_newest_procs_row(tmp_path):
+    """The procs rows arrive between refreshes; the status line's clock stayed at the last
+    refresh, older than the rows below it."""
+    pid = 4242
+    fake_proc(tmp_path, pid)
+    set_last_pid(tmp_path, pid)
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "60", "--backend", "python", "--tab", "procs"]) as term:
+        term.wait_for("backend python")
+        time.sleep(1.2)                                      # the next second at least
+        fake_process(tmp_path, 4300, pid, "newcomer")
+        term.wait_for("newcomer --run")
+        row = next(ln for ln in term.text().splitlines() if "newcomer --run" in ln)
+        row_time = re.search(r"(\d\d:\d\d:\d\d)\.\d\d\d", row).group(1)
+        clock = re.search(r" (\d\d:\d\d:\d\d)( |$)", status_line(term)).group(1)
+        assert clock >= row_time or row_time.startswith("23:59"), (clock, row)
+        quit_ok(term)
+
+
+def test_a_file_that_cannot_be_read_is_shown_not_taken_for_an_exit(tmp_path):
+    """A damaged file under --proc ended the session as 'process N exited' (status 0).
+    Only an exit ends it: the error takes the tab's place, other tabs still work."""
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    tcp = (base / "net" / "tcp").read_text()
+    with PtyTerm([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                  "--interval", "0.3"]) as term:
+        term.wait_for("rows 2")
+        (base / "net" / "tcp").unlink()
+        (base / "net" / "tcp").mkdir()                         # read() fails: EISDIR
+        said = "process %d: cannot read net/tcp: Is a directory" % pid
+        term.wait_for(lambda t: "(cannot show tcp: %s)" % said in t
+                      and term.line(23) == said)
+        term.pump(1.0)                                         # a few refreshes later
+        assert term.proc.poll() is None, term.stderr()
+        term.send("4")                                         # the other tabs still read
+        term.wait_for(lambda t: any(ln.startswith("  lo ") for ln in t.splitlines()))
+        (base / "net" / "tcp").rmdir()
+        (base / "net" / "tcp").write_text(tcp)
+        term.send("1")
+        term.wait_for("127.0.0.1:8080")
+        (base / "stat").write_text("%d (evil" % pid)            # damaged: no state
+        term.wait_for("(cannot show tcp: process %d: damaged stat" % pid)
+        term.pump(1.5)                                         # past an alive check
+        assert term.proc.poll() is None, term.stderr()
+        os.rename(str(base), str(tmp_path / "gone"))           # now it exits
+        assert term.wait_exit() == 0
+        assert term.stderr() == "netsnoop: process %d exited\n" % pid
+
+
+def test_no_tty_snapshots_go_on_past_a_file_that_cannot_be_read(tmp_path):
+    pid = 4242
+    base = fake_proc(tmp_path, pid)
+    proc = subprocess.Popen([sys.executable, NETSNOOP, str(pid), "--proc", str(tmp_path),
+                             "--interval", "0.2"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        assert proc.stdout.readline().startswith("netsnoop ")
+        (base / "net" / "tcp").unlink()
+        (base / "net" / "tcp").mkdir()
+        time.sleep(1.0)                                        # ~5 intervals
+        assert proc.poll() is None
+        os.rename(str(base), str(tmp_path / "gone"))
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert err.splitlines()[1:] == [                           # said once, then the exit
+        "netsnoop: process %d: cannot read net/tcp: Is a directory" % pid,
+        "netsnoop: process %d exited" % pid]

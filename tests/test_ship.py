@@ -80,10 +80,7 @@ def test_lone_copy_under_oldest_python():
     results = matrix.smoke(python)
     by_case = {r.case: r for r in results}
     assert by_case["once"].status == "ok", results
-    assert not [r for r in results if r.status == "FAIL"], (version, results)
-    for r in results:
-        if r.status == "SKIP":
-            assert "not built yet" in r.detail, r
+    assert [r for r in results if r.status != "ok"] == [], (version, results)
 
 
 # --- pip install . into a fresh venv ---------------------------------------------
@@ -198,9 +195,6 @@ def test_crowded_namespace_quick():
 
 
 def test_fork_storm_quick():
-    built, why = bench.procs_built()
-    if not built:
-        pytest.skip("--procs not landed: " + why)
     r = bench.fork_storm_run(rate=1000, seconds=2)
     assert r["alive_throughout"], r
     assert r["status"] in (0, 130), r
@@ -211,12 +205,6 @@ def test_fork_storm_quick():
 
 
 # --- nothing lost: --log through signals and a full disk -------------------------------
-
-def procs_or_skip():
-    built, why = bench.procs_built()
-    if not built:
-        pytest.skip("--procs not landed yet: " + why)
-
 
 def spawn_marked(marker, pad=0, life=0.5):
     """A short-lived process whose command line carries `marker` (and `pad` bytes)."""
@@ -252,7 +240,6 @@ def logged(path, marker):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
                          ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_log_survives_signal(tmp_path, sig):
-    procs_or_skip()
     log = tmp_path / "events.log"
     marker = "netsnoop-log-%d-%d" % (os.getpid(), sig)
     ns = subprocess.Popen([sys.executable, NETSNOOP, "--procs", "--json", "--interval", "0.1",
@@ -281,7 +268,6 @@ def test_log_survives_signal(tmp_path, sig):
 @pytest.mark.skipif(not can_unshare(), reason="needs root and unshare -m (private tmpfs)")
 def test_log_disk_full(tmp_path):
     """64k tmpfs nearly full: one clear line, status 1, the events before it kept."""
-    procs_or_skip()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     keep = tmp_path / "kept.log"
@@ -319,7 +305,6 @@ def test_log_disk_full(tmp_path):
 
 @pytest.mark.parametrize("kind", ["symlink", "dangling_symlink", "directory"])
 def test_log_path_refused_without_touching_target(tmp_path, kind):
-    procs_or_skip()
     target = tmp_path / "target"
     path = tmp_path / "log"
     if kind == "symlink":
@@ -345,7 +330,6 @@ def test_log_path_refused_without_touching_target(tmp_path, kind):
 
 
 def test_new_log_is_private(tmp_path):
-    procs_or_skip()
     log = tmp_path / "new.log"
     r = subprocess.run([sys.executable, NETSNOOP, "--procs", "--log", str(log),
                         "--duration", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -11,6 +11,7 @@ import re
 import shutil
 
 import pytest
+import wcwidth
 
 import netsnoop
 from conftest import FIXTURES, run_netsnoop
@@ -267,13 +268,14 @@ def test_arp_rows(tabs):
 def test_stats_hides_zero_counters_and_counts_them(tabs):
     data = tabs["stats"]
     tables = netsnoop.tab_tables("stats", data)
-    sections = [s for s in data if not s.startswith("_")]
+    sections = [s for s in data if s not in ("skipped_lines", "files_missing")]
     assert [t.title for t in tables] == sections
     for table, section in zip(tables, sections):
         counters = data[section]
         assert [r.cells for r in table.rows] == [[k, str(v)] for k, v in counters.items() if v]
         zeros = sum(1 for v in counters.values() if not v)
-        assert table.notes == (["%d zero counters not shown" % zeros] if zeros else [])
+        assert table.notes == (["%d zero counter%s not shown" % (zeros, "" if zeros == 1 else "s")]
+                               if zeros else [])
 
 
 def test_analysis_tables(tabs):
@@ -354,6 +356,29 @@ def test_traffic_new_interface_and_no_usable_dt(tabs):
         assert not any("/s" in c for r in table.rows for c in r.cells)
 
 
+@pytest.mark.parametrize("width", [80, 40])
+def test_session_traffic_has_rate_columns_from_the_first_refresh(tabs, width):
+    """They appeared from the second refresh on, shifting the columns and a chosen sort."""
+    data = tabs["traffic"]
+    first = netsnoop.tab_tables("traffic", data, live=True)[0]
+    second = netsnoop.tab_tables("traffic", data, prev=data, dt=2.0, live=True)[0]
+    assert [c.title for c in first.columns] == [c.title for c in second.columns]
+    rx, tx = columns_of(first, "RX/s"), columns_of(first, "TX/s")
+    assert all(r.cells[rx] == r.cells[tx] == "" for r in first.rows)     # blank until known
+    assert all(r.cells[rx] == r.cells[tx] == "0B/s" for r in second.rows)
+    check_aligned(first)
+    sort = (columns_of(first, "TX pkts"), True)          # chosen on the first refresh
+    views = [netsnoop.TabView([t]) for t in (first, second)]
+    for view in views:
+        view.layout("", sort)
+    headers = [view.visible(1, 1)[0][0][:width] for view in views]
+    assert headers[0] == headers[1]
+    first_rows = [view.visible(2, 1)[0][0].split()[0] for view in views]
+    assert first_rows[0] == first_rows[1]                 # the sort picks the same row
+    once = netsnoop.tab_tables("traffic", data)[0]        # --once has no rate to show
+    assert "RX/s" not in [c.title for c in once.columns]
+
+
 @pytest.mark.parametrize("n,text", [(0, "0B"), (1023, "1023B"), (1024, "1.0K"),
                                     (1536, "1.5K"), (2 ** 20, "1.0M"), (5 * 2 ** 30, "5.0G"),
                                     (2 ** 40, "1.0T"), (2 ** 50, "1024.0T"), (511.6, "511B")])
@@ -424,24 +449,24 @@ def test_once_text_lines_are_as_wide_as_the_data_needs():
     snap = json.loads(run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all", "--json").stdout)
     expected = []
     for tab, data in snap["tabs"].items():
-        for table in netsnoop.tab_tables(tab, data):
+        tables = netsnoop.tab_tables(tab, data)
+        if tab == "analysis":       # the icmp tab printed these sections already
+            tables = [t for t in tables if t.title not in ("Icmp", "IcmpMsg", "Icmp6")]
+            tables[0].notes.append("Icmp, IcmpMsg, Icmp6: in the icmp tab above")
+        for table in tables:
             expected.append(check_aligned(table))
     blocks = r.stdout.rstrip("\n").split("\n\n")[1:]
     assert blocks == ["\n".join(lines) for lines in expected]
 
 
 @pytest.mark.parametrize("width", [80, 40])
-def test_views_render_at_narrow_widths(tabs, width):
+def test_views_render_at_narrow_widths(width):
     """format_table has no width: the session clips.  Rendering must not depend on COLUMNS."""
     env = dict(os.environ, COLUMNS=str(width), LINES="24")
     r = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all", env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     wide = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all")
     assert r.stdout.split("\n")[1:] == wide.stdout.split("\n")[1:]   # the heading has the time
-    for tab in ALL_TABS:
-        for table in netsnoop.tab_tables(tab, tabs[tab]):
-            lines = netsnoop.format_table(table)
-            assert all(isinstance(ln, str) for ln in lines)
 
 
 def test_format_snapshot_heading_is_escaped(tabs):
@@ -476,7 +501,8 @@ def test_wide_and_combining_cells_align():
                             for name in ("eth0", "\u4e2d\u6587\u7f51\u5361", "e\u0301\u0301th", "\uff21")],
                            [])
     lines = check_aligned(table)
-    assert len({netsnoop.text_width(ln) for ln in lines[2:]}) == 1, lines
+    # measured by wcwidth, not by netsnoop's own text_width
+    assert len({wcwidth.wcswidth(ln) for ln in lines[2:]}) == 1, lines
 
 
 def test_v4_mapped_and_v6_endpoints_like_ss():
@@ -490,3 +516,51 @@ def test_v4_mapped_and_v6_endpoints_like_ss():
         ("[::1]:22", "[::1]:54321"), ("[2001:db8::1]:443", "[2001:db8::2]:40000")]
     assert [r.cells[OWN] == "*" for r in table.rows] == [s.inode % 2 == 1 for s in socks]
     check_aligned(table)
+
+
+# --- counts agree with their nouns ---------------------------------------------------------
+
+@pytest.mark.parametrize("n, noun, nouns, text", [
+    (0, "line", None, "0 lines"), (1, "line", None, "1 line"), (2, "line", None, "2 lines"),
+    (1, "process", "processes", "1 process"), (7, "process", "processes", "7 processes")])
+def test_plural(n, noun, nouns, text):
+    assert netsnoop.plural(n, noun, nouns) == text
+
+
+def test_a_count_of_one_reads_singular_everywhere():
+    """Users saw "1 damaged lines", "1 processes", "1 zero counters", "ran out of budget
+    1 times": every count shown goes through plural()."""
+    assert netsnoop.counter_table("Tcp", {"A": 0, "B": 5}).notes == ["1 zero counter not shown"]
+    assert netsnoop._read_notes({"skipped_lines": 1}) == ["1 damaged line skipped"]
+    rec = {"pid": 5, "ppid": 1, "user": "root", "comm": "sh", "cmdline": ["sh"],
+           "start_time": 0.0, "depth": 1}
+    assert netsnoop.procs_tables({"processes": [rec]})[0].notes == ["1 process"]
+    sock = {"proto": "tcp", "local_address": "127.0.0.1", "local_port": 22, "state": "LISTEN",
+            "remote_address": "0.0.0.0", "remote_port": 0, "tx_queue": 0, "rx_queue": 0,
+            "uid": 0, "inode": 9, "owned": True}
+    notes = netsnoop.socket_table("tcp", {"sockets": [sock], "owned_known": True}).notes
+    assert notes[0] == "1 socket in the namespace, 1 owned by the process (*)"
+    texts = [f["text"] for f in netsnoop.findings({
+        "netstat": {"TcpExt": {"ListenOverflows": 1}},
+        "softnet": [{"cpu": 0, "dropped": 1, "time_squeeze": 1}],
+        "interfaces": [{"name": "eth0", "rx_errs": 1, "rx_drop": 1, "rx_packets": 100}]})]
+    assert "accept queue overflowed 1 time (TcpExt ListenOverflows) since boot" in texts
+    assert any(t.startswith("softnet backlog full: 1 packet dropped (") for t in texts), texts
+    assert any(t.startswith("softirq ran out of budget 1 time (") for t in texts), texts
+    assert any(t.startswith("interface eth0: 1 error (") for t in texts), texts
+    assert any(t.startswith("interface eth0: 1 packet dropped (") for t in texts), texts
+    assert netsnoop.printable("abc", 2) == "ab...[+1 char]"
+
+
+def test_tab_all_prints_each_icmp_section_once():
+    """--tab all: Icmp, IcmpMsg and Icmp6 are in the icmp tab and in analysis's snmp;
+    printed twice they were (a user saw every ICMP counter twice)."""
+    r = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "all")
+    assert r.returncode == 0, r.stderr
+    for section in ("Icmp", "IcmpMsg", "Icmp6"):
+        assert r.stdout.count("== %s ==" % section) == 1, section
+    analysis = r.stdout[r.stdout.index("== findings =="):]
+    assert "(Icmp, IcmpMsg, Icmp6: in the icmp tab above)" in analysis
+    assert "== Udp ==" in analysis                       # the other snmp sections stay
+    alone = run_netsnoop("--proc", TREE, PID, "--once", "--tab", "analysis")
+    assert alone.stdout.count("== Icmp ==") == 1           # without the icmp tab: kept

@@ -246,7 +246,8 @@ def open_sockets():
 
 
 def wait_for_link_local_routes(timeout=5.0):
-    """fe80::/64 routes of the veths appear 1-2 s after link up (PROCFS-NOTES traps)."""
+    """fe80::/64 routes of the veths appear 1-2 s after link up (docs/procfs.md,
+    "Testing traps")."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         text = read_whole("/proc/self/net/ipv6_route").decode()
