@@ -6592,11 +6592,13 @@ ATTACHED_FOR = 60.0         # traffic is sampled while a stream is open or for t
                             # a request: nobody looking costs nothing but the feed
 # Interfaces are sampled every interval (/proc/PID/net/dev: ~0.1 ms).  TCP bytes per
 # process read every process's fds (~27 ms of CPU with 1,150 processes): they are
-# sampled as often as keeps that under this share of one core (there: every ~7 s).
-SAMPLE_SHARE = 0.004
+# sampled as often as keeps that under this share of one core (there: every ~9 s).
+# With one browser attached the dashboard then costs ~1% of a core beyond the feeds
+# (bench/bench_serve.py), half of it these two.
+SAMPLE_SHARE = 0.003
 # The same for the tabs the page shows: a socket tab finds the owners the same way
 # (~30 ms there), so the page asks for it again only after cost / TABLES_SHARE.
-TABLES_SHARE = 0.004
+TABLES_SHARE = 0.003
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}\Z")     # what a --token-file may hold
 
 

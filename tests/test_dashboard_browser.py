@@ -213,12 +213,12 @@ def test_the_chart_moves_while_bytes_cross_loopback(page, holder):
     (quiet, _), _ = wait_for(page, lo_rx, 10)
     assert quiet < 100000
     sender = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", sys.executable, "-c",
-                               SENDER, "30"])
+                               SENDER, "40"])
     try:
         (busy, _), taken = wait_for(page, lo_rx.replace("v !== ''", "parseFloat(v) > 1e6"), 6)
         by_process = chart_line("processes", "n.indexOf('(%d) ') > 0 && parseFloat(v) > 1e6"
                                 % sender.pid)
-        (process_rate, _), process_taken = wait_for(page, by_process, 20)
+        (process_rate, _), process_taken = wait_for(page, by_process, 30)
     finally:
         sender.kill()
         sender.wait()
