@@ -732,6 +732,21 @@ def inet_diag_request(family, states, seq=1, protocol=socket.IPPROTO_TCP,
                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
+def inet_diag_lookup(sock, seq=1):
+    """A request for one socket (no dump: the kernel looks it up in its hash, no
+    walk) by its addresses, ports and cookie, as a DiagSocket gives them."""
+    def raw(address):
+        packed = socket.inet_pton(sock.family, address)
+        return packed + bytes(16 - len(packed))
+    body = INET_DIAG_REQ.pack(sock.family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1),
+                              0xFFFFFFFF)[:8] \
+        + struct.pack(">HH", sock.local_port, sock.remote_port) \
+        + raw(sock.local_address) + raw(sock.remote_address) \
+        + struct.pack("=III", 0, sock.cookie & 0xFFFFFFFF, sock.cookie >> 32)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+                         seq, 0) + body
+
+
 def _align4(n):
     return (n + 3) & ~3
 
@@ -1332,6 +1347,8 @@ def read_ahead(read, names):
 def collect_sockets(procfs, pid, tab, owners, json_rows=False):
     """Socket tab data; with json_rows the rows stay records (SocketRows) for --json."""
     names = SOCKET_FILES[tab]
+    # the kernel builds the dump inside recv(), without the GIL: beside the parsing
+    byte_counts = in_thread(tcp_diag, procfs, pid, True) if tab == "tcp" else None
     if owners.beside_parsing:
         files = read_ahead(lambda name: procfs.net_read(pid, name), names)
     else:
@@ -1347,11 +1364,11 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         parsed = parse_sockets(text, name)
         skipped += parsed.skipped
         records.extend(parsed)
-    everyone = owners.everyone
     tcp_bytes = diag = reason = None
-    if tab == "tcp":
-        diag, reason = tcp_diag(procfs, pid, bytes_only=True)
+    if byte_counts is not None:
+        diag, reason = byte_counts()
         tcp_bytes = {} if diag is None else diag
+    everyone = owners.everyone
     rows = SocketRows(records, owners.held(), everyone, tcp_bytes)
     data = collections.OrderedDict(sockets=rows if json_rows else rows.dicts())
     data["owned_known"] = owners.known
@@ -1783,6 +1800,32 @@ class SocketOwners(object):
                 "hold show no owner" % (self.refused, "" if self.refused == 1 else "es", why))
 
 
+def in_thread(function, *args):
+    """Run function(*args) in a thread at once; -> a callable that waits for its
+    result (an exception is raised in the caller).  Its CPU counts as a helper's."""
+    result = []
+
+    def run():
+        started = time.thread_time()
+        try:
+            result.append((function(*args), None))
+        except Exception as err:            # handed to the caller
+            result.append((None, err))
+        _count_helper_cpu(time.thread_time() - started)
+
+    thread = threading.Thread(target=run, name="netsnoop-helper")
+    thread.daemon = True                    # never keeps a failing netsnoop alive
+    thread.start()
+
+    def wait():
+        thread.join()
+        value, err = result[0]
+        if err is not None:
+            raise err
+        return value
+    return wait
+
+
 def owners_json(owners, inodes):
     """inode -> ', "pid": N, "process": "comm", "holders": N' for the inodes given."""
     out, texts = {}, {}
@@ -1929,6 +1972,24 @@ def _diag_exchange(entry, states, families, out):
                                                                    errno.EAFNOSUPPORT)):
                 raise OSError(err, os.strerror(err))
     return out
+
+
+def diag_lookup(entry, socks):
+    """The sockets as they are now, looked up one by one -> {cookie: DiagSocket};
+    a socket gone since is missing from it."""
+    sock, lock = entry
+    found = {}
+    with lock:
+        for wanted in socks:
+            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            sock.send(inet_diag_lookup(wanted, seq))
+            while True:
+                part, done, _err = parse_diag_dump(sock.recv(DIAG_RECV), seq)
+                for rec in part:
+                    found[rec.cookie] = rec
+                if part or done:        # one message, or the error (ENOENT: gone)
+                    break
+    return found
 
 
 def tcp_diag(procfs, pid, bytes_only=False):
@@ -4379,7 +4440,7 @@ CONN_ACTIVE_FOR = 2.0
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
 CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
 OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
-DUMP_SHARE = 0.2            # of a core, at most, spent dumping over time ...
+DUMP_SHARE = 0.1            # of a core, at most, spent dumping over time ...
 DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
@@ -4406,10 +4467,11 @@ def open_destroy_listener():
 
 class ConnSeen(object):
     """A socket the feed knows: its open event (or None: present at start) and owner."""
-    __slots__ = ("event", "opened", "pending_until")
+    __slots__ = ("event", "opened", "pending_until", "sock")
 
     def __init__(self, event, opened, pending_until=None):
         self.event, self.opened, self.pending_until = event, opened, pending_until
+        self.sock = None        # the DiagSocket last seen, while waiting for an owner
 
 
 def conn_proto(sock):
@@ -4486,8 +4548,9 @@ class ConnScanner(object):
         return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
 
     def _inuse_moved(self):
-        """The families whose count of hashed TCP sockets moved (a connect, accept,
-        listen or close): "TCP: inuse 5 ..." in sockstat, "TCP6: inuse 3" in sockstat6."""
+        """The families whose count of hashed TCP sockets grew (a connect, accept or
+        listen; a close lowers it and needs no dump): "TCP: inuse 5 ..." in sockstat,
+        "TCP6: inuse 3" in sockstat6."""
         moved = []
         for name, family, head in (("sockstat", socket.AF_INET, b"TCP: inuse "),
                                    ("sockstat6", socket.AF_INET6, b"TCP6: inuse ")):
@@ -4496,9 +4559,13 @@ class ConnScanner(object):
                 continue
             data = os.pread(fd, 4096, 0)
             at = data.find(head)
-            count = data[at + len(head):].split(None, 1)[0] if at >= 0 else data
-            if self.inuse.get(family) != count:
-                self.inuse[family] = count
+            try:
+                count = int(data[at + len(head):].split(None, 1)[0]) if at >= 0 else -1
+            except (ValueError, IndexError):
+                count = -1
+            before = self.inuse.get(family)
+            self.inuse[family] = count
+            if before is not None and (count > before or count < 0):
                 moved.append(family)
         return moved
 
@@ -4525,6 +4592,7 @@ class ConnScanner(object):
         now = time.monotonic()
         self.last_dump, self.dump_cost = now, now - started
         self.budget -= self.dump_cost
+        self._opens_moved()         # the opens counted so far are in this dump
         return found
 
     # -- the loop --
@@ -4545,11 +4613,11 @@ class ConnScanner(object):
             if fresh and not moved and self._opens_moved():
                 families.update(BOTH_FAMILIES)
             now = time.monotonic()
-            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost) or \
-                    (self.pending and waited):
+            if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
                 families.update(BOTH_FAMILIES)
             gap = self._dump_gap(now)
-            if (families and gap <= 0) or (destroyed and not families) or now >= deadline:
+            if (families and gap <= 0) or (destroyed and not families) or now >= deadline \
+                    or (self.pending and waited):
                 break
             wait = CONN_FAST if self.pending else period
             select.select([self.destroy], [], [],
@@ -4561,6 +4629,8 @@ class ConnScanner(object):
             self.want = set()
             self._compare(self._dump(sorted(families)), now, events,
                           whole=len(families) == 2)
+        elif self.pending:
+            self._look_again(now, events)
         for sock in destroyed:
             self._closed(sock, events)
         return events
@@ -4596,6 +4666,7 @@ class ConnScanner(object):
                 continue
             # accepted but not yet taken by accept(): no inode, no fd to find yet
             seen.event["inode"] = sock.inode
+            seen.sock = sock
             fresh.append((sock, seen))
         missing = [sock for sock, _ in fresh if sock.inode and not self.owners.owner(sock.inode)]
         if missing:
@@ -4629,6 +4700,19 @@ class ConnScanner(object):
             netns_of[pid] = ns
         self.netns_of = netns_of
         return [pid for pid, ns in netns_of.items() if ns is None or ns == self.own_netns]
+
+    def _look_again(self, now, events):
+        """The opens waiting for an owner, looked up one by one (a dump would walk the
+        whole hash for them): an accepted socket gets its inode from accept()."""
+        waiting = [self.known[c] for c in self.pending]
+        try:
+            current = diag_lookup(self.diag, [seen.sock for seen in waiting])
+        except OSError as err:
+            raise NetsnoopError("sock_diag lookup failed: %s" % (err.strerror or err))
+        for seen in waiting:
+            if seen.event["cookie"] not in current:
+                self._emit_open(seen, events)       # gone: its close follows
+        self._compare(list(current.values()), now, events, whole=False)
 
     def _find_owners(self, socks, now):
         """Look for the owners of new sockets at bounded cost, cheapest first: the
@@ -4678,6 +4762,7 @@ class ConnScanner(object):
             ("pid", None), ("comm", None), ("cmdline", None),
             ("cgroup", self.cgroups.path(sock.cgroup)), ("bytes_sent", sock.bytes_sent),
             ("bytes_received", sock.bytes_received), ("duration", None)))
+        event["findings"] = [new_listener_finding(event)] if kind == "listen" else []
         return event
 
     def _closed(self, sock, events):
@@ -4701,11 +4786,23 @@ class ConnScanner(object):
         events.append(event)
 
 
+def new_listener_finding(event):
+    """`new-listener`: a TCP port opened for listening; warn when other hosts can reach it."""
+    address = event["local_address"]
+    local = is_loopback(address)
+    where = hostport(address, event["local_port"])
+    if address in ("0.0.0.0", "::"):
+        where += " (every address)"
+    return collections.OrderedDict((
+        ("severity", "info" if local else "warn"), ("rule", "new-listener"),
+        ("text", "listens on %s%s" % (where, "" if local else ", reachable from other hosts"))))
+
+
 def conn_text(event):
     """A connection event -> one line: time, event, endpoints, state, owner, bytes."""
     parts = [clock_text(event["time"]), "%-6s" % event["event"], event["proto"],
              hostport(event["local_address"], event["local_port"])]
-    if event["event"] != "listen":
+    if event["remote_port"]:            # a listener has no peer
         parts += ["->", hostport(event["remote_address"], event["remote_port"])]
     parts.append(event["state"])
     if event["pid"] is not None:
@@ -4738,8 +4835,11 @@ class ConnFeedOutput(FeedOutput):
     def emit(self, event):
         if "proto" not in event:
             return FeedOutput.emit(self, event)
+        # (connection events are not handed to --webhook/--syslog/--mail-to yet:
+        # their alert text is made for process events)
         if conn_event_matches(event, self.regex):
-            self.write(json.dumps(event) if self.json else conn_text(event))
+            self.write(event_json(event, self.ecs) if self.json
+                       else conn_text(event) + findings_suffix(event))
 
     def conn_summary(self, conns, procs=None):
         if not self.json:
@@ -4748,10 +4848,14 @@ class ConnFeedOutput(FeedOutput):
         if procs is not None:
             out.update((("seen", procs.seen), ("missed", procs.missed),
                         ("backend", procs.backend)))
+            if self.rules is not None:
+                out["findings_cost_us"] = self.rules.cost_us
+            if self.delivery is not None:
+                out["delivery"] = self.delivery.counts()
         out.update((("conns_open", conns.opens), ("conns_listen", conns.listens),
                     ("conns_close", conns.closes), ("conns_close_open_unseen", conns.closes_unseen),
                     ("conns_present", conns.present), ("conns_lost", conns.lost)))
-        self.write(json.dumps(out))
+        self.write(event_json(out, self.ecs))
 
     def conn_report(self, conns):
         try:
@@ -4775,6 +4879,10 @@ def run_conns(args, procfs):
     procs = None
     started = False
     try:
+        if args.procs:              # the process events' findings and outputs, as --procs
+            output.rules = ProcRules(procfs, getattr(args, "baseline", None))
+            output.rules.start()
+            output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
         with _StopFlag() as stop:
             present = conns.start()
             started = True
@@ -4796,7 +4904,7 @@ def run_conns(args, procfs):
                     continue
                 if procs.error:
                     raise NetsnoopError(procs.error)
-                held.extend(events + procs.poll())
+                held.extend(events + [output.rules.apply(e) for e in procs.poll()])
                 held = _emit_in_order(output, held, time.time() - CONN_HOLD)
             # what the kernel sent before the stop (destroys queued meanwhile) still goes out
             last = conns.step(0)
@@ -4804,10 +4912,12 @@ def run_conns(args, procfs):
                 for event in last:
                     output.emit(event)
             else:
-                held.extend(last + procs.poll())
+                held.extend(last + [output.rules.apply(e) for e in procs.poll()])
                 _emit_in_order(output, held, float("inf"))
+        output.finish_delivery()
         output.conn_summary(conns, procs._scanner if procs else None)
     finally:
+        output.finish_delivery()
         if started:
             output.conn_report(conns)
             if procs is not None:
@@ -4815,7 +4925,11 @@ def run_conns(args, procfs):
         if procs is not None:
             procs.close()
         conns.close()
-        output.close()
+        try:
+            if output.rules is not None:
+                output.rules.close()        # the baseline is saved
+        finally:
+            output.close()
     return EXIT_OK
 
 
@@ -4993,8 +5107,8 @@ def traffic_tables(data, prev=None, dt=None, live=False):
         elif old is not None and any(i[k] != old.get(k) for k in DEV_FIELDS):
             role = "changed"
         rows.append(Row(cells, role, i["name"]))
-    return [Table("traffic", columns, rows, _read_notes(data))] + process_traffic_tables(
-        data, prev, dt)
+    notes = _read_notes(data) + ([] if data.get("bytes_known", True) else owner_notes(data))
+    return [Table("traffic", columns, rows, notes)] + process_traffic_tables(data, prev, dt)
 
 
 def _rate(cur, old, key, dt):
@@ -5329,10 +5443,8 @@ def process_key(row):
 def process_traffic_tables(data, prev=None, dt=None):
     """The traffic tab's TCP bytes per process and per cgroup (busiest first: by
     rate when there is one, nethogs' order, else by bytes)."""
-    if "processes" not in data:
-        return []
-    if not data.get("bytes_known"):
-        return [Table("TCP per process", [Column("PID", R)], [], owner_notes(data))]
+    if "processes" not in data or not data.get("bytes_known"):
+        return []           # (the traffic table's notes say why)
     rates = traffic_rates(data, prev, dt)
     rate_cols = [Column("Sent/s", R), Column("Recv/s", R)] if rates is not None else []
 

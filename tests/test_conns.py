@@ -344,3 +344,34 @@ def test_procs_and_conns_interleave_in_time_order(space, tmp_path):
     assert ("open", client.pid) in kinds[new + 1:] and ("close", client.pid) in kinds[new + 1:]
     assert all("conns-marker" in " ".join(e["cmdline"] or []) for e in events)
     assert log.read_text() == text
+
+
+# --- the session ---------------------------------------------------------------------
+
+def body(text):
+    """The screen without its tab bar, status line and bottom line (which echo a filter)."""
+    return "\n".join(text.splitlines()[2:-1])
+
+
+def test_session_shows_owners_bytes_and_rates(space):
+    """PID in another namespace (root enters it for sock_diag, from a session with
+    threads): tcp rows name their process and bytes, traffic's TCP per process table
+    gets rates once a refresh has a predecessor."""
+    from ptyterm import PtyTerm
+    with PtyTerm([sys.executable, NETSNOOP, str(space.pid), "--interval", "0.5"],
+                 cols=160, rows=40) as term:
+        term.wait_for(lambda t: "Sent/s" in t)
+        # (earlier tests leave hundreds of TIME_WAIT rows: filter)
+        term.send("/python3/%d +1\r" % space.pid)           # the shared client sockets
+        term.wait_for(lambda t: "python3/%d +1" % space.pid in body(t))
+        term.key("esc")
+        term.send("/python3/%d\r" % space.server_pid)
+        term.wait_for(lambda t: "python3/%d" % space.server_pid in body(t))
+        term.key("esc")
+        term.send("4")
+        text = term.wait_for(lambda t: "TCP per process" in t and "Sent/s" in t.split(
+            "TCP per process")[1])
+        assert str(space.server_pid) in text and "TCP per cgroup" in text
+        term.send("q")
+        assert term.wait_exit() == 0
+        assert "Traceback" not in term.stderr()

@@ -71,3 +71,12 @@ def test_traffic_processes_sorted_by_rate():
     assert rows[0]["Sent/s"] == "976.6K/s" and rows[1]["Sent/s"] == "0B/s"
     first = ns.tab_tables("traffic", cur)[1]        # no rates yet: the biggest first, as given
     assert [r["Process"] for r in cells_by_title(first)] == ["big", "busy"]
+
+
+def test_new_listener_finding():
+    """--conns' new-listener: warn when reachable from other hosts, info on loopback."""
+    wide = ns.new_listener_finding({"local_address": "0.0.0.0", "local_port": 8080})
+    assert (wide["severity"], wide["rule"]) == ("warn", "new-listener")
+    assert wide["text"] == "listens on 0.0.0.0:8080 (every address), reachable from other hosts"
+    local = ns.new_listener_finding({"local_address": "::1", "local_port": 53})
+    assert (local["severity"], local["text"]) == ("info", "listens on [::1]:53")

@@ -100,3 +100,15 @@ def test_request_layout():
     assert struct.unpack_from("=IHHII", req) == (72, 20, 0x301, 7, 0)
     assert struct.unpack_from("=BBBxI", req, 16) == (socket.AF_INET6, 6, 1 << 1, 1 << 10)
     assert req[24:] == b"\0" * 48
+
+
+def test_lookup_request_names_one_socket():
+    """No DUMP flag; ports big-endian; local address in src, peer in dst (as the reply
+    gives them); the cookie's low half first: a mix-up finds another socket or none."""
+    rec = ns.DiagSocket(socket.AF_INET, 1, "127.0.0.1", 8080, "10.0.0.2", 40000, 0, 0,
+                        7 | 3 << 32, None, None, None)
+    req = ns.inet_diag_lookup(rec, seq=5)
+    assert struct.unpack_from("=IHHII", req) == (72, 20, 0x1, 5, 0)
+    assert struct.unpack_from(">HH", req, 24) == (8080, 40000)
+    assert req[28:32] == bytes([127, 0, 0, 1]) and req[44:48] == bytes([10, 0, 0, 2])
+    assert struct.unpack_from("=III", req, 60) == (0, 7, 3)
