@@ -2098,15 +2098,19 @@ def traffic_by_owner(diag, owners, cgroups=_CGROUPS):
     return processes, sorted(groups.values(), key=busiest)
 
 
-def add_process_traffic(procfs, pid, data):
-    """The traffic tab's `processes` and `cgroups` (or bytes_known false + reason)."""
+def add_process_traffic(procfs, pid, data, owners=None):
+    """The traffic tab's `processes` and `cgroups` (or bytes_known false + reason).
+
+    owners: a SocketOwners the caller keeps up to date (the dashboard's sampler),
+    used as it is; else every process's fds are read now."""
     diag, reason = tcp_diag(procfs, pid)
     data["bytes_known"] = diag is not None
     if diag is None:
         data["bytes_reason"] = reason
         data["processes"], data["cgroups"] = [], []
         return data
-    owners = SocketOwners(procfs).scan()
+    if owners is None:
+        owners = SocketOwners(procfs).scan()
     data["processes"], data["cgroups"] = traffic_by_owner(diag, owners)
     data["owners_known"] = owners.known
     if not owners.known:
@@ -6703,11 +6707,14 @@ MAX_CONNECTIONS = 32        # open connections at once; more are closed at once
 ATTACHED_FOR = 60.0         # traffic is sampled while a stream is open or for this long after
                             # a request: nobody looking costs nothing but the feed
 # Interfaces are sampled every interval (/proc/PID/net/dev: ~0.1 ms).  TCP bytes per
-# process read every process's fds (~27 ms of CPU with 1,150 processes): they are
-# sampled as often as keeps that under this share of one core (there: every ~9 s).
+# process need the owner of every socket: the fds of the processes whose fd directory
+# changed size (~2 ms), and of all of them every OWNERS_FULL_EVERY (~65 ms on a box
+# with processes of thousands of fds): they are sampled as often as keeps that under
+# this share of one core.
 # With one browser attached the dashboard then costs ~1% of a core beyond the feeds
 # (bench/bench_serve.py), half of it these two.
 SAMPLE_SHARE = 0.003
+OWNERS_FULL_EVERY = 30.0    # a socket moved between fds of equal count shows within this
 # The same for the tabs the page shows: a socket tab finds the owners the same way
 # (~30 ms there), so the page asks for it again only after cost / TABLES_SHARE.
 TABLES_SHARE = 0.003
@@ -7007,6 +7014,8 @@ class Dashboard(object):
         self.sample_cost = 0.0  # CPU seconds of a sample with TCP bytes per process (smoothed)
         self.next_full = 0.0    # monotonic time of the next such sample
         self.tables_cost = {}   # tab -> CPU seconds of /api/tables (smoothed)
+        self.owners = SocketOwners(procfs)     # kept: each sample rereads only changes
+        self.owners_full = -OWNERS_FULL_EVERY  # monotonic time of the last full scan
         self.streams = 0        # event streams open
         self.stopping = threading.Event()
         self.sampler = threading.Thread(target=self._sample_loop, name="netsnoop-traffic")
@@ -7062,12 +7071,12 @@ class Dashboard(object):
     def sample_traffic(self, full):
         """full: the whole traffic tab; else only the interfaces."""
         try:
+            data = {}
+            data["interfaces"] = _read_parsed(self.procfs, self.pid, "dev", parse_dev,
+                                              data, Records())
             if full:
-                data = collect_tab(self.procfs, self.pid, "traffic")
-            else:
-                data = {}
-                data["interfaces"] = _read_parsed(self.procfs, self.pid, "dev", parse_dev,
-                                                  data, Records())
+                self.scan_owners()
+                add_process_traffic(self.procfs, self.pid, data, self.owners)
         except NetsnoopError as err:
             self.unknown["traffic"] = str(err)
             return
@@ -7076,6 +7085,16 @@ class Dashboard(object):
             self.note_process_traffic(data)
         with self.lock:
             self.traffic.append(traffic_sample(time.time(), data))
+
+    def scan_owners(self):
+        """Read again only the fd directories whose size changed (65 -> 2 ms with 90
+        processes, some with thousands of fds), and all of them every OWNERS_FULL_EVERY
+        seconds: a socket closed and another opened leave the size as it was."""
+        now = time.monotonic()
+        full = now - self.owners_full >= OWNERS_FULL_EVERY
+        self.owners.scan(changed_only=not full)
+        if full:
+            self.owners_full = now
 
     def note_process_traffic(self, data):
         """Why TCP bytes per process are missing or partial, if they are."""

@@ -65,7 +65,7 @@ end = time.monotonic() + float(sys.argv[1])
 block = b"x" * 65536
 while time.monotonic() < end:
     out.sendall(block)
-    time.sleep(0.002)
+    time.sleep(0.02)
 """
 
 
@@ -131,9 +131,10 @@ def test_token_leaves_the_address_bar_and_the_status_line_shows_pid(page, served
     page's script cannot read), and the status line names PID and the live feed."""
     assert page.current_url == served.base + "/"
     assert served.token not in page.execute_script("return document.cookie")
-    status, _ = wait_for(page, "return document.getElementById('status').textContent", 5)
-    assert "PID %d" % holder.pid in status and "live" in status and "dropped 0" in status \
-        and "lost 0" in status
+    status, _ = wait_for(page, "var t = document.getElementById('status').textContent;"
+                               "return t.indexOf('PID %d') >= 0 && t.indexOf('live') >= 0 && t;"
+                         % holder.pid, 5)
+    assert "dropped 0" in status and "lost 0" in status, status
 
 
 def test_a_new_process_shows_within_one_second(page):
@@ -205,27 +206,33 @@ def chart_line(kind, name_test):
             "return null;" % (json.dumps(kind), json.dumps(kind), name_test))
 
 
-def test_the_chart_moves_while_bytes_cross_loopback(page, holder):
+@pytest.fixture(scope="module")
+def sender(holder):
+    """Bytes over the namespace's loopback (~3 MB/s), from when a test starts it to the
+    end of the module."""
+    box = []
+
+    def start():
+        box.append(subprocess.Popen(
+            ["nsenter", "-t", str(holder.pid), "-n", sys.executable, "-c", SENDER, "300"]))
+
+    start.running = box
+    yield start
+    for proc in box:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_chart_moves_while_bytes_cross_loopback(page, sender):
     """Quiet loopback in the namespace: the interfaces chart's "lo rx" near 0; a sender
-    pushing over it: that line passes 1 MB/s, and the TCP-by-process chart gets a line for
-    the sender's process above 1 MB/s (its samples may be seconds apart: see SAMPLE_SHARE)."""
+    pushing over it: that line passes 1 MB/s within a few seconds."""
     lo_rx = chart_line("interfaces", "n === 'lo rx'")
     (quiet, _), _ = wait_for(page, lo_rx, 10)
     assert quiet < 100000
-    sender = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", sys.executable, "-c",
-                               SENDER, "40"])
-    try:
-        (busy, _), taken = wait_for(page, lo_rx.replace("v !== ''", "parseFloat(v) > 1e6"), 6)
-        by_process = chart_line("processes", "n.indexOf('(%d) ') > 0 && parseFloat(v) > 1e6"
-                                % sender.pid)
-        (process_rate, _), process_taken = wait_for(page, by_process, 30)
-    finally:
-        sender.kill()
-        sender.wait()
-    assert busy > 1e6 and process_rate > 1e6
-    sys.stderr.write("chart: lo rx %.1f MB/s shown %.1f s after the sender started; its "
-                     "process line %.1f MB/s %.1f s later\n"
-                     % (busy / 1e6, taken, process_rate / 1e6, process_taken))
+    sender()
+    (busy, _), taken = wait_for(page, lo_rx.replace("v !== ''", "parseFloat(v) > 1e6"), 6)
+    sys.stderr.write("chart: lo rx %.1f MB/s shown %.1f s after the sender started\n"
+                     % (busy / 1e6, taken))
 
 
 def test_a_table_sorts_by_a_clicked_column(page):
@@ -265,6 +272,18 @@ def test_the_feed_filter_hides_rows_that_do_not_match(page):
     box.send_keys(" ")
     box.clear()
     assert shown and all(tag in text for text in shown)
+
+
+def test_the_process_chart_has_a_line_for_the_sender(page, holder, sender):
+    """TCP by process: the sender's own line ("COMM (PID) tx") passes 1 MB/s.  Its
+    samples may be seconds apart (SAMPLE_SHARE): the sender has run since the chart test,
+    and this one may wait up to 30 s on a loaded machine."""
+    pids = [proc.pid for proc in sender.running if proc.poll() is None]
+    assert pids, "the sender is not running"
+    test = " || ".join("/ \\(%s\\) tx$/.test(n) && parseFloat(v) > 1e6" % pid for pid in pids)
+    (rate, _), taken = wait_for(page, chart_line("processes", test), 30)
+    sys.stderr.write("chart: the sender's TCP line %.1f MB/s (waited %.1f s)\n"
+                     % (rate / 1e6, taken))
 
 
 def test_no_console_errors(page):
