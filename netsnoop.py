@@ -5,6 +5,7 @@
     netsnoop.py PID --once [--tab TAB|all] [--json]
     netsnoop.py --procs [--json] [--log FILE] [--filter REGEX] ...
     netsnoop.py --conns [--procs] [--json] [--log FILE] [--filter REGEX] ...
+    netsnoop.py --serve [HOST:]PORT [PID] [--token-file FILE] [--serve-public]
 
 The nine net tabs read /proc/PID/net, which is PID's *network namespace*:
 every socket of every process in that namespace is listed, and a socket is
@@ -2097,15 +2098,19 @@ def traffic_by_owner(diag, owners, cgroups=_CGROUPS):
     return processes, sorted(groups.values(), key=busiest)
 
 
-def add_process_traffic(procfs, pid, data):
-    """The traffic tab's `processes` and `cgroups` (or bytes_known false + reason)."""
+def add_process_traffic(procfs, pid, data, owners=None):
+    """The traffic tab's `processes` and `cgroups` (or bytes_known false + reason).
+
+    owners: a SocketOwners the caller keeps up to date (the dashboard's sampler),
+    used as it is; else every process's fds are read now."""
     diag, reason = tcp_diag(procfs, pid)
     data["bytes_known"] = diag is not None
     if diag is None:
         data["bytes_reason"] = reason
         data["processes"], data["cgroups"] = [], []
         return data
-    owners = SocketOwners(procfs).scan()
+    if owners is None:
+        owners = SocketOwners(procfs).scan()
     data["processes"], data["cgroups"] = traffic_by_owner(diag, owners)
     data["owners_known"] = owners.known
     if not owners.known:
@@ -6948,6 +6953,1218 @@ def plain_wait(commands, state):
 
 
 # ---------------------------------------------------------------------------
+# Web dashboard: server
+# ---------------------------------------------------------------------------
+# Owns --serve: the token, the HTTP server (standard library only), the event
+# hub that fans feed events out to Server-Sent-Events streams, and the traffic
+# history the page's chart draws.  May call snapshot()/snapshot_json(),
+# collect_tab(), tab_tables(), the scanners and ProcRules (through FeedThread)
+# and dashboard_page() of the next section.  No request changes anything: GET and
+# HEAD only.  The endpoints and how they are defended: docs/dashboard.md.
+#
+# An event source is a scanner: start() (-> anything), step(limit) -> [event
+# dict] waiting at most `limit` seconds, close(), and optionally .backend, .seen,
+# .missed for the status line.  ProcScanner ("procs") and ConnScanner ("conns")
+# are the two; each runs in a FeedThread under its own SSE event name.
+
+SERVE_HISTORY = 300.0       # seconds of traffic the chart shows
+SERVE_SAMPLES = 600         # ... at most this many samples (a short --interval)
+SERVE_SERIES = 8            # lines in the chart: the busiest series
+EVENT_BACKLOG = 500         # recent events a page that opens (or reconnects) gets first
+CLIENT_QUEUE = 5000         # events waiting for one slow browser before its own are dropped
+KEEPALIVE = 15.0            # an idle event stream writes a comment this often (finds dead peers)
+REQUEST_TIMEOUT = 30.0      # a request line, or one write, may take this long
+MAX_CONNECTIONS = 32        # open connections at once; more are closed at once
+ATTACHED_FOR = 60.0         # traffic is sampled while a stream is open or for this long after
+                            # a request: nobody looking costs nothing but the feed
+# Interfaces are sampled every interval (/proc/PID/net/dev: ~0.1 ms).  TCP bytes per
+# process need the owner of every socket: the fds of the processes whose fd directory
+# changed size (~2 ms), and of all of them every OWNERS_FULL_EVERY (~65 ms on a box
+# with processes of thousands of fds): they are sampled as often as keeps that under
+# this share of one core.
+# With one browser attached the dashboard then costs ~1% of a core beyond the feeds
+# (bench/bench_serve.py), half of it these two.
+SAMPLE_SHARE = 0.003
+OWNERS_FULL_EVERY = 30.0    # a socket moved between fds of equal count shows within this
+# The same for the tabs the page shows: a socket tab finds the owners the same way
+# (~30 ms there), so the page asks for it again only after cost / TABLES_SHARE.
+TABLES_SHARE = 0.003
+TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}\Z")     # what a --token-file may hold
+
+
+def serve_address(text):
+    """--serve "[HOST:]PORT" -> (host, port): "8080" -> ("127.0.0.1", 8080),
+    "[::1]:8080" -> ("::1", 8080), "0.0.0.0:0" -> ("0.0.0.0", 0) (0: any free port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError("an IPv6 HOST goes in brackets: [%s]:%s" % (host, port))
+    if not re.match(r"[0-9]{1,5}\Z", port) or int(port) > 65535 or not host:
+        raise argparse.ArgumentTypeError("--serve takes [HOST:]PORT (PORT 0..65535), not %r"
+                                         % text)
+    return host, int(port)
+
+
+def loopback_host(host):
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False        # a name: where it points may change, so it counts as public
+
+
+def url_host(host):
+    return "[%s]" % host if ":" in host else host
+
+
+def new_token():
+    import secrets
+    return secrets.token_urlsafe(32)
+
+
+def read_token_file(path):
+    """--token-file FILE: the token FILE holds, or a new one written to FILE (0600)
+    when it does not exist.  A symlink, a file others may read, or one owned by
+    another user is refused: the token is as good as the file's secrecy."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return _write_token_file(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NetsnoopError("token file %s: a symbolic link (refused)" % path)
+        raise NetsnoopError("cannot read token file %s: %s" % (path, err.strerror))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NetsnoopError("token file %s: not a regular file" % path)
+        if st.st_mode & 0o077 or st.st_uid != os.geteuid():
+            raise NetsnoopError("token file %s: must be yours and readable by you only "
+                                "(chmod 600), not mode %03o" % (path, st.st_mode & 0o777))
+        text = os.read(fd, 1024).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not TOKEN_RE.match(text):
+        raise NetsnoopError("token file %s: the token must be 16 to 256 letters, digits "
+                            "or - _ . ~" % path)
+    return text
+
+
+def _write_token_file(path):
+    token = new_token()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as err:
+        raise NetsnoopError("cannot create token file %s: %s" % (path, err.strerror))
+    try:
+        os.write(fd, (token + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+    return token
+
+
+# --- events: one bounded queue per browser ------------------------------------
+
+def sse_message(ident, name, data):
+    """One Server-Sent Event; data is one line of JSON (json.dumps writes no newline)."""
+    return ("id: %d\nevent: %s\ndata: %s\n\n" % (ident, name, data)).encode("utf-8")
+
+
+class EventClient(object):
+    """One event stream's queue.  put() never blocks: when `limit` messages wait
+    (the browser reads too slowly, or is gone), new ones are dropped and counted."""
+
+    def __init__(self, limit):
+        self.cond = threading.Condition()
+        self.queue = collections.deque()
+        self.limit = limit
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, message):
+        with self.cond:
+            if len(self.queue) >= self.limit:
+                self.dropped += 1
+                return
+            self.queue.append(message)
+            self.cond.notify()
+
+    def take(self, timeout):
+        """-> (messages waiting, dropped so far), after waiting at most timeout for one."""
+        with self.cond:
+            if not self.queue and not self.closed:
+                self.cond.wait(timeout)
+            out = list(self.queue)
+            self.queue.clear()
+            return out, self.dropped
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+
+class EventHub(object):
+    """Feed events to every open stream, each event encoded once; the last
+    EVENT_BACKLOG kept for a page that opens or reconnects (Last-Event-ID)."""
+
+    def __init__(self, per_client=CLIENT_QUEUE, backlog=EVENT_BACKLOG):
+        self.lock = threading.Lock()
+        self.clients = set()
+        self.recent = collections.deque(maxlen=backlog)     # (id, message)
+        self.last_id = 0
+        self.per_client = per_client
+        self.published = 0
+
+    def publish(self, name, event):
+        data = json.dumps(event)
+        with self.lock:
+            self.last_id += 1
+            self.published += 1
+            message = sse_message(self.last_id, name, data)
+            self.recent.append((self.last_id, message))
+            for client in self.clients:
+                client.put(message)
+
+    def subscribe(self, after=None):
+        """A new stream's queue, holding the kept events newer than id `after`
+        (all kept ones for a first connection)."""
+        client = EventClient(self.per_client)
+        with self.lock:
+            for ident, message in self.recent:
+                if after is None or ident > after:
+                    client.put(message)
+            self.clients.add(client)
+        return client
+
+    def unsubscribe(self, client):
+        with self.lock:
+            self.clients.discard(client)
+
+    def close(self):
+        with self.lock:
+            clients = list(self.clients)
+        for client in clients:
+            client.close()
+
+
+class FeedThread(object):
+    """Runs one scanner in a daemon thread and hands its events to the hub
+    under `name` (the SSE event name: "procs", "conns"); rules (ProcRules: start(),
+    apply(event) -> event with its findings, close()) first, when given."""
+
+    def __init__(self, name, scanner, hub, rules=None):
+        self.name = name
+        self.scanner = scanner
+        self.hub = hub
+        self.rules = rules
+        self.error = None
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="netsnoop-" + name)
+        self._thread.daemon = True
+
+    def start(self):
+        if self.rules is not None:
+            self.rules.start()
+        self.scanner.start()        # in the caller: a failure to start is its to report
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                for event in self.scanner.step(STOP_CHECK):
+                    if self.rules is not None:
+                        event = self.rules.apply(event)
+                    self.hub.publish(self.name, event)
+                    self.published += 1
+        except Exception as err:    # noqa: BLE001 -- said on the status line, not a traceback
+            self.error = "%s feed stopped: %s" % (self.name, err)
+        finally:
+            self.scanner.close()    # by the only thread using it
+            if self.rules is not None:
+                self.rules.close()
+
+    def status(self):
+        out = collections.OrderedDict(name=self.name)
+        for key in ("backend", "seen", "missed"):
+            out[key] = getattr(self.scanner, key, None)
+        out["events"] = self.published
+        out["error"] = self.error
+        return out
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1.0)
+
+
+# --- traffic history: samples in, chart series out ----------------------------
+
+def traffic_sample(when, data):
+    """The traffic tab's data -> {"time", KIND: {label: [received, sent]}} for the
+    kinds present: interfaces, and (when collected) TCP bytes per process and cgroup."""
+    sample = {"time": when, "interfaces": {
+        i["name"]: [i["rx_bytes"], i["tx_bytes"]] for i in data.get("interfaces", ())}}
+    if "processes" in data:
+        sample["processes"] = {
+            "%s (%s)" % (p.get("comm") or "uid %s" % p.get("uid"), p.get("pid") or "?"):
+            [p["bytes_received"], p["bytes_sent"]] for p in data["processes"]}
+    if "cgroups" in data:
+        sample["cgroups"] = {c["cgroup"] or "?": [c["bytes_received"], c["bytes_sent"]]
+                             for c in data["cgroups"]}
+    return sample
+
+
+def traffic_series(samples, kind, top=SERVE_SERIES):
+    """Samples -> {"kind", "times", "series": [{"name", "values"}]}: bytes per second
+    between consecutive samples ("NAME rx" and "NAME tx"), the `top` busiest;
+    null where a series is absent or its counter went back (a new socket set)."""
+    times, rates = [], collections.OrderedDict()
+    for old, cur in zip(samples, samples[1:]):
+        dt = cur["time"] - old["time"]
+        if dt <= 0:
+            continue
+        times.append(cur["time"])
+        before, now = old.get(kind, {}), cur.get(kind, {})
+        for label, counters in now.items():
+            for direction, value, prior in zip(("rx", "tx"), counters,
+                                               before.get(label, (None, None))):
+                values = rates.setdefault(label + " " + direction, [])
+                values.extend([None] * (len(times) - 1 - len(values)))
+                ok = prior is not None and value >= prior
+                values.append(round((value - prior) / dt, 1) if ok else None)
+    for values in rates.values():
+        values.extend([None] * (len(times) - len(values)))
+
+    def peak(item):
+        return -max([v for v in item[1] if v is not None] or [0])
+
+    busiest = sorted(rates.items(), key=peak)[:top]
+    return collections.OrderedDict((
+        ("kind", kind), ("times", times),
+        ("series", [collections.OrderedDict((("name", name), ("values", values)))
+                    for name, values in busiest])))
+
+
+def table_json(table):
+    return collections.OrderedDict((
+        ("title", table.title),
+        ("columns", [{"title": c.title, "align": "right" if c.align == R else "left"}
+                     for c in table.columns]),
+        ("rows", [{"cells": row.cells, "role": row.role} for row in table.rows]),
+        ("notes", [note for note in table.notes if note])))
+
+
+# --- what the server shows ------------------------------------------------------
+
+class Dashboard(object):
+    """PID's tabs on request, the feeds' events through the hub, and the traffic
+    history, sampled every interval while someone is looking."""
+
+    def __init__(self, procfs, pid, interval, token, public=False):
+        self.procfs = procfs
+        self.pid = pid
+        self.interval = interval
+        self.token = token
+        self.public = public
+        self.hub = EventHub()
+        self.feeds = []
+        self.unknown = collections.OrderedDict()    # what cannot be shown -> why
+        self.traffic = collections.deque(maxlen=max(2, min(
+            SERVE_SAMPLES, int(SERVE_HISTORY / interval) + 1)))
+        self.last = {}          # tab -> (data, monotonic time): changes and rates
+        self.lock = threading.Lock()
+        self.looked = 0.0       # monotonic time of the last request
+        self.sample_cost = 0.0  # CPU seconds of a sample with TCP bytes per process (smoothed)
+        self.next_full = 0.0    # monotonic time of the next such sample
+        self.tables_cost = {}   # tab -> CPU seconds of /api/tables (smoothed)
+        self.owners = SocketOwners(procfs)     # kept: each sample rereads only changes
+        self.owners_full = -OWNERS_FULL_EVERY  # monotonic time of the last full scan
+        self.streams = 0        # event streams open
+        self.stopping = threading.Event()
+        self.sampler = threading.Thread(target=self._sample_loop, name="netsnoop-traffic")
+        self.sampler.daemon = True
+
+    def add_feed(self, name, scanner, rules=None):
+        """Start a feed; one that cannot start is left out, and the status says why."""
+        feed = FeedThread(name, scanner, self.hub, rules)
+        try:
+            feed.start()
+        except NetsnoopError as err:
+            self.unknown[name + " feed"] = str(err)
+            return None
+        self.feeds.append(feed)
+        return feed
+
+    def start(self):
+        self.sampler.start()
+
+    def close(self):
+        self.stopping.set()
+        self.hub.close()
+        for feed in self.feeds:
+            feed.close()
+
+    # -- traffic --
+
+    def attached(self):
+        return self.streams > 0 or time.monotonic() - self.looked < ATTACHED_FOR
+
+    def _sample_loop(self):
+        while not self.stopping.is_set():
+            if self.attached():
+                now = time.monotonic()
+                if now >= self.next_full:
+                    self.timed_sample()
+                    self.next_full = now + self.full_wait()
+                else:
+                    self.sample_traffic(full=False)
+            self.stopping.wait(self.interval)
+
+    def full_wait(self):
+        """Seconds between samples of TCP bytes per process (see SAMPLE_SHARE)."""
+        return max(self.interval, self.sample_cost / SAMPLE_SHARE)
+
+    def timed_sample(self):
+        # this thread and the collection's helpers, as the session counts a refresh
+        started, helpers = time.thread_time(), helper_cpu_seconds()
+        self.sample_traffic(full=True)
+        cost = time.thread_time() - started + helper_cpu_seconds() - helpers
+        self.sample_cost = cost if not self.sample_cost else 0.5 * self.sample_cost + 0.5 * cost
+
+    def sample_traffic(self, full):
+        """full: the whole traffic tab; else only the interfaces."""
+        try:
+            data = {}
+            data["interfaces"] = _read_parsed(self.procfs, self.pid, "dev", parse_dev,
+                                              data, Records())
+            if full:
+                self.scan_owners()
+                add_process_traffic(self.procfs, self.pid, data, self.owners)
+        except NetsnoopError as err:
+            self.unknown["traffic"] = str(err)
+            return
+        self.unknown.pop("traffic", None)
+        if full:
+            self.note_process_traffic(data)
+        with self.lock:
+            self.traffic.append(traffic_sample(time.time(), data))
+
+    def scan_owners(self):
+        """Read again only the fd directories whose size changed (65 -> 2 ms with 90
+        processes, some with thousands of fds), and all of them every OWNERS_FULL_EVERY
+        seconds: a socket closed and another opened leave the size as it was."""
+        now = time.monotonic()
+        full = now - self.owners_full >= OWNERS_FULL_EVERY
+        self.owners.scan(changed_only=not full)
+        if full:
+            self.owners_full = now
+
+    def note_process_traffic(self, data):
+        """Why TCP bytes per process are missing or partial, if they are."""
+        for key in ("bytes", "owners"):
+            if data.get(key + "_known") is False:
+                self.unknown["traffic by process"] = data.get(key + "_reason") or "unknown"
+                return
+        self.unknown.pop("traffic by process", None)
+
+    def traffic_json(self):
+        with self.lock:
+            samples = list(self.traffic)
+        kinds = [k for k in ("processes", "cgroups", "interfaces")
+                 if any(k in s for s in samples)]
+        return collections.OrderedDict((
+            ("interval", self.interval), ("window", SERVE_HISTORY), ("kinds", kinds),
+            ("charts", [traffic_series([s for s in samples if kind in s], kind)
+                        for kind in kinds])))
+
+    # -- tabs --
+
+    def snapshot_text(self, tab):
+        """/api/snapshot: the --once --json text of one tab, or of all."""
+        tabs = TABS if tab == "all" else (tab,)
+        return snapshot_json(snapshot(self.procfs, self.pid, tabs, json_rows=True))
+
+    def tables(self, tab):
+        """/api/tables: one tab as the session's tables, with changes and rates
+        since the previous request for that tab, and when to ask again ("next")."""
+        started, helpers = time.thread_time(), helper_cpu_seconds()
+        out = self._tables(tab)
+        cost = time.thread_time() - started + helper_cpu_seconds() - helpers
+        with self.lock:
+            old = self.tables_cost.get(tab)
+            self.tables_cost[tab] = cost = cost if old is None else 0.5 * old + 0.5 * cost
+        out["next"] = round(max(self.interval, cost / TABLES_SHARE), 2)
+        return out
+
+    def _tables(self, tab):
+        snap = snapshot(self.procfs, self.pid, (tab,))
+        data = snap["tabs"][tab]
+        now = time.monotonic()
+        with self.lock:
+            prev = self.last.get(tab)
+            if tab not in ("tcp", "udp", "raw"):     # their tables use no previous data
+                self.last[tab] = (data, now)
+        if data.get("owned_known") is False:
+            self.unknown["ownership"] = data.get("owned_reason") or "unknown"
+        elif tab in SOCKET_FILES:
+            self.unknown.pop("ownership", None)
+        prev_data, dt = (prev[0], now - prev[1]) if prev else (None, None)
+        out = collections.OrderedDict(
+            (key, snap[key]) for key in ("pid", "comm", "netns", "time"))
+        out["tab"] = tab
+        out["tables"] = [table_json(t) for t in tab_tables(tab, data, prev_data, dt)]
+        return out
+
+    def status(self):
+        out = collections.OrderedDict((("pid", self.pid), ("comm", None), ("netns", None)))
+        try:
+            out["comm"] = self.procfs.process_status(self.pid)[0]
+            out["netns"] = self.procfs.netns(self.pid) or "netns unknown"
+        except NetsnoopError as err:
+            out["gone"] = str(err)
+        out["interval"] = self.interval
+        out["processes_every"] = round(self.full_wait(), 2)
+        out["tabs"] = list(TABS)
+        out["feeds"] = [feed.status() for feed in self.feeds]
+        out["events"] = self.hub.published
+        out["streams"] = self.streams
+        unknown = list(self.unknown.items())
+        unknown += [(f.name + " feed", f.error) for f in self.feeds if f.error]
+        out["unknown"] = [collections.OrderedDict((("what", what), ("why", why)))
+                          for what, why in unknown]
+        return out
+
+    # -- who may ask --
+
+    def cookie_name(self):
+        """Unique per token: two dashboards on one host (cookies ignore the port)
+        do not overwrite each other's cookie."""
+        import hashlib
+        return "netsnoop_" + hashlib.sha256(self.token.encode("ascii")).hexdigest()[:12]
+
+    def authorized(self, headers, query):
+        """The token from ?token=, Authorization: Bearer, or the page's cookie."""
+        import hmac
+        offered = list(query.get("token", ()))
+        scheme, _, value = (headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer":
+            offered.append(value.strip())
+        name = self.cookie_name()
+        for header in headers.get_all("Cookie") or ():
+            for part in header.split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == name:
+                    offered.append(value)
+        want = self.token.encode("ascii")
+        return any(hmac.compare_digest(text.encode("utf-8", "surrogateescape"), want)
+                   for text in offered)
+
+    def host_allowed(self, host):
+        """A loopback dashboard answers only to a loopback Host: a page whose name was
+        rebound to 127.0.0.1 (DNS rebinding) is not this site, whatever it knows."""
+        if self.public or not host:
+            return True
+        name = host.rpartition("]")[0][1:] if host.startswith("[") else host.partition(":")[0]
+        return loopback_host(name)
+
+
+# --- HTTP ------------------------------------------------------------------------
+
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),         # the first URL carries the token
+    ("Cache-Control", "no-store"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+PAGE_CSP = ("default-src 'none'; script-src 'nonce-%s'; style-src 'nonce-%s'; "
+            "connect-src 'self'; img-src 'none'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'")
+
+
+class DashboardRequests(object):
+    """Request handling, mixed into http.server's BaseHTTPRequestHandler by make_server.
+
+    Every request: the token first (else 401, empty), then the Host and where the
+    request comes from (else 403), then GET/HEAD only (else 405)."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT
+
+    def __getattr__(self, name):
+        # http.server answers method M with do_M, else 501: every method but GET and
+        # HEAD gets _other_method, so all of them pass the token check first
+        if name.startswith("do_"):
+            return self._other_method
+        raise AttributeError(name)
+
+    def log_message(self, *args):
+        pass                # the one line on stderr is the URL
+
+    def version_string(self):
+        return PROG
+
+    def do_GET(self):
+        self._handle(head=False)
+
+    def do_HEAD(self):
+        self._handle(head=True)
+
+    def _other_method(self):
+        self.close_connection = True        # its body, if any, is never read
+        if self._refused():
+            return
+        self._empty(405, (("Allow", "GET, HEAD"),))
+
+    def send_error(self, code, message=None, explain=None):
+        """A malformed request: the status alone (no page echoing the request)."""
+        self.close_connection = True
+        self._empty(code)
+
+    # -- answers --
+
+    def _send(self, code, body, content_type, extra=(), csp=API_CSP, head=False):
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", csp)
+        for key, value in SECURITY_HEADERS + tuple(extra):
+            self.send_header(key, value)
+        self.end_headers()
+        if not head and body:
+            self.wfile.write(body)
+
+    def _empty(self, code, extra=()):
+        self._send(code, b"", "text/plain; charset=utf-8", extra)
+
+    def _json(self, code, obj_or_text, head):
+        text = obj_or_text if isinstance(obj_or_text, str) else json.dumps(obj_or_text)
+        self._send(code, text.encode("utf-8"), "application/json; charset=utf-8", head=head)
+
+    def _refused(self):
+        """401 without the token; 403 for a foreign Host or a cross-site request."""
+        dash = self.server.dashboard
+        query = self._query()
+        if not dash.authorized(self.headers, query):
+            self._empty(401, (("WWW-Authenticate", 'Bearer realm="netsnoop"'),))
+            return True
+        site = self.headers.get("Sec-Fetch-Site")
+        if not dash.host_allowed(self.headers.get("Host")) or \
+                site not in (None, "same-origin", "none"):
+            self._empty(403)
+            return True
+        return False
+
+    def _query(self):
+        import urllib.parse
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+
+    def _handle(self, head):
+        import urllib.parse
+        if self._refused():
+            return
+        dash = self.server.dashboard
+        path = urllib.parse.urlsplit(self.path).path
+        query = self._query()
+        tab = (query.get("tab") or ["tcp"])[0]
+        try:
+            if path == "/":
+                self._page(query, head)
+            elif path == "/api/events":
+                self._events(head)
+            elif path in ("/api/snapshot", "/api/tables") and \
+                    tab not in (TABS + ("all",) if path == "/api/snapshot" else TABS):
+                self._json(400, {"error": "unknown tab %r" % tab}, head)
+            elif path == "/api/snapshot":
+                self._json(200, dash.snapshot_text(tab), head)
+            elif path == "/api/tables":
+                self._json(200, dash.tables(tab), head)
+            elif path == "/api/traffic":
+                self._json(200, dash.traffic_json(), head)
+            elif path == "/api/status":
+                self._json(200, dash.status(), head)
+            else:
+                self._json(404, {"error": "no such page"}, head)
+        except ProcessGone as err:
+            self._json(410, {"error": str(err)}, head)
+        except NetsnoopError as err:
+            self._json(500, {"error": str(err)}, head)
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True     # the browser went away mid-answer
+        except Exception as err:    # noqa: BLE001 -- a bug: one line to the browser, not a traceback
+            if os.environ.get("NETSNOOP_DEBUG"):
+                raise
+            self.close_connection = True
+            self._json(500, {"error": "internal error: %s" % type(err).__name__}, head)
+        dash.looked = time.monotonic()
+
+    def _page(self, query, head):
+        """The page, with a fresh nonce; the token moves from the URL to a cookie."""
+        dash = self.server.dashboard
+        cookie = ("Set-Cookie", "%s=%s; Path=/; HttpOnly; SameSite=Strict"
+                  % (dash.cookie_name(), dash.token))
+        if "token" in query:        # out of the address bar and the history
+            self._send(303, b"", "text/plain; charset=utf-8",
+                       (("Location", "/"), cookie), head=head)
+            return
+        nonce = new_token()
+        self._send(200, dashboard_page(nonce).encode("utf-8"), "text/html; charset=utf-8",
+                   (cookie,), PAGE_CSP % (nonce, nonce), head)
+
+    def _events(self, head):
+        """/api/events: Server-Sent Events, until the browser goes or the server stops."""
+        dash = self.server.dashboard
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Security-Policy", API_CSP)
+        self.send_header("Connection", "close")
+        for key, value in SECURITY_HEADERS:
+            self.send_header(key, value)
+        self.end_headers()
+        if head:
+            return
+        last = self.headers.get("Last-Event-ID", "")
+        client = dash.hub.subscribe(int(last) if last.isdigit() else None)
+        with dash.lock:
+            dash.streams += 1
+        reported = 0
+        try:
+            self.wfile.write(b"retry: 2000\n\n")
+            while not client.closed:
+                messages, dropped = client.take(KEEPALIVE)
+                if dropped != reported:
+                    reported = dropped
+                    messages.append(("event: dropped\ndata: %s\n\n" % json.dumps(
+                        {"event": "dropped", "dropped": dropped})).encode("ascii"))
+                self.wfile.write(b"".join(messages) or b": keep-alive\n\n")
+        except (OSError, ValueError):
+            pass            # the browser went away (or stalled past REQUEST_TIMEOUT)
+        finally:
+            dash.hub.unsubscribe(client)
+            with dash.lock:
+                dash.streams -= 1
+
+
+class DashboardServing(object):
+    """Mixed into ThreadingHTTPServer: at most MAX_CONNECTIONS at once, and no
+    traceback on stderr for a connection that failed."""
+
+    daemon_threads = True
+    active = 0
+
+    def process_request(self, request, client_address):
+        with self.count_lock:
+            if self.active >= MAX_CONNECTIONS:
+                self.shutdown_request(request)
+                return
+            self.active += 1
+        try:
+            super(DashboardServing, self).process_request(request, client_address)
+        except Exception:
+            self._done()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super(DashboardServing, self).process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self):
+        with self.count_lock:
+            self.active -= 1
+
+    def handle_error(self, request, client_address):
+        pass
+
+
+def make_server(host, port, dashboard):
+    """A listening ThreadingHTTPServer for dashboard (not serving yet)."""
+    import http.server      # ~50 ms of imports (email, html, mimetypes): only --serve pays
+
+    class Handler(DashboardRequests, http.server.BaseHTTPRequestHandler):
+        pass
+
+    class Server(DashboardServing, http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    bind = "127.0.0.1" if host.lower() == "localhost" else host
+    try:
+        server = Server((bind, port), Handler)
+    except (OSError, OverflowError) as err:
+        raise NetsnoopError("cannot serve on %s:%d: %s" % (
+            url_host(host), port, getattr(err, "strerror", None) or err))
+    server.dashboard = dashboard
+    server.count_lock = threading.Lock()
+    return server
+
+
+def run_serve(args, procfs):
+    """--serve: the dashboard until Ctrl+C, SIGTERM/SIGHUP or --duration."""
+    host, port = args.serve
+    if not loopback_host(host) and not args.serve_public:
+        raise UsageError("%s is not a loopback address: --serve-public is needed to serve "
+                         "it (the token is still required)" % host)
+    pid = args.pid or os.getpid()
+    procfs.check_net(pid)
+    token = read_token_file(args.token_file) if args.token_file else new_token()
+    interval = session_interval(args.interval)[0]
+    dash = Dashboard(procfs, pid, interval, token, public=args.serve_public)
+    server = make_server(host, port, dash)
+    thread = None
+    try:
+        with _StopFlag() as stop:
+            dash.add_feed("procs", ProcScanner(procfs, args.backend), ProcRules(procfs))
+            dash.add_feed("conns", ConnScanner(procfs))
+            if procfs.netns(pid) != procfs.netns("self"):
+                dash.unknown["connections of PID's namespace"] = (
+                    "the connection feed watches netsnoop's own network namespace")
+            if not procfs.sees_every_process() and procfs.hidepid():
+                dash.unknown["other users' processes"] = "%s is mounted with hidepid" % (
+                    procfs.root)
+            dash.start()
+            thread = threading.Thread(target=server.serve_forever, args=(0.5,),
+                                      name="netsnoop-http")
+            thread.daemon = True
+            thread.start()
+            sys.stderr.write("%s: dashboard at http://%s:%d/?token=%s\n" % (
+                PROG, url_host(host), server.server_address[1], token))
+            sys.stderr.flush()
+            deadline = time.monotonic() + args.duration if args.duration else None
+            while not stop.stopped and (deadline is None or time.monotonic() < deadline):
+                time.sleep(STOP_CHECK)
+    finally:
+        dash.close()
+        if thread is not None:
+            server.shutdown()
+        server.server_close()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# Web dashboard: the page
+# ---------------------------------------------------------------------------
+# Owns the page --serve sends: HTML, CSS and JavaScript in one string, no
+# framework, nothing fetched from another host.  It calls only the server's
+# endpoints (/api/events, /api/status, /api/tables, /api/traffic).  Every
+# string from the system goes in with textContent, never as HTML; there are no
+# inline handlers; the script and style run under the response's nonce.
+
+DASHBOARD_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>netsnoop</title>
+<style nonce="{{NONCE}}">
+body { font: 13px/1.35 system-ui, sans-serif; margin: 0; background: #fafafa; color: #222; }
+header { position: sticky; top: 0; background: #263238; color: #eceff1; padding: 6px 10px; z-index: 1; }
+header h1 { display: inline; font-size: 15px; margin-right: 12px; }
+#status span { margin-right: 14px; }
+#status .unknown, #status .bad { color: #ffcc80; }
+main { padding: 8px 10px; }
+h2 { font-size: 14px; margin: 10px 0 4px; }
+h2 .count { font-weight: normal; color: #666; font-size: 12px; margin-left: 8px; }
+.feeds { display: flex; gap: 12px; flex-wrap: wrap; }
+.feed { flex: 1 1 520px; min-width: 0; }
+.scroll { max-height: 300px; overflow: auto; border: 1px solid #ccc; background: #fff; }
+table { border-collapse: collapse; width: 100%; font: 12px/1.3 ui-monospace, monospace; }
+th, td { padding: 1px 6px; text-align: left; vertical-align: top; white-space: pre; }
+td.wrap { white-space: pre-wrap; word-break: break-all; width: 100%; }
+th { background: #eceff1; position: sticky; top: 0; cursor: pointer; user-select: none; }
+td.right, th.right { text-align: right; }
+tr.owned td { color: #1b5e20; font-weight: bold; }
+tr.changed td { background: #fffde7; }
+tr.warn td, tr.sev-warn td { background: #fff3e0; }
+tr.alert td, tr.sev-alert td, tr.sev-critical td { background: #ffebee; color: #b71c1c; }
+tr.sev-info td { background: #e3f2fd; }
+.finding { display: block; font-weight: bold; }
+input[type=search] { width: 260px; margin: 2px 0 4px; }
+nav button { margin: 0 2px 4px 0; border: 1px solid #90a4ae; background: #fff; padding: 2px 8px; cursor: pointer; }
+nav button.on { background: #263238; color: #fff; }
+.notes { color: #555; margin: 2px 0 10px; }
+.legend span { margin-right: 12px; white-space: nowrap; }
+svg { background: #fff; border: 1px solid #ccc; width: 100%; height: 220px; }
+svg text { font: 11px sans-serif; fill: #555; }
+.error { color: #b71c1c; }
+</style></head>
+<body>
+<header><h1>netsnoop</h1><span id="status">connecting...</span></header>
+<main>
+<div class="feeds">
+ <div class="feed"><h2>New processes<span class="count" id="procs-count"></span></h2>
+  <input type="search" id="procs-filter" placeholder="filter: text or /regex/">
+  <div class="scroll"><table><thead><tr><th>Time</th><th class="right">PID</th>
+  <th class="right">PPID</th><th>User</th><th>Command line</th></tr></thead>
+  <tbody id="procs-rows"></tbody></table></div></div>
+ <div class="feed"><h2>Connections<span class="count" id="conns-count"></span></h2>
+  <input type="search" id="conns-filter" placeholder="filter: text or /regex/">
+  <div class="scroll"><table><thead><tr><th>Time</th><th>Event</th><th>Local</th>
+  <th>Peer</th><th>State</th><th>Process</th><th class="right">Bytes</th></tr></thead>
+  <tbody id="conns-rows"></tbody></table></div></div>
+</div>
+<h2>Traffic <select id="chart-kind"></select></h2>
+<svg id="chart" viewBox="0 0 1000 220" preserveAspectRatio="none"></svg>
+<div class="legend" id="legend"></div>
+<h2>Tabs</h2>
+<nav id="tabbar"></nav>
+<input type="search" id="tab-filter" placeholder="filter rows: text or /regex/">
+<div id="tables"></div>
+</main>
+<script nonce="{{NONCE}}">
+"use strict";
+(function () {
+  var MAX_ROWS = 2000, SVGNS = "http://www.w3.org/2000/svg";
+  var COLOURS = ["#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f",
+                 "#4e342e", "#ad1457"];
+  var st = {tab: "tcp", interval: 2, sort: {}, kind: null, dropped: 0, live: false,
+            counts: {procs: 0, conns: 0}, status: null, error: null, timer: null,
+            tables: null, nextTables: 0, lastId: 0, lost: 0};
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined && text !== null) { e.textContent = text; }
+    return e;
+  }
+  function clear(node) { while (node.firstChild) { node.removeChild(node.firstChild); } }
+  // control, bidi and invisible characters shown as escapes, as on the terminal
+  function visible(s) {
+    return String(s).replace(/[\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u061c\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2069\\ufeff]/g,
+      function (c) {
+        var n = c.charCodeAt(0);
+        return n < 256 ? "\\\\x" + ("0" + n.toString(16)).slice(-2)
+                       : "\\\\u" + ("000" + n.toString(16)).slice(-4);
+      });
+  }
+  function quote(arg) {
+    if (/^[A-Za-z0-9_@%+=:,.\\/-]+$/.test(arg)) { return arg; }
+    return "'" + arg.replace(/'/g, "'\\"'\\"'") + "'";
+  }
+  function cmdline(ev) {
+    if (!ev.cmdline || !ev.cmdline.length) { return "[" + ev.comm + "]"; }
+    return ev.cmdline.map(quote).join(" ");
+  }
+  function clock(t) {
+    var d = new Date(t * 1000);
+    return d.toTimeString().slice(0, 8) + "." + ("00" + d.getMilliseconds()).slice(-3);
+  }
+  function human(n) {
+    var units = ["B", "K", "M", "G", "T"], i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return i ? n.toFixed(1) + units[i] : Math.round(n) + "B";
+  }
+  function hostport(addr, port) {
+    return (String(addr).indexOf(":") >= 0 ? "[" + addr + "]" : addr) + ":" + port;
+  }
+  function matcher(text) {
+    var m = /^\\/(.*)\\/$/.exec(text);
+    if (m) {
+      try { var re = new RegExp(m[1], "i"); return function (s) { return re.test(s); }; }
+      catch (e) { return function () { return true; }; }
+    }
+    var want = text.toLowerCase();
+    return function (s) { return s.toLowerCase().indexOf(want) >= 0; };
+  }
+
+  // --- the feeds: newest first, filterable, findings highlighted
+  var RANK = {info: 1, warn: 2, warning: 2, alert: 3, critical: 4};
+  function row(cells, rights, wrap) {
+    var tr = el("tr");
+    cells.forEach(function (text, i) {
+      tr.appendChild(el("td", rights.indexOf(i) >= 0 ? "right" : i === wrap ? "wrap" : "",
+                        visible(text)));
+    });
+    return tr;
+  }
+  function addFindings(tr, ev, cell) {
+    var worst = null;
+    (ev.findings || []).forEach(function (f) {
+      if (!worst || (RANK[f.severity] || 0) > (RANK[worst] || 0)) { worst = f.severity; }
+      cell.appendChild(el("span", "finding", visible(
+        "[" + f.severity + "] " + (f.rule ? f.rule + ": " : "") + f.text)));
+    });
+    if (worst) { tr.className = "sev-" + String(worst).replace(/[^a-z]/g, ""); }
+  }
+  function addRow(name, tr) {
+    var body = $(name + "-rows");
+    tr.searchText = tr.textContent;
+    tr.hidden = !matcher($(name + "-filter").value)(tr.searchText);
+    body.insertBefore(tr, body.firstChild);
+    while (body.childNodes.length > MAX_ROWS) { body.removeChild(body.lastChild); }
+    st.counts[name] += 1;
+    $(name + "-count").textContent = st.counts[name] + " received";
+  }
+  function procEvent(ev) {
+    var tr = row([clock(ev.time), ev.pid, ev.ppid, ev.user,
+                  (ev.container ? "[ct] " : "") + (ev.event === "exec" ? "exec> " : "") +
+                  cmdline(ev)], [1, 2], 4);
+    addFindings(tr, ev, tr.lastChild);
+    addRow("procs", tr);
+  }
+  function connEvent(ev) {
+    var owner = ev.pid === null || ev.pid === undefined ? "uid " + ev.uid
+      : ev.pid + " " + (ev.comm || "?") + (ev.cmdline && ev.cmdline.length ?
+                                           ": " + ev.cmdline.map(quote).join(" ") : "");
+    var bytes = ev.bytes_sent === null || ev.bytes_sent === undefined ? ""
+      : "sent " + human(ev.bytes_sent) + " recv " + human(ev.bytes_received);
+    var peer = ev.event === "listen" ? "" : hostport(ev.remote_address, ev.remote_port);
+    var tr = row([clock(ev.time), ev.event, hostport(ev.local_address, ev.local_port), peer,
+                  ev.state || "", owner, bytes], [6], 5);
+    addFindings(tr, ev, tr.childNodes[5]);
+    addRow("conns", tr);
+  }
+  function refilter(name) {
+    var ok = matcher($(name + "-filter").value);
+    Array.prototype.forEach.call($(name + "-rows").childNodes, function (tr) {
+      tr.hidden = !ok(tr.searchText);
+    });
+  }
+  // event ids follow each other: a gap is an event this page never got (dropped for
+  // it, or gone from the backlog before a reconnect)
+  function counted(m) {
+    var id = parseInt(m.lastEventId, 10);
+    if (st.lastId && id > st.lastId + 1) { st.lost += id - st.lastId - 1; renderStatus(); }
+    if (id > st.lastId) { st.lastId = id; }
+    return JSON.parse(m.data);
+  }
+  function connect() {
+    var source = new EventSource("/api/events");
+    source.addEventListener("procs", function (m) { procEvent(counted(m)); });
+    source.addEventListener("conns", function (m) { connEvent(counted(m)); });
+    source.addEventListener("dropped", function (m) {
+      st.dropped = JSON.parse(m.data).dropped; renderStatus();
+    });
+    source.onopen = function () { st.live = true; renderStatus(); };
+    source.onerror = function () { st.live = false; renderStatus(); };
+  }
+
+  // --- the status line
+  function renderStatus() {
+    var box = $("status"), s = st.status;
+    clear(box);
+    function part(text, cls) { box.appendChild(el("span", cls || "", visible(text))); }
+    if (s) {
+      part("PID " + s.pid + (s.comm ? " " + s.comm : ""));
+      if (s.netns) { part(s.netns); }
+      if (s.gone) { part(s.gone, "bad"); }
+      var slower = [];
+      if (st.tables && st.tables.next > s.interval + 0.05) {
+        slower.push("this tab every " + st.tables.next.toFixed(1) + "s");
+      }
+      if (s.processes_every > s.interval + 0.05) {
+        slower.push("TCP by process every " + s.processes_every.toFixed(1) + "s");
+      }
+      part("every " + s.interval + "s" + (slower.length ? " (" + slower.join(", ") + ")" : ""));
+      s.feeds.forEach(function (f) {
+        part(f.name + " feed" + (f.backend ? " (" + f.backend + ")" : "") +
+             (f.seen !== null ? ": " + f.seen + " seen" : ": " + f.events + " events") +
+             (f.missed ? ", " + f.missed + " missed" : ""));
+      });
+      s.unknown.forEach(function (u) { part(u.what + " unknown: " + u.why, "unknown"); });
+    }
+    part(st.live ? "live" : "feed disconnected", st.live ? "" : "bad");
+    part("dropped " + st.dropped, st.dropped ? "bad" : "");
+    part("lost " + st.lost, st.lost ? "bad" : "");
+    if (st.error) { part(st.error, "bad"); }
+  }
+
+  // --- the tabs: sortable tables, refreshed every interval
+  function sortKey(text) {
+    var m = /^([-+]?[0-9]+(?:\\.[0-9]+)?)([BKMGT])?(\\/s)?$/.exec(text);
+    if (m) { return [0, parseFloat(m[1]) * Math.pow(1024, m[2] ? "BKMGT".indexOf(m[2]) : 0), ""]; }
+    return [1, 0, text.toLowerCase()];
+  }
+  function compare(a, b) {
+    if (a[0] !== b[0]) { return a[0] - b[0]; }
+    if (a[1] !== b[1]) { return a[1] - b[1]; }
+    return a[2] < b[2] ? -1 : a[2] > b[2] ? 1 : 0;
+  }
+  function drawTable(box, t) {
+    var key = st.tab + "/" + t.title, sort = st.sort[key], ok = matcher($("tab-filter").value);
+    box.appendChild(el("h2", "", visible(t.title)));
+    var wrap = el("div", "scroll"), table = el("table"), head = el("tr"), body = el("tbody");
+    t.columns.forEach(function (c, i) {
+      var th = el("th", c.align === "right" ? "right" : "",
+                  c.title + (sort && sort.col === i ? (sort.desc ? " \\u25bc" : " \\u25b2") : ""));
+      th.addEventListener("click", function () {
+        var cur = st.sort[key];
+        st.sort[key] = {col: i, desc: !!(cur && cur.col === i && !cur.desc)};
+        drawTables(st.tables);
+      });
+      head.appendChild(th);
+    });
+    var rows = t.rows.map(function (r, n) { return [r, n]; });
+    if (sort) {
+      rows.sort(function (x, y) {
+        var c = compare(sortKey(x[0].cells[sort.col] || ""), sortKey(y[0].cells[sort.col] || ""));
+        return (sort.desc ? -c : c) || x[1] - y[1];
+      });
+    }
+    rows.forEach(function (pair) {
+      var r = pair[0], tr = el("tr", r.role || "");
+      r.cells.forEach(function (text, i) {
+        tr.appendChild(el("td", t.columns[i] && t.columns[i].align === "right" ? "right" : "",
+                          visible(text)));
+      });
+      tr.hidden = !ok(tr.textContent);
+      body.appendChild(tr);
+    });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    table.appendChild(body);
+    wrap.appendChild(table);
+    box.appendChild(wrap);
+    t.notes.forEach(function (n) { box.appendChild(el("div", "notes", visible(n))); });
+  }
+  function drawTables(data) {
+    var box = $("tables");
+    st.tables = data;
+    clear(box);
+    if (!data) { return; }
+    data.tables.forEach(function (t) { drawTable(box, t); });
+  }
+  function drawTabbar(tabs) {
+    var bar = $("tabbar");
+    clear(bar);
+    tabs.forEach(function (name) {
+      var b = el("button", name === st.tab ? "on" : "", name);
+      b.type = "button";
+      b.addEventListener("click", function () {
+        st.tab = name;
+        drawTabbar(tabs);
+        drawTables(null);
+        st.nextTables = 0;
+        refresh();
+      });
+      bar.appendChild(b);
+    });
+  }
+
+  // --- the chart: bytes per second over the last minutes, drawn here in SVG
+  function svg(tag, attrs, text) {
+    var e = document.createElementNS(SVGNS, tag);
+    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+  function drawChart(data) {
+    var select = $("chart-kind"), chart = $("chart"), legend = $("legend");
+    if (data.kinds.length && data.kinds.indexOf(st.kind) < 0) { st.kind = data.kinds[0]; }
+    if (select.childNodes.length !== data.kinds.length) {
+      clear(select);
+      data.kinds.forEach(function (k) {
+        var o = el("option", "", k === "interfaces" ? "interfaces (rx/tx)" : "TCP by " +
+                   (k === "processes" ? "process" : "cgroup"));
+        o.value = k;
+        select.appendChild(o);
+      });
+    }
+    select.value = st.kind;
+    clear(chart);
+    clear(legend);
+    var found = data.charts.filter(function (c) { return c.kind === st.kind; })[0];
+    if (!found || !found.times.length) {
+      chart.appendChild(svg("text", {x: 10, y: 20}, "collecting: the chart starts after two samples"));
+      return;
+    }
+    // the last minutes: five at most, one at least, so a young history is not a sliver
+    var end = found.times[found.times.length - 1], peak = 1;
+    var span = Math.min(data.window, Math.max(60, end - found.times[0]));
+    var start = end - span;
+    found.series.forEach(function (s) {
+      s.values.forEach(function (v) { if (v !== null && v > peak) { peak = v; } });
+    });
+    chart.setAttribute("data-peak", peak);
+    chart.appendChild(svg("text", {x: 4, y: 12}, human(peak) + "/s"));
+    chart.appendChild(svg("text", {x: 4, y: 216}, "-" + Math.round(span) + " s"));
+    chart.appendChild(svg("text", {x: 970, y: 216}, "now"));
+    found.series.forEach(function (s, n) {
+      var colour = COLOURS[n % COLOURS.length], points = [], last = null;
+      s.values.forEach(function (v, i) {
+        if (v === null) { return; }
+        var x = (found.times[i] - start) / span * 1000, y = 205 - v / peak * 190;
+        points.push(x.toFixed(1) + "," + y.toFixed(1));
+        last = v;
+      });
+      var line = svg("polyline", {points: points.join(" "), fill: "none", stroke: colour,
+                                  "stroke-width": 1.5});
+      line.setAttribute("data-name", s.name);
+      line.setAttribute("data-last", last === null ? "" : last);
+      chart.appendChild(line);
+      var item = el("span", "", "\\u25a0 " + visible(s.name) +
+                    (last === null ? "" : " " + human(last) + "/s"));
+      item.style.color = colour;
+      legend.appendChild(item);
+    });
+  }
+
+  // --- the loop
+  function getJSON(url) {
+    return fetch(url, {credentials: "same-origin", cache: "no-store"}).then(function (r) {
+      if (r.status === 401) { throw new Error("not authorized: open the URL with the token again"); }
+      return r.json().then(function (j) {
+        if (!r.ok) { throw new Error(j.error || "HTTP " + r.status); }
+        return j;
+      });
+    });
+  }
+  function refresh() {
+    clearTimeout(st.timer);
+    var done = function () { st.timer = setTimeout(refresh, st.interval * 1000); };
+    if (document.hidden) { done(); return; }
+    Promise.all([
+      getJSON("/api/status").then(function (s) {
+        st.status = s;
+        if (s.interval !== st.interval || !$("tabbar").childNodes.length) {
+          st.interval = s.interval;
+          drawTabbar(s.tabs);
+        }
+      }),
+      // a costly tab (see TABLES_SHARE) says when to ask again
+      Date.now() < st.nextTables ? null :
+        getJSON("/api/tables?tab=" + encodeURIComponent(st.tab)).then(function (d) {
+          if (d.tab === st.tab) {       // not an answer for a tab left since
+            st.nextTables = Date.now() + d.next * 1000 - 50;
+            drawTables(d);
+          }
+        }),
+      getJSON("/api/traffic").then(drawChart)
+    ]).then(function () { st.error = null; }, function (e) { st.error = String(e.message || e); })
+      .then(function () { renderStatus(); done(); });
+  }
+
+  ["procs", "conns"].forEach(function (name) {
+    $(name + "-filter").addEventListener("input", function () { refilter(name); });
+  });
+  $("tab-filter").addEventListener("input", function () { drawTables(st.tables); });
+  $("chart-kind").addEventListener("change", function () { st.kind = this.value; refresh(); });
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) { refresh(); } });
+  connect();
+  refresh();
+})();
+</script>
+</body></html>
+"""
+
+
+def dashboard_page(nonce):
+    """The page with this response's CSP nonce in its script and style tags."""
+    return DASHBOARD_PAGE.replace("{{NONCE}}", nonce)
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 
@@ -6980,7 +8197,7 @@ def build_parser():
     p = ArgumentParser(
         prog=PROG,
         usage="%(prog)s PID [--tab TAB] | PID --once [--tab TAB|all] [--json] | "
-              "--procs [options] | --conns [--procs] [options]",
+              "--procs [options] | --conns [--procs] [options] | --serve [HOST:]PORT [PID]",
         description="Network view of a process (read from /proc/PID/net, i.e. its "
                     "network namespace) and a feed of new processes.",
         epilog="TAB: " + " ".join(TABS) + ".  Exit status: 0 ok, 1 error, 2 usage.")
@@ -7004,6 +8221,13 @@ def build_parser():
                    help="--procs scanner (default auto: fast when built)")
     p.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
                    help="--procs: stop after SECONDS")
+    p.add_argument("--serve", type=serve_address, metavar="[HOST:]PORT",
+                   help="web dashboard on HOST (default 127.0.0.1), for PID (default "
+                        "netsnoop's own); the URL with its token goes to stderr")
+    p.add_argument("--serve-public", action="store_true",
+                   help="--serve: allow a HOST that is not loopback (the token is still needed)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="--serve: the token kept in FILE (0600; created when absent)")
     p.add_argument("--proc", default="/proc", metavar="DIR",
                    help="read DIR instead of /proc")
     p.add_argument("--version", action=VersionAction)
@@ -7030,6 +8254,10 @@ def version_text():
 
 def parse_args(argv):
     args = build_parser().parse_args(argv)
+    if args.serve is not None:
+        return check_serve_args(args)
+    if args.serve_public or args.token_file:
+        raise UsageError("--serve-public and --token-file go with --serve")
     feed = args.procs or args.conns
     if feed and args.pid is not None:
         raise UsageError("give either PID or --procs/--conns, not both (try --help)")
@@ -7053,6 +8281,15 @@ def parse_args(argv):
     if args.json and not (args.once or feed):
         raise UsageError("--json goes with --once or --procs (the session is for a terminal)")
     check_alert_options(args)
+    return args
+
+
+def check_serve_args(args):
+    """--serve [PID]: the feed's and session's output options do not apply."""
+    if args.procs or args.conns or args.once or args.tab or args.json or args.log or \
+            args.filter:
+        raise UsageError("--serve takes PID, --interval, --backend, --duration, --token-file, "
+                         "--serve-public and --proc only")
     return args
 
 
@@ -7124,6 +8361,8 @@ def run(args):
     procfs.check_root()
     if args.once:                   # (--procs --once is a usage error)
         return run_once(args, procfs)
+    if args.serve is not None:
+        return run_serve(args, procfs)
     if not (args.procs or args.conns):
         procfs.check_net(args.pid)
     release_free_memory()
