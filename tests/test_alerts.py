@@ -185,12 +185,20 @@ def test_reverse_shell_is_socket_stdio_alert(scenarios):
     assert finding["text"].startswith("stdin, stdout and stderr are a TCP socket"), finding
 
 
+def shells_of_the_server(scenarios, mark):
+    """The sh events whose parent is the scenario's server (the python process whose
+    argv holds mark).  Not any sh with mark in its argv: sh may fork a copy of itself
+    for its command, and that copy, a shell started by a shell, must stay silent."""
+    ev = the_event(scenarios, with_arg(mark))
+    servers = set(e["pid"] for e in ev if e["comm"] != "sh")
+    return [e for e in ev if e["comm"] == "sh" and e["ppid"] in servers], ev
+
+
 def test_shell_on_a_pty_under_a_socket_parent_is_socket_stdio_alert(scenarios):
     """python's reverse shell: dup2 of the socket, then pty.spawn: the shell's own stdio
     is the pty, its parent's the TCP socket."""
-    sh = [e for e in the_event(scenarios, with_arg(scenarios["pty_shell"]))
-          if e["comm"] == "sh"]
-    assert sh and "socket-stdio" in rules_of(sh[0], "alert"), sh
+    sh, ev = shells_of_the_server(scenarios, scenarios["pty_shell"])
+    assert sh and all("socket-stdio" in rules_of(e, "alert") for e in sh), ev
     assert "through a pseudo-terminal" in [f for f in sh[0]["findings"]
                                            if f["rule"] == "socket-stdio"][0]["text"]
 
@@ -225,15 +233,6 @@ def test_memfd_exec_is_memfd_exe_alert(scenarios):
     ev = the_event(scenarios, lambda e: e["cmdline"][:1] == [scenarios["memfd"]])[0]
     assert "memfd-exe" in rules_of(ev, "alert"), ev["findings"]
     assert "deleted-exe" not in rules_of(ev), "a memfd is not a deleted file"
-
-
-def shells_of_the_server(scenarios, mark):
-    """The sh events whose parent is the scenario's server (the python process whose
-    argv holds mark).  Not any sh with mark in its argv: sh may fork a copy of itself
-    for its command, and that copy, a shell started by a shell, must stay silent."""
-    ev = the_event(scenarios, with_arg(mark))
-    servers = set(e["pid"] for e in ev if e["comm"] != "sh")
-    return [e for e in ev if e["comm"] == "sh" and e["ppid"] in servers], ev
 
 
 def test_shell_under_a_listening_service_is_shell_from_service(scenarios):
