@@ -7883,7 +7883,7 @@ svg text { font: 11px sans-serif; fill: #555; }
     var tr = el("tr");
     cells.forEach(function (text, i) {
       tr.appendChild(el("td", rights.indexOf(i) >= 0 ? "right" : i === wrap ? "wrap" : "",
-                        visible(text)));
+                        visible(text === null || text === undefined ? "?" : text)));
     });
     return tr;
   }
