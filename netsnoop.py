@@ -4434,13 +4434,21 @@ def check_alert_options(args):
 #   changed size; an accepted socket is in the dump before accept() returns its
 #   fd, so an open without an owner waits up to OWNER_WAIT for one.
 
-CONN_FAST = 0.001           # sockstat poll period for CONN_ACTIVE_FOR after a change
-CONN_ACTIVE_FOR = 2.0
+CONN_FAST = 0.001           # sockstat poll period while a dump may run at once ...
+CONN_ACTIVE_FOR = 2.0       # ... for this long after a change
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
-CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
+CLOSE_HOLD = 0.02           # a close waits this long for others: one wake-up per batch
+DUMP_SETTLE = 0.003         # a dump waits this long after the first open it is for, so
+                            # that one dump sees a batch of opens (threads, accept)
+CONN_RECONCILE = 10.0       # a dump of both families at least this often
 OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
-DUMP_SHARE = 0.1            # of a core, at most, spent dumping over time ...
-DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
+# Dumps spend at most DUMP_SHARE of a core over time (CPU of the dumping thread),
+# from a budget that lets DUMP_BURST seconds of them go at once.  At 100
+# connections/s a dump per open would cost ~22% of a core; this holds the feed to
+# ~2 dumps a second there, while a burst (~30 dumps of one family) still sees
+# the opens of connections living 20 ms or more (tests/test_conns.py).
+DUMP_SHARE = 0.005
+DUMP_BURST = 0.07
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
 CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
@@ -4473,6 +4481,21 @@ class ConnSeen(object):
         self.sock = None        # the DiagSocket last seen, while waiting for an owner
 
 
+def snmp_tcp_opens(data):
+    """/proc/net/snmp (bytes) -> Tcp ActiveOpens + PassiveOpens.  The two Tcp lines
+    (names, then values) only: parse_snmp of the whole file costs ~10 times more,
+    and the feed asks after every batch of closes."""
+    head = data.find(b"\nTcp: ")
+    if head < 0:
+        raise OSError(errno.EIO, "no Tcp line in /proc/net/snmp")
+    lines = data[head + 1:].split(b"\n", 2)        # names, then values
+    row = dict(zip(lines[0].split(), lines[1].split() if len(lines) > 1 else ()))
+    try:
+        return int(row[b"ActiveOpens"]) + int(row[b"PassiveOpens"])
+    except (KeyError, ValueError):
+        raise OSError(errno.EIO, "no Tcp opens in /proc/net/snmp")
+
+
 def conn_proto(sock):
     return "tcp6" if sock.family == socket.AF_INET6 else "tcp"
 
@@ -4500,7 +4523,8 @@ class ConnScanner(object):
         self.pending = set()        # cookies of opens waiting for their owner
         self.want = set()           # families to dump once the gap between dumps is over
         self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
-        self.last_change = self.last_dump = 0.0
+        self.last_change = self.last_dump = self.want_since = 0.0
+        self.dumps = 0
         self.dump_cost = 0.0
         self.recent = collections.OrderedDict()     # pids that owned the last opens
         self.netns_of = {}          # pid -> its network namespace, read once
@@ -4575,56 +4599,73 @@ class ConnScanner(object):
         if fd is None:
             return True
         try:
-            tcp = parse_snmp(decode(_pread_all(fd))).get("Tcp", {})
+            opens = snmp_tcp_opens(_pread_all(fd))
         except OSError:
             return True
-        opens = tcp.get("ActiveOpens", 0) + tcp.get("PassiveOpens", 0)
         moved, self.active_opens = opens != self.active_opens, opens
         return moved
 
     def _dump(self, families=(socket.AF_INET, socket.AF_INET6)):
         started = time.monotonic()
+        cpu = time.thread_time()        # the kernel's walk of its hash counts here
         try:
             found = diag_dump(self.diag, CONN_STATES, families)
         except OSError as err:
             raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
-        now = time.monotonic()
-        self.last_dump, self.dump_cost = now, now - started
+        self.last_dump = time.monotonic()
+        self.dump_cost = time.thread_time() - cpu
         self.budget -= self.dump_cost
+        self.dumps += 1
         self._opens_moved()         # the opens counted so far are in this dump
+        self.last_change = started
         return found
 
     # -- the loop --
 
     def step(self, limit=MAX_WAIT):
+        """Wait for something to tell (at most `limit` s) -> events.  Polls sockstat
+        every CONN_FAST only while a dump may run at once (otherwise there is nothing
+        to do before the budget allows one); closes are held CLOSE_HOLD for the
+        others of their batch, so a steady flow wakes the feed ~50 times a second."""
         now = time.monotonic()
-        period = CONN_FAST if now - self.last_change < CONN_ACTIVE_FOR else self.quiet
         deadline = now + max(0.0, limit)
-        events = []
-        destroyed = []
+        events, destroyed = [], []
         families = self.want         # moved before, not dumped yet (the gap)
+        hold_until = None
         waited = False
         while True:
             fresh = self._read_destroys()
-            destroyed.extend(fresh)
+            if fresh:
+                destroyed.extend(fresh)
+                if hold_until is None:
+                    hold_until = time.monotonic() + CLOSE_HOLD
             moved = self._inuse_moved()
-            families.update(moved)
-            if fresh and not moved and self._opens_moved():
-                families.update(BOTH_FAMILIES)
             now = time.monotonic()
+            if moved:
+                if not families:
+                    self.want_since = now
+                families.update(moved)
+                self.last_change = now
+            gap = max(self._dump_gap(now), self.want_since + DUMP_SETTLE - now)
+            if fresh and not families and gap <= 0 and self._opens_moved():
+                families.update(BOTH_FAMILIES)      # opened and closed between two polls
             if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
                 families.update(BOTH_FAMILIES)
-            gap = self._dump_gap(now)
-            if (families and gap <= 0) or (destroyed and not families) or now >= deadline \
-                    or (self.pending and waited):
+            if (families and gap <= 0) or (self.pending and waited) or now >= deadline \
+                    or (hold_until is not None and now >= hold_until):
                 break
-            wait = CONN_FAST if self.pending else period
-            select.select([self.destroy], [], [],
-                          max(0.0, min(max(wait, gap) if families else wait, deadline - now)))
+            if families:
+                wait = gap
+            elif self.pending or (gap <= 0 and now - self.last_change < CONN_ACTIVE_FOR):
+                wait = CONN_FAST
+            else:
+                wait = self.quiet
+            if hold_until is not None:
+                wait = min(wait, hold_until - now)
+            select.select([] if hold_until is not None else [self.destroy], [], [],
+                          max(0.0, min(wait, deadline - now)))
             waited = True
-        if families or destroyed:
-            self.last_change = now
-        if families and self._dump_gap(now) <= 0:
+        if families and self._dump_gap(now) <= 0 and now >= self.want_since + DUMP_SETTLE:
             self.want = set()
             self._compare(self._dump(sorted(families)), now, events,
                           whole=len(families) == 2)
@@ -4832,13 +4873,26 @@ class ConnFeedOutput(FeedOutput):
     """FeedOutput for --conns (and --procs --conns): each event in its own shape."""
 
     def emit(self, event):
-        if "proto" not in event:
-            return FeedOutput.emit(self, event)
-        # (connection events are not handed to --webhook/--syslog/--mail-to yet:
-        # their alert text is made for process events)
-        if conn_event_matches(event, self.regex):
-            self.write(event_json(event, self.ecs) if self.json
-                       else conn_text(event) + findings_suffix(event))
+        self.emit_all([event])
+
+    def emit_all(self, events):
+        """The events in one write (a flush per line costs a system call each: at
+        200 closes a second, more than the rest of a close's handling)."""
+        lines = []
+        for event in events:
+            if "proto" not in event:
+                if lines:
+                    self.write("\n".join(lines))
+                    lines = []
+                FeedOutput.emit(self, event)
+                continue
+            # (connection events are not handed to --webhook/--syslog/--mail-to yet:
+            # their alert text is made for process events)
+            if conn_event_matches(event, self.regex):
+                lines.append(event_json(event, self.ecs) if self.json
+                             else conn_text(event) + findings_suffix(event))
+        if lines:
+            self.write("\n".join(lines))
 
     def conn_summary(self, conns, procs=None):
         if not self.json:
@@ -4898,8 +4952,7 @@ def run_conns(args, procfs):
                     break
                 events = conns.step(min(left, STOP_CHECK, CONN_HOLD if procs else 1.0))
                 if procs is None:
-                    for event in events:
-                        output.emit(event)
+                    output.emit_all(events)
                     continue
                 if procs.error:
                     raise NetsnoopError(procs.error)
@@ -4908,8 +4961,7 @@ def run_conns(args, procfs):
             # what the kernel sent before the stop (destroys queued meanwhile) still goes out
             last = conns.step(0)
             if procs is None:
-                for event in last:
-                    output.emit(event)
+                output.emit_all(last)
             else:
                 held.extend(last + [output.rules.apply(e) for e in procs.poll()])
                 _emit_in_order(output, held, float("inf"))
@@ -4936,8 +4988,7 @@ def _emit_in_order(output, events, until):
     """Emit the events older than `until` in time order; return the others."""
     events.sort(key=lambda e: e["time"])
     later = [e for e in events if e["time"] > until]
-    for event in events[:len(events) - len(later)]:
-        output.emit(event)
+    output.emit_all(events[:len(events) - len(later)])
     return later
 
 

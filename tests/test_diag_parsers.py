@@ -4,6 +4,8 @@ halves, short tcp_info from old kernels, damaged and foreign messages."""
 import socket
 import struct
 
+import pytest
+
 import netsnoop as ns
 
 INFO_LEN = 232          # struct tcp_info of a 5.x kernel; the two counters at 120 and 128
@@ -112,3 +114,24 @@ def test_lookup_request_names_one_socket():
     assert struct.unpack_from(">HH", req, 24) == (8080, 40000)
     assert req[28:32] == bytes([127, 0, 0, 1]) and req[44:48] == bytes([10, 0, 0, 2])
     assert struct.unpack_from("=III", req, 60) == (0, 7, 3)
+
+
+SNMP_TCP = (b"Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+            b"Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n"
+            b"Tcp: 1 200 120000 -1 9176 23 4\n"
+            b"Udp: InDatagrams NoPorts\nUdp: 5 6\n")
+
+
+def test_snmp_tcp_opens_adds_active_and_passive_opens():
+    """A wrong column (AttemptFails, MaxConn) or the names line taken as values fails."""
+    from netsnoop import snmp_tcp_opens
+    assert snmp_tcp_opens(SNMP_TCP) == 9176 + 23
+
+
+def test_snmp_tcp_opens_without_tcp_line_is_an_oserror():
+    """The feed treats OSError as "moved" (a dump); a KeyError would end it."""
+    from netsnoop import snmp_tcp_opens
+    with pytest.raises(OSError):
+        snmp_tcp_opens(b"Ip: Forwarding\nIp: 1\n")
+    with pytest.raises(OSError):
+        snmp_tcp_opens(b"Ip: a\nIp: 1\nTcp: RtoAlgorithm\nTcp: 1\n")
