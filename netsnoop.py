@@ -4437,7 +4437,8 @@ def check_alert_options(args):
 CONN_FAST = 0.001           # sockstat poll period while a dump may run at once ...
 CONN_ACTIVE_FOR = 2.0       # ... for this long after a change
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
-CLOSE_HOLD = 0.02           # a close waits this long for others: one wake-up per batch
+CLOSE_HOLD = 0.1            # a close waits this long for others: one wake-up per batch
+                            # (at 200 closes/s: 2.0% of a core every 20 ms, 0.7% every 0.1 s)
 DUMP_SETTLE = 0.003         # a dump waits this long after the first open it is for, so
                             # that one dump sees a batch of opens (threads, accept)
 CONN_RECONCILE = 10.0       # a dump of both families at least this often
@@ -4445,10 +4446,10 @@ OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loade
 # Dumps spend at most DUMP_SHARE of a core over time (CPU of the dumping thread),
 # from a budget that lets DUMP_BURST seconds of them go at once.  At 100
 # connections/s a dump per open would cost ~22% of a core; this holds the feed to
-# ~2 dumps a second there, while a burst (~30 dumps of one family) still sees
+# ~1 dump a second there, while a burst (~27 dumps of one family) still sees
 # the opens of connections living 20 ms or more (tests/test_conns.py).
-DUMP_SHARE = 0.005
-DUMP_BURST = 0.07
+DUMP_SHARE = 0.002
+DUMP_BURST = 0.06
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
 CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
@@ -4525,6 +4526,7 @@ class ConnScanner(object):
         self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
         self.last_change = self.last_dump = self.want_since = 0.0
         self.dumps = 0
+        self.budget_spent = False   # the last poll found the dump budget spent
         self.dump_cost = 0.0
         self.recent = collections.OrderedDict()     # pids that owned the last opens
         self.netns_of = {}          # pid -> its network namespace, read once
@@ -4569,6 +4571,11 @@ class ConnScanner(object):
         self.budget = min(DUMP_BURST, self.budget + (now - self.budget_at) * DUMP_SHARE)
         self.budget_at = now
         return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
+
+    def _families_with_sockets(self):
+        """A dump sees only sockets alive at its time: a family whose inuse is 0 has
+        none (IPv6 is often unused: its walk of the hash is saved)."""
+        return [f for f in BOTH_FAMILIES if self.inuse.get(f, -1) != 0]
 
     def _inuse_moved(self):
         """The families whose count of hashed TCP sockets grew (a connect, accept or
@@ -4627,7 +4634,7 @@ class ConnScanner(object):
         every CONN_FAST only while the budget has a few dumps left (a steady flow of
         connections spends it, then a poll every `quiet` is enough: a dump has to
         wait for the budget anyway); closes are held CLOSE_HOLD for the others of
-        their batch, so a steady flow wakes the feed ~50 times a second."""
+        their batch, so a steady flow wakes the feed ~10 times a second."""
         now = time.monotonic()
         deadline = now + max(0.0, limit)
         events, destroyed = [], []
@@ -4647,16 +4654,21 @@ class ConnScanner(object):
                     self.want_since = now
                 families.update(moved)
                 self.last_change = now
-            gap = max(self._dump_gap(now), self.want_since + DUMP_SETTLE - now)
-            if fresh and not families and gap <= 0 and self._opens_moved():
-                families.update(BOTH_FAMILIES)      # opened and closed between two polls
+            budget_gap = self._dump_gap(now)
+            gap = max(budget_gap, self.want_since + DUMP_SETTLE - now)
+            if not families and gap <= 0 and (fresh or self.budget_spent) \
+                    and self._opens_moved():
+                # opened (and maybe closed) between two polls, or while the budget
+                # was spent: sockstat was not watched then
+                families.update(self._families_with_sockets())
+            self.budget_spent = budget_gap > 0
             if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
                 families.update(BOTH_FAMILIES)
             if (families and gap <= 0) or (self.pending and waited) or now >= deadline \
                     or (hold_until is not None and now >= hold_until):
                 break
-            if families:
-                wait = gap
+            if families or budget_gap > 0:
+                wait = gap          # no dump before then: nothing to poll for
             elif self.pending or (self.budget > DUMP_BURST / 10
                                   and now - self.last_change < CONN_ACTIVE_FOR):
                 wait = CONN_FAST        # (each poll costs ~25 us: 1,000 a second, 2.5%)
