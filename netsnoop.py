@@ -809,48 +809,90 @@ def parse_inet_diag_msg(payload):
                       cookie_low | cookie_high << 32, cgroup, sent, received)
 
 
-_U32 = struct.Struct("=I")
 _INODE_AT = NLMSGHDR.size + INET_DIAG_MSG.size - 4     # inet_diag_msg's last field
 
 
-def parse_diag_bytes(data, out, seq=None):
-    """A chunk of a dump's reply -> out[inode] = (bytes_acked, bytes_received), for
-    sockets with an inode and tcp_info; -> (finished, errno or 0).
+# nlmsghdr and inet_diag_msg in one unpack (the socket rows' parser)
+_DIAG_ROW = struct.Struct("=IHHII" + INET_DIAG_MSG.format.lstrip("="))
+_ROW_ATTRS_AT = _align4(_DIAG_ROW.size)
+_TIMER_PROBES = (2, 4)      # keepalive, zero-window probe: retrans counts probes_out
 
-    parse_diag_dump for the tcp tab, where only these count: at 20,000 sockets the
-    full records cost ~120 ms, this ~30.  The attributes of a dump's messages come
-    in the same order, so where tcp_info sat in the last message is tried first
-    (its header checked) before walking the attributes."""
-    at, end, guess, guess_head = 0, len(data), None, None
-    header, u32, info_bytes = NLMSGHDR.unpack_from, _U32.unpack_from, TCP_INFO_BYTES.unpack_from
+
+def parse_diag_rows(data, seq, rows, tcp_bytes, names):
+    """A chunk of a dump's reply -> Socket records appended to `rows`, as
+    /proc/net/tcp[6] would give them, and tcp_bytes[inode] = (acked, received);
+    -> (finished, errno or 0, messages skipped).  names: a cache raw address ->
+    text, kept across chunks (a dump repeats few addresses).
+
+    The tcp tab's rows when sock_diag answers (as ss reads them): at 20,000
+    sockets one dump (~30 ms in the kernel, with tcp_info) and this parse replace
+    reading /proc/net/tcp and tcp6 (~45 ms), their parse (~50 ms) and a second
+    dump for the bytes.  Field by field as tcp4_seq_show prints them:
+    - tx_queue: a listener's is 0 there (inet_diag gives its backlog instead);
+    - timer_when: clock ticks (1/100 s) there, milliseconds here;
+    - retransmits/timeout: the dump has one counter, icsk_retransmits with the
+      retransmit timer, icsk_probes_out with the keepalive or probe timers;
+      /proc prints both (the other one is then 0 but for rare overlaps).
+    tcp_info is found where it sat in the message before when its header is
+    there (a dump's messages carry the same attributes): at 20,000 sockets,
+    walking every message's attributes costs ~30 ms more."""
+    at, end, skipped = 0, len(data), 0
+    unpack, info_bytes = _DIAG_ROW.unpack_from, TCP_INFO_BYTES.unpack_from
+    guess, guess_head = None, None
+    from_bytes = int.from_bytes
     while at + NLMSGHDR.size <= end:
-        length, kind, _flags, msg_seq, _pid = header(data, at)
+        length, kind, _flags, msg_seq, _pid = NLMSGHDR.unpack_from(data, at)
         if length < NLMSGHDR.size or at + length > end:
             break
-        if seq is None or msg_seq == seq:
-            if kind == NLMSG_DONE:
-                return True, 0
-            if kind == NLMSG_ERROR:
-                code = struct.unpack_from("=i", data, at + NLMSGHDR.size)[0] \
-                    if length >= 20 else -errno.EIO
-                return True, -code
-            if kind == SOCK_DIAG_BY_FAMILY and length >= _INODE_AT + 4:
-                inode = u32(data, at + _INODE_AT)[0]
-                if inode:
-                    found = None
-                    if guess is not None and at + guess + 4 + TCP_INFO_BYTES_END <= at + length \
-                            and data[at + guess:at + guess + 4] == guess_head:
-                        found = info_bytes(data, at + guess + 4 + TCP_INFO_BYTES_AT)
-                    else:
-                        attrs = parse_rtattrs(data[at + _align4(_INODE_AT + 4):at + length])
-                        if INET_DIAG_INFO in attrs:
-                            found = parse_tcp_info_bytes(attrs[INET_DIAG_INFO])
-                            guess = _info_offset(data, at, length)
-                            guess_head = data[at + guess:at + guess + 4] if guess else None
-                    if found is not None:
-                        out[inode] = found
+        if msg_seq != seq:
+            at += _align4(length)
+            continue
+        if kind == NLMSG_DONE:
+            return True, 0, skipped
+        if kind == NLMSG_ERROR:
+            code = struct.unpack_from("=i", data, at + NLMSGHDR.size)[0] \
+                if length >= 20 else -errno.EIO
+            return True, -code, skipped
+        if kind != SOCK_DIAG_BY_FAMILY:
+            at += _align4(length)
+            continue
+        if length < _DIAG_ROW.size:
+            skipped += 1
+            at += _align4(length)
+            continue
+        (_len, _kind, _flags, _seq, _pid, family, state, timer, retrans, sport, dport,
+         src, dst, _ifindex, _cookie_low, _cookie_high, expires, rqueue, wqueue, uid,
+         inode) = unpack(data, at)
+        local = names.get(src)
+        if local is None:
+            local = names[src] = _diag_address(family, src)
+        remote = names.get(dst)
+        if remote is None:
+            remote = names[dst] = _diag_address(family, dst)
+        probes = timer in _TIMER_PROBES
+        rows.append(Socket(
+            "tcp6" if family == socket.AF_INET6 else "tcp", local, from_bytes(sport, "big"),
+            remote, from_bytes(dport, "big"), state_name(state),
+            0 if state == TCP_LISTEN else wqueue, rqueue, timer, expires // 10,
+            0 if probes else retrans, uid, retrans if probes else 0, inode, None))
+        if inode and length > _ROW_ATTRS_AT:
+            # the attributes come in the same order in every message of a dump:
+            # where tcp_info sat in the last one is tried first
+            found = None
+            if guess is not None and guess + 4 + TCP_INFO_BYTES_END <= length \
+                    and data[at + guess:at + guess + 4] == guess_head:
+                found = info_bytes(data, at + guess + 4 + TCP_INFO_BYTES_AT)
+            else:
+                guess = _info_offset(data, at, length)
+                if guess is not None:
+                    guess_head = data[at + guess:at + guess + 4]
+                    attrs = parse_rtattrs(data[at + guess:at + length])
+                    if INET_DIAG_INFO in attrs:
+                        found = parse_tcp_info_bytes(attrs[INET_DIAG_INFO])
+            if found is not None:
+                tcp_bytes[inode] = found
         at += _align4(length)
-    return False, 0
+    return False, 0, skipped
 
 
 def _info_offset(data, at, length):
@@ -1344,10 +1386,20 @@ def read_ahead(read, names):
 
 
 def collect_sockets(procfs, pid, tab, owners, json_rows=False):
-    """Socket tab data; with json_rows the rows stay records (SocketRows) for --json."""
+    """Socket tab data; with json_rows the rows stay records (SocketRows) for --json.
+    The tcp tab comes from one sock_diag dump when the kernel answers (rows and
+    bytes, as ss reads them), from /proc/PID/net/tcp[6] otherwise."""
+    diag = reason = None
+    if tab == "tcp":
+        diag, reason = tcp_diag_rows(procfs, pid)
+    if diag is not None:
+        records, tcp_bytes, skipped = diag
+        return _socket_data(records, owners, tcp_bytes, None, skipped, [], json_rows)
+    return _socket_data_from_files(procfs, pid, tab, owners, reason, json_rows)
+
+
+def _socket_data_from_files(procfs, pid, tab, owners, bytes_reason, json_rows):
     names = SOCKET_FILES[tab]
-    # the kernel builds the dump inside recv(), without the GIL: beside the parsing
-    byte_counts = in_thread(tcp_diag, procfs, pid, True) if tab == "tcp" else None
     if owners.beside_parsing:
         files = read_ahead(lambda name: procfs.net_read(pid, name), names)
     else:
@@ -1363,12 +1415,15 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         parsed = parse_sockets(text, name)
         skipped += parsed.skipped
         records.extend(parsed)
-    tcp_bytes = diag = reason = None
-    if byte_counts is not None:
-        diag, reason = byte_counts()
-        tcp_bytes = {} if diag is None else diag
+    return _socket_data(records, owners, None, bytes_reason if tab == "tcp" else None,
+                        skipped, missing, json_rows)
+
+
+def _socket_data(records, owners, tcp_bytes, bytes_reason, skipped, missing, json_rows):
+    """The tab's dict; tcp_bytes None with a bytes_reason: a tcp tab without bytes."""
     everyone = owners.everyone
-    rows = SocketRows(records, owners.held(), everyone, tcp_bytes)
+    rows = SocketRows(records, owners.held(), everyone,
+                      {} if tcp_bytes is None and bytes_reason else tcp_bytes)
     data = collections.OrderedDict(sockets=rows if json_rows else rows.dicts())
     data["owned_known"] = owners.known
     if not owners.known:
@@ -1376,10 +1431,10 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
     data["owners_known"] = everyone.known
     if not everyone.known:
         data["owners_reason"] = everyone.reason()
-    if tab == "tcp":
-        data["bytes_known"] = diag is not None
-        if diag is None:
-            data["bytes_reason"] = reason
+    if tcp_bytes is not None or bytes_reason:
+        data["bytes_known"] = tcp_bytes is not None
+        if tcp_bytes is None:
+            data["bytes_reason"] = bytes_reason
     data["skipped_lines"] = skipped
     data["files_missing"] = missing
     return data
@@ -1945,14 +2000,8 @@ def diag_dump(entry, states=DIAG_LIVE_STATES, families=(socket.AF_INET, socket.A
     return _diag_exchange(entry, states, families, Records())
 
 
-def diag_bytes(entry, states=DIAG_LIVE_STATES):
-    """diag_dump reduced to {inode: (bytes_acked, bytes_received)} (parse_diag_bytes)."""
-    return _diag_exchange(entry, states, (socket.AF_INET, socket.AF_INET6), {})
-
-
 def _diag_exchange(entry, states, families, out):
-    """Send the dump requests and parse the replies into `out` (Records: every
-    record; a dict: the byte counts by inode)."""
+    """Send the dump requests and parse the replies into `out` (Records)."""
     sock, lock = entry
     with lock:
         for family in families:
@@ -1960,13 +2009,9 @@ def _diag_exchange(entry, states, families, out):
             sock.send(inet_diag_request(family, states, seq))
             done = False
             while not done:
-                data = sock.recv(DIAG_RECV)
-                if isinstance(out, dict):
-                    done, err = parse_diag_bytes(data, out, seq)
-                else:
-                    part, done, err = parse_diag_dump(data, seq)
-                    out.extend(part)
-                    out.skipped += part.skipped
+                part, done, err = parse_diag_dump(sock.recv(DIAG_RECV), seq)
+                out.extend(part)
+                out.skipped += part.skipped
             if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
                                                                    errno.EAFNOSUPPORT)):
                 raise OSError(err, os.strerror(err))
@@ -1991,14 +2036,48 @@ def diag_lookup(entry, socks):
     return found
 
 
-def tcp_diag(procfs, pid, bytes_only=False):
-    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets;
-    bytes_only: ({inode: (sent, received)}, None) instead."""
+def tcp_diag(procfs, pid):
+    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets."""
     entry, reason = diag_socket_for(procfs, pid)
     if entry is None:
         return None, reason
     try:
-        return (diag_bytes(entry) if bytes_only else diag_dump(entry)), None
+        return diag_dump(entry), None
+    except OSError as err:
+        return None, "sock_diag dump failed: %s" % (err.strerror or err)
+
+
+DIAG_ROW_STATES = DIAG_LIVE_STATES | (1 << TCP_TIME_WAIT)    # what /proc/net/tcp lists
+
+
+def diag_rows(entry):
+    """Both families' TCP sockets, every state /proc/net/tcp lists -> (Records of
+    Socket, {inode: (bytes_acked, bytes_received)}, damaged messages skipped)."""
+    sock, lock = entry
+    rows, tcp_bytes, skipped = Records(), {}, 0
+    with lock:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            sock.send(inet_diag_request(family, DIAG_ROW_STATES, seq))
+            names, done, err = {}, False, 0
+            while not done:
+                done, err, bad = parse_diag_rows(sock.recv(DIAG_RECV), seq, rows,
+                                                 tcp_bytes, names)
+                skipped += bad
+            if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
+                                                                   errno.EAFNOSUPPORT)):
+                raise OSError(err, os.strerror(err))
+    return rows, tcp_bytes, skipped
+
+
+def tcp_diag_rows(procfs, pid):
+    """-> ((rows, tcp_bytes, skipped), None), or (None, reason): the tcp tab then
+    reads /proc/PID/net/tcp[6] and has no bytes."""
+    entry, reason = diag_socket_for(procfs, pid)
+    if entry is None:
+        return None, reason
+    try:
+        return diag_rows(entry), None
     except OSError as err:
         return None, "sock_diag dump failed: %s" % (err.strerror or err)
 
@@ -4681,8 +4760,15 @@ class ConnScanner(object):
             waited = True
         if families and self._dump_gap(now) <= 0 and now >= self.want_since + DUMP_SETTLE:
             self.want = set()
+            known = len(self.known)
             self._compare(self._dump(sorted(families)), now, events,
                           whole=len(families) == 2)
+            # a dump that found N new sockets is charged 1/N of its cost: the
+            # budget holds back dumps that find nothing (connections shorter than
+            # the gap), not those that pay off (a burst of longer connections)
+            found = len(self.known) - known
+            if found > 1:
+                self.budget += self.dump_cost * (1 - 1.0 / found)
         elif self.pending:
             self._look_again(now, events)
         for sock in destroyed:
