@@ -1394,7 +1394,10 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         diag, reason = tcp_diag_rows(procfs, pid)
     if diag is not None:
         records, tcp_bytes, skipped = diag
-        return _socket_data(records, owners, tcp_bytes, None, skipped, [], json_rows)
+        # inet_ntop and the state table: strings JSON writes as they are (~10 ms
+        # of checking saved at 20,000 rows)
+        return _socket_data(records, owners, tcp_bytes, None, skipped, [], json_rows,
+                            plain=True)
     return _socket_data_from_files(procfs, pid, tab, owners, reason, json_rows)
 
 
@@ -1419,11 +1422,12 @@ def _socket_data_from_files(procfs, pid, tab, owners, bytes_reason, json_rows):
                         skipped, missing, json_rows)
 
 
-def _socket_data(records, owners, tcp_bytes, bytes_reason, skipped, missing, json_rows):
+def _socket_data(records, owners, tcp_bytes, bytes_reason, skipped, missing, json_rows,
+                 plain=False):
     """The tab's dict; tcp_bytes None with a bytes_reason: a tcp tab without bytes."""
     everyone = owners.everyone
     rows = SocketRows(records, owners.held(), everyone,
-                      {} if tcp_bytes is None and bytes_reason else tcp_bytes)
+                      {} if tcp_bytes is None and bytes_reason else tcp_bytes, plain)
     data = collections.OrderedDict(sockets=rows if json_rows else rows.dicts())
     data["owned_known"] = owners.known
     if not owners.known:
@@ -1468,8 +1472,9 @@ class SocketRows(object):
     TEMPLATE = _socket_json_template(drops=True)
     TEMPLATE_NO_DROPS = _socket_json_template(drops=False)
 
-    def __init__(self, records, held, owners=None, tcp_bytes=None):
+    def __init__(self, records, held, owners=None, tcp_bytes=None, plain=False):
         self.records = records
+        self.plain = plain              # known JSON-safe (rows of a sock_diag dump)
         self.held = held
         self.owners = owners            # SocketOwners, or None: no owner keys
         self.tcp_bytes = tcp_bytes      # {inode: (sent, received)}, or None: no bytes keys
@@ -1521,7 +1526,7 @@ class SocketRows(object):
 
     def json_text(self):
         """The JSON array json.dumps would write for dicts()."""
-        if not self.plain_strings():
+        if not self.plain and not self.plain_strings():
             return json.dumps(self.dicts(), check_circular=False)
         held, full, no_drops = self.held, self.TEMPLATE, self.TEMPLATE_NO_DROPS
         flag = ("false", "true")
