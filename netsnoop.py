@@ -12,10 +12,11 @@ PID's own ("owned") when its inode is among the socket:[N] links of
 /proc/PID/fd.  softnet_stat is global (per CPU, the same in every namespace)
 and stat/arp_cache exists only in the host namespace.
 
-Session keys: 1-9 and 0 pick a tab, Left/Right Tab/Shift-Tab cycle,
-Up/Down/PgUp/PgDn/Home/End scroll, / filter, s sort, o owned only, ? help,
-:set N interval, :tab NAME, q or Ctrl+D quit.  Only ':' opens the command
-line; a key with no use does nothing.
+Session keys: 1-9 and 0 pick a tab, c the conns tab (live connection events
+of PID's namespace), Left/Right Tab/Shift-Tab cycle, Up/Down/PgUp/PgDn/Home/End
+scroll, / filter, s sort, o owned only, ? help, :set N interval, :tab NAME,
+q or Ctrl+D quit.  Only ':' opens the command line; a key with no use does
+nothing.
 
 Run-time dependencies: the Python standard library only (3.7+).  A C scanner
 (_fastscan*.so, built by build_fastscan.py) is used for --procs when present.
@@ -4544,9 +4545,10 @@ DESTROY_GROUPS = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TC
 DESTROY_RCVBUF = 4 << 20
 
 
-def open_destroy_listener():
-    """A netlink socket on the TCP destroy groups of netsnoop's own namespace."""
-    sock = open_diag_socket()
+def open_destroy_listener(make=open_diag_socket):
+    """A netlink socket on the TCP destroy groups of a namespace (make() opens a
+    sock_diag socket in it: netsnoop's own by default)."""
+    sock = make()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
         sock.bind((0, DESTROY_GROUPS))
@@ -4593,8 +4595,10 @@ class ConnScanner(object):
     seen), present (sockets there at start), lost (destroy messages the kernel
     dropped: ENOBUFS on a full receive buffer)."""
 
-    def __init__(self, procfs, slowest=None):
+    def __init__(self, procfs, slowest=None, pid="self"):
+        """pid: whose network namespace to watch (another one than netsnoop's needs root)."""
         self.procfs = procfs
+        self.pid = pid
         self.quiet = slowest or CONN_QUIET
         self.opens = self.listens = self.closes = self.closes_unseen = 0
         self.present = self.lost = self.unbound = 0
@@ -4614,20 +4618,21 @@ class ConnScanner(object):
         self.dump_cost = 0.0
         self.recent = collections.OrderedDict()     # pids that owned the last opens
         self.netns_of = {}          # pid -> its network namespace, read once
-        self.own_netns = procfs.netns("self")
+        self.own_netns = procfs.netns(pid)
         self.uid_pass = 0.0         # when processes were last rescanned by uid
 
     def start(self):
         try:
-            self.destroy = open_destroy_listener()
-            self.diag = (open_diag_socket(), threading.Lock())
+            make = self._socket_maker()
+            self.destroy = open_destroy_listener(make)
+            self.diag = (make(), threading.Lock())
         except OSError as err:
             self.close()
             raise NetsnoopError("cannot open sock_diag (NETLINK_SOCK_DIAG): %s"
                                 % (err.strerror or err))
         for name in ("sockstat", "sockstat6", "snmp"):
             try:
-                self.stat_fds[name] = _open_ro(self.procfs.path("net", name))
+                self.stat_fds[name] = _open_ro(self.procfs.path(self.pid, "net", name))
             except OSError:
                 pass                # IPv6 off; without any: dumps by the clock only
         self._inuse_moved()
@@ -4637,6 +4642,16 @@ class ConnScanner(object):
             self.known[sock.cookie] = ConnSeen(self._event("open", sock), None)
             self.present += 1
         return self.present
+
+    def _socket_maker(self):
+        """-> a function opening a sock_diag socket in the watched namespace."""
+        if self.pid == "self" or self.own_netns == self.procfs.netns("self"):
+            return open_diag_socket
+        if self.own_netns is None or os.geteuid() != 0:
+            raise OSError(errno.EPERM, "the connections of another network namespace "
+                          "need root (sock_diag answers for the caller's own)")
+        path = self.procfs.path(self.pid, "ns", "net")
+        return lambda: open_diag_socket_in(path)
 
     def close(self):
         for sock in (self.destroy, self.diag[0] if self.diag else None):
@@ -5087,6 +5102,41 @@ def run_conns(args, procfs):
         finally:
             output.close()
     return EXIT_OK
+
+
+class ConnFeed(object):
+    """Non-blocking feed of connection events for the curses session (as ProcFeed):
+    a daemon thread runs ConnScanner.step() and queues the events; poll() drains
+    the queue.  .error holds the message if the scanner stopped on an error."""
+
+    def __init__(self, procfs, pid):
+        self.scanner = ConnScanner(procfs, pid=pid)
+        self.scanner.start()        # NetsnoopError: not started, nothing left open
+        self._queue = collections.deque(maxlen=10000)
+        self._stop = threading.Event()
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="netsnoop-conns")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                self._queue.extend(self.scanner.step(0.1))
+        except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
+            self.error = "connection feed stopped: %s" % (err,)
+        finally:
+            self.scanner.close()    # by the only thread using it
+
+    def poll(self):
+        out = []
+        while self._queue:
+            out.append(self._queue.popleft())
+        return out
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1.0)
 
 
 def _emit_in_order(output, events, until):
@@ -5652,6 +5702,10 @@ MIN_INTERVAL, MAX_INTERVAL = 0.2, 3600.0
 FEED_POLL = 0.1             # seconds between polls of the process feed while procs is shown
 MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
+CONNS_KEPT = 2000           # newest connection events kept for the conns tab
+# the session's tabs: the snapshot tabs (keys 1..9, 0), then the connection feed (key c)
+SESSION_TABS = TABS + ("conns",)
+TAB_KEYS = dict([(tab, str((i + 1) % 10)) for i, tab in enumerate(TABS)], conns="c")
 PARENTS_KEPT = 50000        # ppids it remembers (for descendants) before it starts afresh
 HSCROLL_STEP = 8            # columns per < or > press
 ALIVE_CHECK = 1.0           # with long intervals, still notice PID's exit this soon
@@ -5671,7 +5725,7 @@ KEY_HINT = ("q quit  ? help  1-0 tabs  / filter  s sort  o owned  < > pan  "
 
 HELP_LINES = (                  # fits the 21 body lines of an 80x24 terminal
     "netsnoop session keys                         (any key closes this help)",
-    "  1..9, 0           pick a tab (0 = procs)",
+    "  1..9, 0, c        pick a tab (0 = procs, c = conns: connection events)",
     "  Left/Right, Tab   previous/next tab (also Shift-Tab)",
     "  Up/Down j/k       scroll one line; PgUp/PgDn a page; Home/End",
     "  < >               scroll sideways (also Shift-Left/Right)",
@@ -6002,6 +6056,84 @@ class ProcsPane(object):
             feed.close()
 
 
+# --- the conns tab ---------------------------------------------------------------
+
+CONN_COLUMNS = (Column("Time", L), Column("Event", L), Column("Proto", L), Column("Local", L),
+                Column("Remote", L), Column("State", L), Column("PID", R), Column("Process", L),
+                Column("Sent", R), Column("Recv", R), Column("Duration", R))
+
+
+def conn_cells(event):
+    """A connection event -> cells for CONN_COLUMNS (not escaped)."""
+    closed = event["event"] == "close" and event["bytes_sent"] is not None
+    return [clock_text(event["time"]), event["event"], event["proto"],
+            hostport(event["local_address"], event["local_port"]),
+            hostport(event["remote_address"], event["remote_port"])
+            if event["remote_port"] else "",
+            event["state"], "" if event["pid"] is None else str(event["pid"]),
+            event["comm"] or ("uid %s" % event["uid"] if event["uid"] is not None else ""),
+            human_bytes(event["bytes_sent"]) if closed else "",
+            human_bytes(event["bytes_received"]) if closed else "",
+            "%.3fs" % event["duration"] if event["duration"] is not None else ""]
+
+
+class ConnsPane(object):
+    """The conns tab: a ConnFeed on PID's network namespace, started on first view
+    (as the procs tab; a feed that cannot start disables the tab with the reason)."""
+
+    def __init__(self, procfs, pid):
+        self.procfs = procfs
+        self.pid = pid
+        self.feed = None
+        self.started = False
+        self.problem = None
+        self.events = collections.deque(maxlen=CONNS_KEPT)
+
+    def start(self):
+        if self.started:
+            return
+        self.started = True
+        try:
+            self.feed = ConnFeed(self.procfs, self.pid)
+        except (NetsnoopError, OSError) as err:
+            self.problem = "connection feed failed to start: %s" % err
+
+    @property
+    def active(self):
+        return self.feed is not None
+
+    def poll(self):
+        """Take new events from the feed -> True when there were some."""
+        if self.feed is None:
+            return False
+        events = self.feed.poll()
+        self.events.extendleft(events)
+        return bool(events)
+
+    def tables(self):
+        rows = []
+        for event in self.events:
+            warn = any(f["severity"] != "info" for f in event["findings"])
+            role = "warn" if warn else "owned" if event["pid"] == self.pid else None
+            rows.append(Row(conn_cells(event), role, (event["cookie"], event["event"])))
+        notes = []
+        problem = self.problem or (self.feed.error if self.feed is not None else None)
+        if problem:
+            notes.append(problem)
+        if self.feed is not None:
+            c = self.feed.scanner
+            notes.append("newest first; * = PID's, ! = a listener other hosts can reach; "
+                         "%d opened, %d listeners, %d closed (%d whose open was not seen), "
+                         "%d present at start" % (c.opens, c.listens, c.closes,
+                                                  c.closes_unseen, c.present))
+        return [Table("conns", CONN_COLUMNS, rows, notes)]
+
+    def close(self):
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            feed.close()
+
+
 # --- state -------------------------------------------------------------------
 
 class SessionState(object):
@@ -6016,9 +6148,10 @@ class SessionState(object):
         self.interval = interval
         self.interval_chosen = chosen          # by --interval or :set: never stretched
         self.refresh_cost = 0.0                # CPU seconds of a refresh (smoothed)
-        self.scroll = dict.fromkeys(TABS, 0)
-        self.hscroll = dict.fromkeys(TABS, 0)  # columns scrolled off to the left
-        self.sort = dict.fromkeys(TABS)        # tab -> None or (column, reverse)
+        self.scroll = dict.fromkeys(SESSION_TABS, 0)
+        self.hscroll = dict.fromkeys(SESSION_TABS, 0)  # columns scrolled off to the left
+        self.sort = dict.fromkeys(SESSION_TABS)        # tab -> None or (column, reverse)
+        self.conns = None                      # ConnsPane (the curses session's)
         self.text_filter = ""
         self.owned_only = False
         self.mode = None                       # None, "filter", "command" or "help"
@@ -6126,10 +6259,18 @@ def collect_view(state, procfs, procs, now):
                       % (state.pid, printable(netns, 40)))
         state.netns = netns
     state.owned_problem = None
+    if state.conns is not None and state.conns.active and state.tab != "conns":
+        state.conns.poll()              # started once: keeps its events while hidden
     if state.tab == "procs":
         procs.start()
         procs.poll()
         tables = procs.tables()
+    elif state.tab == "conns":
+        if state.conns is None:         # not in a session (snapshots cannot follow a feed)
+            return [Table("conns", CONN_COLUMNS, [], ["the conns tab needs the session"])]
+        state.conns.start()
+        state.conns.poll()
+        tables = state.conns.tables()
     else:
         if procs.active:
             procs.poll()               # started once: keep following PID's descendants
@@ -6166,8 +6307,8 @@ def session_keys(curses):
         curses.KEY_RESIZE: ("resize",), "\x0c": ("resize",),
         "\n": ("nothing",), "\r": ("nothing",), curses.KEY_ENTER: ("nothing",),
     }
-    for i, tab in enumerate(TABS):
-        keys[str((i + 1) % 10)] = ("select_tab", tab)
+    for tab in SESSION_TABS:
+        keys[TAB_KEYS[tab]] = ("select_tab", tab)
     return keys
 
 
@@ -6251,8 +6392,8 @@ class KeyHandler(object):
             tab = rest.lower()
             if tab.isdigit() and len(tab) == 1:
                 tab = TABS[(int(tab) - 1) % 10]
-            if tab not in TABS:
-                st.complain("no tab %r: %s" % (printable(rest, 12), " ".join(TABS)))
+            if tab not in SESSION_TABS:
+                st.complain("no tab %r: %s" % (printable(rest, 12), " ".join(SESSION_TABS)))
                 return REDRAW
             return self.key_select_tab(tab)
         if name in ("q", "quit", "exit"):
@@ -6291,7 +6432,8 @@ class KeyHandler(object):
         return RESCAN
 
     def key_cycle(self, step):
-        return self.key_select_tab(TABS[(TABS.index(self.state.tab) + step) % len(TABS)])
+        tabs = SESSION_TABS
+        return self.key_select_tab(tabs[(tabs.index(self.state.tab) + step) % len(tabs)])
 
     def key_sort(self):
         st = self.state
@@ -6447,22 +6589,22 @@ def screen_rows(height):
 
 
 def tabbar_parts(current, width):
-    """[(text, role)] naming every tab, the current one bracketed; shorter when narrow."""
-    def build(full):
+    """[(text, role)] naming every tab, the current one bracketed; shorter when narrow:
+    the other tabs' names cut to 4 letters (80 columns), then their keys alone."""
+    def build(cut):
         parts = []
-        for i, tab in enumerate(TABS):
-            label = "%d:%s" % ((i + 1) % 10, tab)
+        for tab in SESSION_TABS:
+            label = "%s:%s" % (TAB_KEYS[tab], tab)
             if tab == current:
                 parts.append(("[%s]" % label, "selected"))
             else:
-                parts.append((label if full else label[0], None))
+                parts.append((label[:cut], None))
         return parts
-    parts = build(True)
-    if sum(len(t) + 1 for t, _ in parts) - 1 > width:
-        parts = build(False)
-        if sum(len(t) + 1 for t, _ in parts) - 1 > width:
-            parts = [p for p in parts if p[1] == "selected"]
-    return parts
+    for cut in (None, 6, 1):
+        parts = build(cut)
+        if sum(len(t) + 1 for t, _ in parts) - 1 <= width:
+            return parts
+    return [p for p in parts if p[1] == "selected"]
 
 
 def status_text(st, width=80):
@@ -6639,6 +6781,14 @@ def session_loop(painter, curses, procfs, state, procs):
                 state.refreshed_at = time.time()    # the clock shown: as new as the rows
                 dirty = True
             next_feed = now + FEED_POLL
+        if state.conns is not None and state.conns.active and state.tab == "conns" \
+                and now >= next_feed:
+            if state.conns.poll():
+                state.view = TabView(state.conns.tables())
+                state.scroll_to(state.scroll[state.tab])
+                state.refreshed_at = time.time()
+                dirty = True
+            next_feed = now + FEED_POLL
         if state.message and now >= state.message_until:
             state.message = None
             dirty = True
@@ -6648,7 +6798,8 @@ def session_loop(painter, curses, procfs, state, procs):
         wake = min(state.refreshed_mono + state.wait(), next_alive)
         if state.message:
             wake = min(wake, state.message_until)
-        if procs.active and state.tab == "procs":
+        if (procs.active and state.tab == "procs") or (state.conns is not None and state.conns.active
+                                                      and state.tab == "conns"):
             wake = min(wake, next_feed)
         win.timeout(max(0, int((wake - time.monotonic()) * 1000) + 1))
         key = read_key(win, curses)
@@ -6710,6 +6861,7 @@ def run_session(args, procfs):
     os.environ.setdefault("ESCDELAY", "25")     # Esc clears at once, not after 1 s
     state.netns = procfs.netns_text(args.pid)
     procs = ProcsPane(procfs, args.pid, getattr(args, "backend", None) or "auto")
+    state.conns = ConnsPane(procfs, args.pid)
     handlers = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         handlers[signum] = signal.signal(signum, _raise_signalled)
@@ -6731,6 +6883,7 @@ def run_session(args, procfs):
         farewell = "process %d exited" % args.pid
     finally:
         procs.close()
+        state.conns.close()
         for signum, old in handlers.items():
             signal.signal(signum, old)
     if farewell:
