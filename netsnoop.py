@@ -3981,12 +3981,15 @@ def ecs_connection(event):
     out = collections.OrderedDict()
     out["@timestamp"] = iso_time(event["time"])
     kind = event.get("event")
+    level = event_level(event)
     out["event"] = collections.OrderedDict((
-        ("kind", "event"), ("category", ["network"]),
+        ("kind", "alert" if level in ("warn", "alert") else "event"), ("category", ["network"]),
         ("type", {"open": ["start", "connection"], "listen": ["start"],
                   "close": ["end", "connection"]}.get(kind, ["info"])),
-        ("action", "connection-%s" % kind), ("module", "netsnoop"),
-        ("dataset", "netsnoop.conns")))
+        ("action", "connection-%s" % kind), ("created", iso_time(event["time"])),
+        ("module", "netsnoop"), ("dataset", "netsnoop.conns")))
+    if level is not None:
+        out["event"]["severity"] = ECS_SEVERITY[level]
     proto = event.get("proto") or ""
     out["source"] = {"ip": event.get("local_address"), "port": event.get("local_port"),
                      "bytes": event.get("bytes_sent")}
@@ -3997,6 +4000,11 @@ def ecs_connection(event):
     out["process"] = {"pid": event.get("pid"), "name": event.get("comm"),
                       "args": event.get("cmdline")}
     out["user"] = {"id": None if event.get("uid") is None else str(event["uid"])}
+    out["host"] = {"hostname": socket.gethostname()}
+    alerts = [f for f in event.get("findings") or () if f["severity"] != "info"]
+    if alerts:
+        out["rule"] = {"name": [f["rule"] for f in alerts]}
+        out["message"] = "; ".join("%s: %s" % (f["rule"], f["text"]) for f in alerts)
     out["ecs"] = {"version": ECS_VERSION}
     out["netsnoop"] = collections.OrderedDict(
         (key, event.get(key)) for key in ("state", "inode", "cookie", "cgroup", "duration",
@@ -4023,9 +4031,25 @@ def alert_text(event):
     """One line for a person: what, which process, why (escaped: it goes to chat and mail)."""
     alerts = [f for f in event.get("findings") or () if f["severity"] != "info"]
     why = "; ".join("%s %s: %s" % (f["severity"], f["rule"], f["text"]) for f in alerts)
+    if "proto" in event:            # a connection event (--conns)
+        return printable("netsnoop on %s: %s -- %s" % (
+            socket.gethostname(), conn_summary_text(event), why or "no findings"), 2000)
     return printable("netsnoop on %s: pid %d (ppid %d, user %s) %s -- %s" % (
         socket.gethostname(), event["pid"], event["ppid"], event.get("user"),
         cmdline_text(event), why or "no findings"), 2000)
+
+
+def conn_summary_text(event):
+    """"listen tcp 0.0.0.0:8080 (pid 12 nc, uid 0)": a connection event for a person."""
+    where = "[%s]:%s" % (event["local_address"], event["local_port"]) \
+        if ":" in (event["local_address"] or "") \
+        else "%s:%s" % (event["local_address"], event["local_port"])
+    if event.get("remote_port"):
+        where += " -> %s:%s" % (event["remote_address"], event["remote_port"])
+    who = "uid %s" % event.get("uid")
+    if event.get("pid") is not None:
+        who = "pid %d %s, %s" % (event["pid"], event.get("comm"), who)
+    return "%s %s %s (%s)" % (event["event"], event["proto"], where, who)
 
 
 # --- secrets: never needed in argv ------------------------------------------------
@@ -4216,8 +4240,13 @@ class MailSender(object):
         msg = EmailMessage()
         alerts = [f for f in event.get("findings") or () if f["severity"] != "info"]
         rules = ", ".join(sorted(set(f["rule"] for f in alerts))) or "event"
-        msg["Subject"] = printable("netsnoop %s on %s: %s (pid %d)" % (
-            rules, socket.gethostname(), event.get("comm"), event["pid"]), 200)
+        if "proto" in event:        # a connection event (--conns)
+            subject = "netsnoop %s on %s: %s" % (rules, socket.gethostname(),
+                                                 conn_summary_text(event))
+        else:
+            subject = "netsnoop %s on %s: %s (pid %d)" % (
+                rules, socket.gethostname(), event.get("comm"), event["pid"])
+        msg["Subject"] = printable(subject, 200)
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.to)
         msg.set_content(alert_text(event) + "\n\n" + json.dumps(
@@ -4435,7 +4464,7 @@ def make_delivery(args):
 
 def add_alert_options(p):
     """The findings and delivery options of --procs (build_parser calls this)."""
-    g = p.add_argument_group("findings and where events go (with --procs)")
+    g = p.add_argument_group("findings and where events go (with --procs or --conns)")
     g.add_argument("--baseline", metavar="FILE",
                    help="programs seen (JSON, created when absent): a new one is first-seen")
     g.add_argument("--alert", choices=SEVERITIES, default="warn", metavar="LEVEL",
@@ -4471,8 +4500,12 @@ ALERT_OPTIONS = ("baseline", "webhook", "webhook_file", "syslog", "mail_to", "sm
 def check_alert_options(args):
     """Usage rules of the options above, and the secrets read (parse_args calls this)."""
     used = [name for name in ALERT_OPTIONS if getattr(args, name) is not None]
-    if (used or args.ecs) and not args.procs:
-        raise UsageError("--%s goes with --procs" % (used[0] if used else "ecs").replace("_", "-"))
+    feeds = args.procs or getattr(args, "conns", False)
+    if args.baseline is not None and not args.procs:
+        raise UsageError("--baseline goes with --procs")
+    if (used or args.ecs) and not feeds:
+        raise UsageError("--%s goes with --procs or --conns"
+                         % (used[0] if used else "ecs").replace("_", "-"))
     if args.webhook and args.webhook_file:
         raise UsageError("give --webhook or --webhook-file, not both")
     if bool(args.mail_to) != bool(args.smtp):
@@ -4488,7 +4521,7 @@ def check_alert_options(args):
     args.webhook_url = args.webhook
     if args.webhook_file:
         args.webhook_url = read_secret_file(args.webhook_file, "webhook file")
-    elif not args.webhook and args.procs and os.environ.get(SECRET_ENV["webhook"]):
+    elif not args.webhook and feeds and os.environ.get(SECRET_ENV["webhook"]):
         args.webhook_url = os.environ[SECRET_ENV["webhook"]].strip()
     args.smtp_password = None
     if args.smtp_password_file:
@@ -5006,11 +5039,11 @@ class ConnFeedOutput(FeedOutput):
                     lines = []
                 FeedOutput.emit(self, event)
                 continue
-            # (connection events are not handed to --webhook/--syslog/--mail-to yet:
-            # their alert text is made for process events)
             if conn_event_matches(event, self.regex):
                 lines.append(event_json(event, self.ecs) if self.json
                              else conn_text(event) + findings_suffix(event))
+                if self.delivery is not None:
+                    self.delivery.submit(event)
         if lines:
             self.write("\n".join(lines))
 
@@ -5023,14 +5056,15 @@ class ConnFeedOutput(FeedOutput):
                         ("backend", procs.backend)))
             if self.rules is not None:
                 out["findings_cost_us"] = self.rules.cost_us
-            if self.delivery is not None:
-                out["delivery"] = self.delivery.counts()
+        if self.delivery is not None:
+            out["delivery"] = self.delivery.counts()
         out.update((("conns_open", conns.opens), ("conns_listen", conns.listens),
                     ("conns_close", conns.closes), ("conns_close_open_unseen", conns.closes_unseen),
                     ("conns_present", conns.present), ("conns_lost", conns.lost)))
         self.write(event_json(out, self.ecs))
 
-    def conn_report(self, conns):
+    def conn_report(self, conns, alone=True):
+        """The counts on stderr (alone: without --procs, whose report tells the outputs')."""
         try:
             sys.stderr.write(
                 "%s: %d connection%s opened, %d listener%s, %d closed (%d whose open was not "
@@ -5040,6 +5074,9 @@ class ConnFeedOutput(FeedOutput):
                     conns.present,
                     "; %d destroy message batches lost (receive buffer full)" % conns.lost
                     if conns.lost else ""))
+            if alone and self.delivery is not None:
+                for line in self.delivery.report_lines():
+                    sys.stderr.write(line + "\n")
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
             pass
@@ -5052,10 +5089,11 @@ def run_conns(args, procfs):
     procs = None
     started = False
     try:
-        if args.procs:              # the process events' findings and outputs, as --procs
+        if args.procs:              # the process events' findings, as --procs
             output.rules = ProcRules(procfs, getattr(args, "baseline", None))
             output.rules.start()
-            output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
+        # --webhook, --syslog, --mail-to: connection events too (new-listener findings)
+        output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
         with _StopFlag() as stop:
             present = conns.start()
             started = True
@@ -5090,7 +5128,7 @@ def run_conns(args, procfs):
     finally:
         output.finish_delivery()
         if started:
-            output.conn_report(conns)
+            output.conn_report(conns, alone=procs is None)
             if procs is not None:
                 output.report(procs._scanner)
         if procs is not None:
