@@ -6660,18 +6660,19 @@ def screen_rows(height):
 
 def tabbar_parts(current, width):
     """[(text, role)] naming every tab, the current one bracketed; shorter when narrow:
-    the other tabs' names cut to 4 letters (80 columns), then their keys alone."""
-    def build(cut):
+    first without c:conns unless it is the current tab (the ten names take 79 of 80
+    columns; the help names key c), then the names cut to 4 letters, then the keys."""
+    def build(cut, tabs=SESSION_TABS):
         parts = []
-        for tab in SESSION_TABS:
+        for tab in tabs:
             label = "%s:%s" % (TAB_KEYS[tab], tab)
             if tab == current:
                 parts.append(("[%s]" % label, "selected"))
             else:
                 parts.append((label[:cut], None))
         return parts
-    for cut in (None, 6, 1):
-        parts = build(cut)
+    snapshot_tabs = TABS + (("conns",) if current == "conns" else ())
+    for parts in (build(None), build(None, snapshot_tabs), build(6), build(1)):
         if sum(len(t) + 1 for t, _ in parts) - 1 <= width:
             return parts
     return [p for p in parts if p[1] == "selected"]
