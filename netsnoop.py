@@ -2411,7 +2411,13 @@ def _pairs(cur, prev, key, ident):
 #   cmdline, held open), without listing /proc; threads (exit_signal -1) are
 #   skipped; a child still showing its parent's name and arguments has not
 #   exec'd yet and stays under watch until it does (or for FORK_WAIT);
-# - a full listing reconciles now and then, only when the counter moved.
+# - a full listing reconciles now and then, only when the counter moved;
+# - a process gone before its command line was read is still reported, as a
+#   partial record, when its zombie's name or its program file's open (the
+#   names inotify gives) tells what it ran; a PID is named only when one lost
+#   process and one unclaimed open leave no doubt;
+# - the scanner asks for a short scheduling slice, to run as soon as it wakes
+#   while a build keeps both cores busy.
 # The two backends share all of this; they differ only in the listing and the
 # wait (C: getdents64 and a poll loop run without the GIL).
 
@@ -2432,7 +2438,12 @@ MAX_WATCHED = 1000      # cap on reported processes under watch (fds)
 RECONCILE_EVERY = 1.0   # full listing at most this often, when the counter moved
 MAX_SPAN = 4096         # more new PIDs than this at once: list /proc instead
 PF_KTHREAD = 0x00200000  # include/linux/sched.h
-IN_OPEN, IN_IGNORED = 0x20, 0x8000    # include/uapi/linux/inotify.h
+IN_OPEN, IN_IGNORED, IN_ISDIR = 0x20, 0x8000, 0x40000000   # include/uapi/linux/inotify.h
+PROGRAM_KEEP = 1.0      # how long a program file's open waits to be claimed by a report
+MAX_PROGRAMS = 512      # opens of program files kept for partial records
+LOST_SLACK = 0.01       # an exec's open may be drained this long before its fork is seen
+EXEC_SPIN = 0.0005      # after an exec's wake-up, newborns are re-read this long ...
+EXEC_SPIN_STEP = 0.0001  # ... this often, for the new command line
 LD_CACHE = "/etc/ld.so.cache"
 WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what a wait saw
@@ -2625,6 +2636,33 @@ class PythonBackend(object):
         return self._inotify().inotify_add_watch(fd, os.fsencode(path), mask)
 
 
+# sched_setattr(2) by architecture (os.uname().machine); glibc has no wrapper.
+SCHED_SETATTR_NR = {"x86_64": 314, "aarch64": 274, "i686": 351, "i386": 351,
+                    "armv7l": 380, "riscv64": 274, "ppc64le": 355, "s390x": 345}
+SHORT_SLICE_NS = 100000     # the shortest slice a fair task may ask for (0.1 ms)
+
+
+def request_short_slice():
+    """Ask the kernel (EEVDF, Linux >= 6.12) for a 0.1 ms slice for this thread, as any
+    user may: a task with a short slice preempts a busy CPU at once when it wakes, where
+    a default one may wait for the running compiler's slice to end (docs/scanner.md).
+    Nice and policy stay as they are.  -> True when the kernel took it."""
+    number = SCHED_SETATTR_NR.get(os.uname().machine)
+    if number is None:
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        # struct sched_attr, first version (56 bytes): size, policy SCHED_OTHER, flags,
+        # nice, priority, runtime (the slice), deadline, period, util_min, util_max
+        attr = ctypes.create_string_buffer(struct.pack(
+            "IIQiIQQQII", 56, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0,
+            SHORT_SLICE_NS, 0, 0, 0, 0))
+        return libc.syscall(number, 0, attr, 0) == 0
+    except (OSError, AttributeError, ImportError, ValueError):
+        return False
+
+
 def _micros(seconds):
     """Seconds -> whole microseconds for a C int (clamped to 0..INT_MAX)."""
     return max(0, min(int(seconds * 1e6), 0x7FFFFFFF))
@@ -2702,6 +2740,9 @@ class Notifier(object):
         self.cache = cache
         self.cache_lost = False
         self.opens = 0           # IN_OPEN events so far: any exec of a dynamic program adds some
+        # (path, when drained) of the files opened in the PATH directories: an exec opens
+        # its program file, so a process gone before it was read may still be named
+        self.programs = collections.deque(maxlen=MAX_PROGRAMS)
         if self.fd >= 0:
             self.add(cache)
             for path in dirs:
@@ -2722,14 +2763,26 @@ class Notifier(object):
                 return
             if not data:
                 return
+            now = time.monotonic()
             offset = 0
             while offset + 16 <= len(data):
                 wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16:offset + 16 + size].split(b"\0", 1)[0]
                 offset += 16 + size
                 self.opens += 1
                 if mask & IN_IGNORED and self.paths.pop(wd, None) == self.cache:
                     self.cache_lost = True
+                elif name and not mask & IN_ISDIR and self.paths.get(wd, self.cache) != self.cache:
+                    self.programs.append((os.path.join(self.paths[wd], os.fsdecode(name)), now))
             self.watch_cache_again()
+
+    def forget_programs(self, before):
+        """Drop the program opens drained before `before` (monotonic)."""
+        while self.programs and self.programs[0][1] < before:
+            self.programs.popleft()
+
+    def dirs(self):
+        return [path for path in self.paths.values() if path != self.cache]
 
     def watch_cache_again(self):
         """After the cache was replaced (its watch dropped), watch the new file."""
@@ -2862,14 +2915,14 @@ class ProcContext(object):
 class Watch(object):
     """A newborn under watch: its stat and cmdline held open, immune to PID reuse."""
     __slots__ = ("pid", "stat_fd", "cmd_fd", "born", "st", "fork_comm", "fork_cmdline",
-                 "cmdline", "forked_only", "next_check", "opens")
+                 "cmdline", "forked_only", "next_check", "opens", "checked")
 
     def __init__(self, pid, stat_fd, born):
         self.pid, self.stat_fd, self.born = pid, stat_fd, born
         self.st = self.cmd_fd = None
         self.fork_comm = self.fork_cmdline = self.cmdline = None
         self.forked_only = False
-        self.next_check = born
+        self.next_check = self.checked = born     # checked: last seen alive
         self.opens = -1         # Notifier.opens when last seen alive, not exec'd
 
     def read_stat(self):
@@ -2894,12 +2947,21 @@ class Watch(object):
         self.stat_fd = self.cmd_fd = None
 
 
+# A PID lost before its command line was read: pid and watch None when /proc/N was
+# never seen (it may even have been a thread); kind is the count it was added to
+# (None: a reported fork-only child reaped, perhaps after an exec).
+Lost = collections.namedtuple("Lost", "pid watch since kind")
+
+
 class ProcScanner(object):
     """Finds new processes; step() waits for activity and returns event dicts.
 
     seen: processes reported; missed = vanished (PIDs allocated but gone before
     /proc/N could be read: very short processes, threads or failed forks) +
     lost_cmdline (exec'd, but gone before the new command line could be read).
+    partial: processes gone before their command line was read but reported with
+    their program, from their zombie's name or their program file's open (inotify),
+    as {"cmdline": null, "partial": true}; they count in neither seen nor missed.
     """
 
     def __init__(self, procfs, backend="auto", slowest=None):
@@ -2907,7 +2969,10 @@ class ProcScanner(object):
         self.io = make_backend(backend)
         self.backend = self.io.name
         self.slowest = slowest or SLOW_PERIOD
-        self.seen = self.vanished = self.lost_cmdline = self.threads = 0
+        self.seen = self.vanished = self.lost_cmdline = self.threads = self.partial = 0
+        self.lost = []          # [Lost] since things last settled, for partial records
+        self.undescribed = []   # [(event, watch, ProcStat, cmdline)] of this step: _describe
+        self.real_names = {}    # program name -> the file name it resolves to in PATH
         self.known = {}         # pid -> start ticks: present at start, or reported
         self.newborns = {}      # pid -> Watch, not reported yet
         self.watched = {}       # pid -> Watch, reported, watched for a later exec
@@ -2916,6 +2981,7 @@ class ProcScanner(object):
         self.last = 0
         self.last_birth = self.last_listing = self.next_sweep = 0.0
         self.moved = self.full_listing = False
+        self.short_slice = None     # asked for by the first step(), in the thread that runs it
 
     @property
     def missed(self):
@@ -2954,22 +3020,48 @@ class ProcScanner(object):
 
     def step(self, limit=MAX_WAIT):
         """Wait for activity (at most `limit` seconds) and return the new events."""
+        if self.short_slice is None:
+            self.short_slice = request_short_slice()
         timeout, step = self._pace(time.monotonic(), limit)
         notify_fd = self.notifier.fd if self.notifier is not None else -1
         woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step)
         now = time.monotonic()
+        opened = 0
         if woke == WAIT_NOTIFY:
+            opened = len(self.notifier.programs)
             self.notifier.drain()
+            opened = len(self.notifier.programs) - opened
+            # the counter was read before the nap: the fork of the process whose exec
+            # woke us is seen now, not one step (a record or two) later
+            cur = read_counter(self.counter_fd)
         events = []
         if cur != self.last:
             self._counter_moved(cur, now)
         self._probe_pending(now, events)
         self._check_newborns(now, events)
+        if opened and (self.newborns or self.pending):
+            self._catch_exec(events)
         if self.watched and (now >= self.next_sweep or woke == WAIT_NOTIFY):
             self._sweep(now, events, full=now >= self.next_sweep)
         if self.full_listing or (self.moved and now - self.last_listing >= RECONCILE_EVERY):
             self._reconcile(now, events)
+        self._describe()
+        if self.lost and not self.pending and not self.newborns:
+            self._name_the_lost(now, events)
+            self._describe()            # its re-checks may have found an exec
         return events
+
+    def _catch_exec(self, events):
+        """A program file's open woke us, but the newborn that exec'd it still shows its
+        parent: the new command line shows ~0.1 ms later, as the loader starts, where the
+        next wake-up (the loader's open of ld.so.cache) comes ~0.3 ms later, when a short
+        program may be gone.  So the newborns are re-read for up to EXEC_SPIN."""
+        deadline = time.monotonic() + EXEC_SPIN
+        while (self.newborns or self.pending) and time.monotonic() < deadline:
+            time.sleep(EXEC_SPIN_STEP)
+            now = time.monotonic()
+            self._probe_pending(now, events)
+            self._check_newborns(now, events)
 
     def _pace(self, now, limit):
         """-> (timeout, poll step): fast while something is happening, relaxed when quiet."""
@@ -3000,6 +3092,7 @@ class ProcScanner(object):
                 del self.pending[pid]
                 if not found:
                     self.vanished += 1
+                    self.lost.append(Lost(None, None, since, "vanished"))
 
     def _probe(self, pid, born, events):
         """Start watching a new PID; False when /proc/N does not exist (yet)."""
@@ -3109,10 +3202,14 @@ class ProcScanner(object):
         if watch.cmdline and (new_args or self._never_execed(watch, st)):
             watch.forked_only = not new_args
             self._report(watch, watch.cmdline, events)
+        elif st is not None:
+            # a zombie keeps its program's name (docs/scanner.md): a partial record; it stays
+            # listed, so it is known, not counted twice
+            self.known[watch.pid] = st.start
+            self._partial_exec(watch, st, events, "new")
         else:
             self.lost_cmdline += 1
-            if st is not None:          # a zombie stays listed: do not count it twice
-                self.known[watch.pid] = st.start
+            self.lost.append(Lost(watch.pid, watch, watch.born, "lost_cmdline"))
         watch.close()
 
     def _move_to_watched(self, watch, now):
@@ -3122,6 +3219,7 @@ class ProcScanner(object):
             return
         _close(watch.cmd_fd)
         watch.cmd_fd = None
+        watch.checked = now
         watch.next_check = now + SWEEP_PERIOD
         self.watched[watch.pid] = watch
         if len(self.watched) == 1 or watch.next_check < self.next_sweep:
@@ -3148,10 +3246,21 @@ class ProcScanner(object):
         st = watch.read_stat()
         if st is None or st.state in ("Z", "X"):
             del self.watched[watch.pid]
+            if st is not None and st.comm != watch.fork_comm:
+                # exec'd since it was reported, and gone before it was read again:
+                # its zombie still names the program
+                self._partial_exec(watch, st, events)
+            elif st is None and watch.forked_only and not self._never_execed(watch, None):
+                # reaped: it may have exec'd (something did meanwhile); an open of a
+                # program file may still tell what (not counted: it was seen)
+                self.lost.append(Lost(watch.pid, watch, watch.checked, None))
             watch.close()
             return
         if st.comm == watch.fork_comm and not watch.forked_only:
             return
+        watch.checked = time.monotonic()
+        if watch.forked_only and st.comm == watch.fork_comm:
+            watch.opens = self._exec_hints()
         cmdline = watch.read_cmdline(self.procfs)
         _close(watch.cmd_fd)
         watch.cmd_fd = None
@@ -3167,9 +3276,135 @@ class ProcScanner(object):
         events.append(self._event("new", watch, cmdline))
 
     def _event(self, kind, watch, cmdline):
+        """An event dict, its record filled by _describe(); cmdline None: partial."""
         event = collections.OrderedDict(event=kind, time=round(time.time(), 6))
-        event.update(self.ctx.record(watch.pid, watch.st, cmdline, watch.stat_fd))
+        self.undescribed.append((event, watch, watch.st, cmdline))
         return event
+
+    def _describe(self):
+        """Fill in the records of this step's events, once every newborn has been read:
+        a record takes ~10 reads of /proc (~0.1 ms), time in which the next newborn
+        could end before its command line is read."""
+        for event, watch, st, cmdline in self.undescribed:
+            event.update(self.ctx.record(watch.pid, st, cmdline, watch.stat_fd))
+            if cmdline is None:
+                # a zombie: its program file's open, if unclaimed, is its exe
+                event["exe"] = self._claim_program(st.comm, None) or event["exe"]
+                partial_record(event)
+            elif not event["kernel_thread"]:
+                self._claim_program(st.comm, cmdline)
+        del self.undescribed[:]
+
+    # -- partial records: what the kernel's traces tell of a process gone too soon --
+
+    def _partial_exec(self, watch, st, events, kind="exec"):
+        """A zombie that exec'd before its command line was read: its name, and its
+        program file when an open of that name is unclaimed; counted partial, not lost."""
+        self.partial += 1
+        events.append(self._event(kind, watch, None))
+
+    def _claim_program(self, comm, cmdline):
+        """Take the open of the program file a reported process ran out of the queue
+        (so it names no lost process) -> its path, or None."""
+        if self.notifier is None or self.notifier.fd < 0:
+            return None
+        # an exec opens its program file before its new name and arguments show, so
+        # its open is queued by now: drained first, it cannot be left for a lost PID
+        self.notifier.drain()
+        names = {comm}
+        if cmdline:
+            names.add(os.path.basename(cmdline[0]))
+        names.update([self._real_name(name) for name in names])
+        for entry in self.notifier.programs:
+            base = os.path.basename(entry[0])
+            if base in names or base[:15] in names:     # comm is cut at 15 bytes
+                self.notifier.programs.remove(entry)
+                return entry[0]
+        return None
+
+    def _real_name(self, name):
+        """"sh" -> "dash" when /usr/bin/sh links to dash: the open names the target."""
+        real = self.real_names.get(name)
+        if real is None:
+            real = name
+            for directory in self.notifier.dirs():
+                path = os.path.join(directory, name)
+                if os.path.lexists(path):
+                    real = os.path.basename(os.path.realpath(path))
+                    break
+            if len(self.real_names) < 4096:
+                self.real_names[name] = real
+        return real
+
+    def _name_the_lost(self, now, events):
+        """Once no newborn is pending, match the PIDs lost since the last time with the
+        program files opened meanwhile and claimed by no report.  One lost process and
+        one such open: a partial record of that PID.  Otherwise, no more opens than
+        lost PIDs: a partial record with "pid": null for each (which ran which cannot
+        be told).  More opens than lost PIDs: nothing is invented."""
+        notifier = self.notifier
+        if notifier is None or notifier.fd < 0:
+            self.lost = []
+            return
+        if read_counter(self.counter_fd) != self.last:
+            del self.lost[:-MAX_PROGRAMS]   # a machine never quiet: keep the newest
+            return          # a newborn not probed yet may own one of the opens
+        lost, self.lost = self.lost, []
+        notifier.drain()
+        since = min(item.since for item in lost) - LOST_SLACK
+        opens = self._unclaimed_since(since, events, young=True)
+        if not opens or len(opens) > len(lost):
+            notifier.forget_programs(now - PROGRAM_KEEP)
+            return
+        if len(lost) == 1 and lost[0].watch is not None:
+            # before a PID is named, every watched child has had its chance to claim
+            opens = self._unclaimed_since(since, events, young=False)
+        if not opens:
+            return
+        if len(lost) == 1 and lost[0].watch is not None:
+            events.append(self._lost_event(lost[0], opens[0][0]))
+        else:
+            events.extend(self._lost_event(None, path) for path, _ in opens)
+        for item, _ in zip(lost, opens):
+            if item.kind is not None:
+                setattr(self, item.kind, getattr(self, item.kind) - 1)
+        self.partial += len(opens)
+        for entry in opens:
+            notifier.programs.remove(entry)
+        notifier.forget_programs(now - PROGRAM_KEEP)
+
+    def _unclaimed_since(self, since, events, young):
+        """The program opens since `since` no report claims, once the watched children
+        (young: only those reported less than PROGRAM_KEEP ago, the cheap common case)
+        were re-checked for a later exec, which claims its own open."""
+        programs = self.notifier.programs
+        if any(entry[1] >= since for entry in programs):
+            now = time.monotonic()
+            for watch in list(self.watched.values()):
+                if not young or now - watch.born < PROGRAM_KEEP:
+                    self._recheck(watch, events)
+        return [entry for entry in programs if entry[1] >= since]
+
+    def _lost_event(self, item, path):
+        """A partial record from a program file's open; item None: the PID is unknown.
+        A reported child's later exec is an "exec" event."""
+        kind = "exec" if item is not None and item.kind is None else "new"
+        event = collections.OrderedDict(event=kind, time=round(time.time(), 6))
+        st = item.watch.st if item is not None else None
+        event["start_time"] = self.ctx.start_time(st.start) if st is not None else None
+        event["pid"] = item.pid if item is not None else None
+        event["ppid"] = st.ppid if st is not None else None
+        event["uid"] = None
+        event["user"] = None
+        # comm is the name the program was exec'd by (a link's own name, "cc"); the
+        # open names the file it leads to (/usr/bin/x86_64-linux-gnu-gcc-12): exe
+        event["comm"] = None
+        event["cmdline"] = None
+        event["exe"] = path
+        event["kernel_thread"] = False
+        for key in ("cgroup", "pid_ns", "net_ns", "container"):
+            event[key] = None
+        return partial_record(event)
 
     def _reconcile(self, now, events):
         """List /proc: report what the counter missed, forget what is gone."""
@@ -3191,6 +3426,17 @@ class ProcScanner(object):
                 self._probe(pid, now, events)
         if self.notifier is not None:
             self.notifier.watch_cache_again()
+
+
+def partial_record(event):
+    """Mark an event as partial: "partial": true right after its null command line."""
+    items = list(event.items())
+    event.clear()
+    for key, value in items:
+        event[key] = value
+        if key == "cmdline":
+            event["partial"] = True
+    return event
 
 
 def _raise_fd_limit():
@@ -3250,6 +3496,10 @@ class ProcFeed(object):
     def missed(self):
         return self._scanner.missed
 
+    @property
+    def partial(self):
+        return self._scanner.partial
+
     def poll(self):
         """The events found since the last call (a list of --json event dicts)."""
         out = []
@@ -3266,9 +3516,13 @@ class ProcFeed(object):
 # --- output ---------------------------------------------------------------------
 
 def event_matches(event, regex):
-    """--filter: the regex searched in the command line, the name and the user."""
+    """--filter: the regex searched in the command line, the name and the user (a
+    partial record: its name and program file)."""
     if regex is None:
         return True
+    if event["cmdline"] is None:
+        return bool(regex.search(event["comm"] or "") or regex.search(event["exe"] or "")
+                    or regex.search(event["user"] or ""))
     return bool(regex.search(" ".join(event["cmdline"])) or regex.search(event["comm"])
                 or regex.search(event["user"]))
 
@@ -3336,7 +3590,8 @@ class FeedOutput(object):
         if self.json:
             summary = collections.OrderedDict((
                 ("event", "summary"), ("seen", scanner.seen), ("missed", scanner.missed),
-                ("backend", scanner.backend), ("missed_unreadable", scanner.vanished),
+                ("partial", scanner.partial), ("backend", scanner.backend),
+                ("missed_unreadable", scanner.vanished),
                 ("missed_cmdline", scanner.lost_cmdline), ("threads", scanner.threads)))
             if self.rules is not None:
                 summary["findings_cost_us"] = self.rules.cost_us
@@ -3348,10 +3603,12 @@ class FeedOutput(object):
         """The counts on stderr; also after an error, so they are never lost."""
         try:
             sys.stderr.write(
-                "%s: %s seen, %d missed (%d gone%s before they could be read, "
+                "%s: %s seen, %d partial (gone before their command line could be read, "
+                "program known), %d missed (%d gone%s before they could be read, "
                 "%d exec'd but gone before their command line could be read); %s "
                 "skipped; backend %s\n" % (
-                    PROG, plural(scanner.seen, "new process", "new processes"), scanner.missed,
+                    PROG, plural(scanner.seen, "new process", "new processes"), scanner.partial,
+                    scanner.missed,
                     scanner.vanished, " or hidden by hidepid" if self.hidden else "",
                     scanner.lost_cmdline, plural(scanner.threads, "thread"),
                     scanner.backend))
@@ -3750,6 +4007,9 @@ def rule_shell_from_service(procfs, event):
     if not is_shell_like(event):
         return []
     ppid = event["ppid"]
+    if ppid is None:            # a partial record: gone before its stat was read
+        return [cannot_tell("shell-from-service", "its parent is unknown (it ended before "
+                            "it could be read)")]
     parent = read_proc_stat(procfs, ppid)
     parent_name = parent.comm if parent is not None else "?"
     known = re.sub(r"[0-9.]+\Z", "", parent_name) in KNOWN_SERVERS     # php-fpm8.2
@@ -5457,7 +5717,11 @@ PROC_COLUMNS = (Column("Time", L), Column("PID", R), Column("PPID", R), Column("
 
 
 def cmdline_text(rec):
-    """The command line as one string, quoted where needed ("[comm]" when empty); not escaped."""
+    """The command line as one string, quoted where needed ("[comm]" when empty; a
+    partial record: "[comm] exe"); not escaped."""
+    if rec.get("partial"):
+        return " ".join(part for part in ("[%s]" % rec["comm"] if rec.get("comm") else "",
+                                          rec.get("exe") or "") if part) or "[?]"
     if not rec.get("cmdline"):
         return "[%s]" % rec.get("comm")
     return " ".join(shlex.quote(arg) for arg in rec["cmdline"])
@@ -5473,9 +5737,11 @@ def clock_text(when):
 
 def proc_marks(rec):
     """What goes before the command line: "[ct] " for another container (pid or
-    net namespace), "exec> " for a reported process that ran a new program."""
+    net namespace), "exec> " for a reported process that ran a new program,
+    "partial " for one gone before its command line could be read."""
     return ("[ct] " if rec.get("container") else "") + (
-        "exec> " if rec.get("event") == "exec" else "")
+        "exec> " if rec.get("event") == "exec" else "") + (
+        "partial " if rec.get("partial") else "")
 
 
 def proc_row(rec):
@@ -5487,8 +5753,13 @@ def proc_row(rec):
 
 
 def proc_cells(rec, when):
-    return [clock_text(when), str(rec["pid"]), str(rec["ppid"]), rec["user"],
-            proc_marks(rec) + cmdline_text(rec)]
+    return [clock_text(when), _number_cell(rec["pid"]), _number_cell(rec["ppid"]),
+            rec["user"] or "?", proc_marks(rec) + cmdline_text(rec)]
+
+
+def _number_cell(value):
+    """A PID or PPID cell: "?" when a partial record could not tell it."""
+    return "?" if value is None else str(value)
 
 
 def format_event(event):

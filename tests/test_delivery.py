@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import uuid
 import pytest
 
 from conftest import NETSNOOP
+from feedrun import JsonFeed
 
 import netsnoop
 
@@ -27,42 +27,9 @@ SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 RFC5424 = re.compile(r"<(\d+)>1 (\S+) (\S+) netsnoop (\d+) (\S+) - (.*)\Z", re.S)
 
 
-class Feed(object):
-    """netsnoop --procs --json --filter MARK with extra options; stop() sends SIGTERM."""
-
-    def __init__(self, tmp_path, mark, *args, env=None):
-        self.out_path = str(tmp_path / ("feed-%s.out" % uuid.uuid4().hex[:8]))
-        self.err_path = self.out_path + ".err"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, NETSNOOP, "--procs", "--json", "--filter", mark]
-                + [str(a) for a in args], stdout=out, stderr=err, env=env)
-        deadline = time.monotonic() + 20
-        while "watching for new processes" not in self.read_err():
-            assert self.proc.poll() is None, self.read_err()
-            assert time.monotonic() < deadline, "feed did not start"
-            time.sleep(0.02)
-
-    def read_err(self):
-        with open(self.err_path) as f:
-            return f.read()
-
-    def lines(self):
-        with open(self.out_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    def events(self):
-        return [e for e in self.lines() if e.get("event") in ("new", "exec")]
-
-    def summary(self):
-        return [e for e in self.lines() if e.get("event") == "summary"][0]
-
-    def stop(self):
-        time.sleep(0.2)
-        self.proc.send_signal(signal.SIGTERM)
-        self.returncode = self.proc.wait(30)
-        self.stderr = self.read_err()
-        return self
+def Feed(tmp_path, mark, *args, env=None):
+    """The feed with --filter MARK: only this test's processes reach the outputs."""
+    return JsonFeed(tmp_path, "--filter", mark, *args, env=env)
 
 
 def marker():

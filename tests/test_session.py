@@ -16,7 +16,7 @@ import time
 import pytest
 import wcwidth
 
-from conftest import NETSNOOP, needs_root_netns
+from conftest import NETSNOOP, needs_root_netns, python_for_nobody
 from ptyterm import PtyTerm
 
 import netsnoop
@@ -201,24 +201,10 @@ def test_changed_counters_are_marked(netns_target):
         quit_ok(term)
 
 
-def python_for(uid):
-    """An interpreter that user `uid` may run (pyenv under /root may be closed to it)."""
-    for python in (sys.executable, "/usr/bin/python3"):
-        try:
-            probe = subprocess.run([python, "-c", "import curses"],
-                                   preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:
-            continue
-        if probe.returncode == 0:
-            return python
-    return None
-
-
 @needs_root_netns
 def test_ownership_unknown_is_said(netns_target):
     nobody = 65534
-    python = python_for(nobody)
+    python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that user %d may run" % nobody)
     with PtyTerm([python, NETSNOOP, str(netns_target.pid)], uid=nobody) as term:
@@ -241,7 +227,7 @@ def test_ownership_reason_is_whole_and_the_key_hint_stays(sleeper, cols):
     """The reason replaced the key hint on the bottom line and was cut at the width: it is
     now wrapped above the table, whole, and the hint stays."""
     nobody = 65534
-    python = python_for(nobody)
+    python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that user %d may run" % nobody)
     with PtyTerm([python, NETSNOOP, str(sleeper.pid)], uid=nobody, cols=cols) as term:
