@@ -13,10 +13,11 @@ PID's own ("owned") when its inode is among the socket:[N] links of
 /proc/PID/fd.  softnet_stat is global (per CPU, the same in every namespace)
 and stat/arp_cache exists only in the host namespace.
 
-Session keys: 1-9 and 0 pick a tab, Left/Right Tab/Shift-Tab cycle,
-Up/Down/PgUp/PgDn/Home/End scroll, / filter, s sort, o owned only, ? help,
-:set N interval, :tab NAME, q or Ctrl+D quit.  Only ':' opens the command
-line; a key with no use does nothing.
+Session keys: 1-9 and 0 pick a tab, c the conns tab (live connection events
+of PID's namespace), Left/Right Tab/Shift-Tab cycle, Up/Down/PgUp/PgDn/Home/End
+scroll, / filter, s sort, o owned only, ? help, :set N interval, :tab NAME,
+q or Ctrl+D quit.  Only ':' opens the command line; a key with no use does
+nothing.
 
 Run-time dependencies: the Python standard library only (3.7+).  A C scanner
 (_fastscan*.so, built by build_fastscan.py) is used for --procs when present.
@@ -810,48 +811,93 @@ def parse_inet_diag_msg(payload):
                       cookie_low | cookie_high << 32, cgroup, sent, received)
 
 
-_U32 = struct.Struct("=I")
 _INODE_AT = NLMSGHDR.size + INET_DIAG_MSG.size - 4     # inet_diag_msg's last field
 
 
-def parse_diag_bytes(data, out, seq=None):
-    """A chunk of a dump's reply -> out[inode] = (bytes_acked, bytes_received), for
-    sockets with an inode and tcp_info; -> (finished, errno or 0).
+# nlmsghdr and inet_diag_msg in one unpack (the socket rows' parser)
+_DIAG_ROW = struct.Struct("=IHHII" + INET_DIAG_MSG.format.lstrip("="))
+_ROW_ATTRS_AT = _align4(_DIAG_ROW.size)
+_TIMER_PROBES = (2, 4)      # keepalive, zero-window probe: retrans counts probes_out
 
-    parse_diag_dump for the tcp tab, where only these count: at 20,000 sockets the
-    full records cost ~120 ms, this ~30.  The attributes of a dump's messages come
-    in the same order, so where tcp_info sat in the last message is tried first
-    (its header checked) before walking the attributes."""
-    at, end, guess, guess_head = 0, len(data), None, None
-    header, u32, info_bytes = NLMSGHDR.unpack_from, _U32.unpack_from, TCP_INFO_BYTES.unpack_from
+
+def parse_diag_rows(data, seq, rows, tcp_bytes, names):
+    """A chunk of a dump's reply -> Socket records appended to `rows`, as
+    /proc/net/tcp[6] would give them, and tcp_bytes[inode] = (acked, received);
+    -> (finished, errno or 0, messages skipped).  names: a cache raw address ->
+    text, kept across chunks (a dump repeats few addresses).
+
+    The tcp tab's rows when sock_diag answers (as ss reads them): at 20,000
+    sockets one dump (~30 ms in the kernel, with tcp_info) and this parse replace
+    reading /proc/net/tcp and tcp6 (~45 ms), their parse (~50 ms) and a second
+    dump for the bytes.  Field by field as tcp4_seq_show prints them:
+    - tx_queue: a listener's is 0 there (inet_diag gives its backlog instead);
+    - timer_when: clock ticks (1/100 s) there, milliseconds here;
+    - retransmits/timeout: the dump has one counter, icsk_retransmits with the
+      retransmit timer, icsk_probes_out with the keepalive or probe timers;
+      /proc prints both (the other one is then 0 but for rare overlaps).
+    tcp_info is found where it sat in the message before when its header is
+    there (a dump's messages carry the same attributes): at 20,000 sockets,
+    walking every message's attributes costs ~30 ms more."""
+    at, end, skipped = 0, len(data), 0
+    unpack, info_bytes = _DIAG_ROW.unpack_from, TCP_INFO_BYTES.unpack_from
+    guess, guess_head = None, None
+    # per-row lookups made local, rows made by tuple.__new__ (the namedtuple's
+    # __new__ is a Python function): ~20% of this parse at 20,000 rows
+    from_bytes, new, state_names = int.from_bytes, tuple.__new__, TCP_STATES
+    protos = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6"}
     while at + NLMSGHDR.size <= end:
-        length, kind, _flags, msg_seq, _pid = header(data, at)
+        length, kind, _flags, msg_seq, _pid = NLMSGHDR.unpack_from(data, at)
         if length < NLMSGHDR.size or at + length > end:
             break
-        if seq is None or msg_seq == seq:
-            if kind == NLMSG_DONE:
-                return True, 0
-            if kind == NLMSG_ERROR:
-                code = struct.unpack_from("=i", data, at + NLMSGHDR.size)[0] \
-                    if length >= 20 else -errno.EIO
-                return True, -code
-            if kind == SOCK_DIAG_BY_FAMILY and length >= _INODE_AT + 4:
-                inode = u32(data, at + _INODE_AT)[0]
-                if inode:
-                    found = None
-                    if guess is not None and at + guess + 4 + TCP_INFO_BYTES_END <= at + length \
-                            and data[at + guess:at + guess + 4] == guess_head:
-                        found = info_bytes(data, at + guess + 4 + TCP_INFO_BYTES_AT)
-                    else:
-                        attrs = parse_rtattrs(data[at + _align4(_INODE_AT + 4):at + length])
-                        if INET_DIAG_INFO in attrs:
-                            found = parse_tcp_info_bytes(attrs[INET_DIAG_INFO])
-                            guess = _info_offset(data, at, length)
-                            guess_head = data[at + guess:at + guess + 4] if guess else None
-                    if found is not None:
-                        out[inode] = found
-        at += _align4(length)
-    return False, 0
+        if msg_seq != seq:
+            at += _align4(length)
+            continue
+        if kind == NLMSG_DONE:
+            return True, 0, skipped
+        if kind == NLMSG_ERROR:
+            code = struct.unpack_from("=i", data, at + NLMSGHDR.size)[0] \
+                if length >= 20 else -errno.EIO
+            return True, -code, skipped
+        if kind != SOCK_DIAG_BY_FAMILY:
+            at += _align4(length)
+            continue
+        if length < _DIAG_ROW.size:
+            skipped += 1
+            at += _align4(length)
+            continue
+        (_len, _kind, _flags, _seq, _pid, family, state, timer, retrans, sport, dport,
+         src, dst, _ifindex, _cookie_low, _cookie_high, expires, rqueue, wqueue, uid,
+         inode) = unpack(data, at)
+        local = names.get(src)
+        if local is None:
+            local = names[src] = _diag_address(family, src)
+        remote = names.get(dst)
+        if remote is None:
+            remote = names[dst] = _diag_address(family, dst)
+        probes = timer in _TIMER_PROBES
+        rows.append(new(Socket, (
+            protos.get(family, "tcp"), local, from_bytes(sport, "big"),
+            remote, from_bytes(dport, "big"), state_names.get(state) or state_name(state),
+            0 if state == TCP_LISTEN else wqueue, rqueue, timer, expires // 10,
+            0 if probes else retrans, uid, retrans if probes else 0, inode, None)))
+        if inode and length > _ROW_ATTRS_AT:
+            # the attributes come in the same order in every message of a dump:
+            # where tcp_info sat in the last one is tried first
+            found = None
+            if guess is not None and guess + 4 + TCP_INFO_BYTES_END <= length \
+                    and data[at + guess:at + guess + 4] == guess_head:
+                found = info_bytes(data, at + guess + 4 + TCP_INFO_BYTES_AT)
+            else:
+                guess = _info_offset(data, at, length)
+                if guess is not None:
+                    guess_head = data[at + guess:at + guess + 4]
+                    attrs = parse_rtattrs(data[at + guess:at + length])
+                    if INET_DIAG_INFO in attrs:
+                        found = parse_tcp_info_bytes(attrs[INET_DIAG_INFO])
+            if found is not None:
+                tcp_bytes[inode] = found
+        at += (length + 3) & ~3
+    return False, 0, skipped
 
 
 def _info_offset(data, at, length):
@@ -1345,10 +1391,23 @@ def read_ahead(read, names):
 
 
 def collect_sockets(procfs, pid, tab, owners, json_rows=False):
-    """Socket tab data; with json_rows the rows stay records (SocketRows) for --json."""
+    """Socket tab data; with json_rows the rows stay records (SocketRows) for --json.
+    The tcp tab comes from one sock_diag dump when the kernel answers (rows and
+    bytes, as ss reads them), from /proc/PID/net/tcp[6] otherwise."""
+    diag = reason = None
+    if tab == "tcp":
+        diag, reason = tcp_diag_rows(procfs, pid)
+    if diag is not None:
+        records, tcp_bytes, skipped = diag
+        # inet_ntop and the state table: strings JSON writes as they are (~10 ms
+        # of checking saved at 20,000 rows)
+        return _socket_data(records, owners, tcp_bytes, None, skipped, [], json_rows,
+                            plain=True)
+    return _socket_data_from_files(procfs, pid, tab, owners, reason, json_rows)
+
+
+def _socket_data_from_files(procfs, pid, tab, owners, bytes_reason, json_rows):
     names = SOCKET_FILES[tab]
-    # the kernel builds the dump inside recv(), without the GIL: beside the parsing
-    byte_counts = in_thread(tcp_diag, procfs, pid, True) if tab == "tcp" else None
     if owners.beside_parsing:
         files = read_ahead(lambda name: procfs.net_read(pid, name), names)
     else:
@@ -1364,12 +1423,19 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
         parsed = parse_sockets(text, name)
         skipped += parsed.skipped
         records.extend(parsed)
-    tcp_bytes = diag = reason = None
-    if byte_counts is not None:
-        diag, reason = byte_counts()
-        tcp_bytes = {} if diag is None else diag
+    return _socket_data(records, owners, None, bytes_reason if tab == "tcp" else None,
+                        skipped, missing, json_rows)
+
+
+def _socket_data(records, owners, tcp_bytes, bytes_reason, skipped, missing, json_rows,
+                 plain=False):
+    """The tab's dict; tcp_bytes None with a bytes_reason: a tcp tab without bytes."""
+    # the rows' JSON up to "owned" is written while the fd scan still runs (its C
+    # code holds no GIL): at 20,000 sockets ~30 ms off the critical path
+    heads = socket_json_heads(records, plain) if json_rows else None
     everyone = owners.everyone
-    rows = SocketRows(records, owners.held(), everyone, tcp_bytes)
+    rows = SocketRows(records, owners.held(), everyone,
+                      {} if tcp_bytes is None and bytes_reason else tcp_bytes, plain, heads)
     data = collections.OrderedDict(sockets=rows if json_rows else rows.dicts())
     data["owned_known"] = owners.known
     if not owners.known:
@@ -1377,10 +1443,10 @@ def collect_sockets(procfs, pid, tab, owners, json_rows=False):
     data["owners_known"] = everyone.known
     if not everyone.known:
         data["owners_reason"] = everyone.reason()
-    if tab == "tcp":
-        data["bytes_known"] = diag is not None
-        if diag is None:
-            data["bytes_reason"] = reason
+    if tcp_bytes is not None or bytes_reason:
+        data["bytes_known"] = tcp_bytes is not None
+        if tcp_bytes is None:
+            data["bytes_reason"] = bytes_reason
     data["skipped_lines"] = skipped
     data["files_missing"] = missing
     return data
@@ -1396,6 +1462,25 @@ def _socket_json_template(drops):
         else:
             parts.append('"%s": %s' % (key, '"%s"' if key in quoted else "%s"))
     return "{" + ", ".join(parts) + "%s}"     # the owner (and bytes) as JSON text
+
+
+def _socket_json_head(drops):
+    """The template above up to "owned" (its value and the rest come later)."""
+    full = _socket_json_template(drops)
+    return full[:full.index('"owned": ')]
+
+
+SOCKET_HEAD = _socket_json_head(drops=True)
+SOCKET_HEAD_NO_DROPS = _socket_json_head(drops=False)
+
+
+def socket_json_heads(records, plain=False):
+    """Each row's JSON text up to "owned" (SocketRows.json_text ends them); None
+    when a text field is not JSON-safe as it is (then json.dumps writes the rows)."""
+    if not plain and not SocketRows(records, frozenset()).plain_strings():
+        return None
+    full, no_drops = SOCKET_HEAD, SOCKET_HEAD_NO_DROPS
+    return [full % s if s[14] is not None else no_drops % s[:14] for s in records]
 
 
 # Text json.dumps writes as it is (ensure_ascii): no quote, backslash, control or non-ASCII.
@@ -1414,8 +1499,10 @@ class SocketRows(object):
     TEMPLATE = _socket_json_template(drops=True)
     TEMPLATE_NO_DROPS = _socket_json_template(drops=False)
 
-    def __init__(self, records, held, owners=None, tcp_bytes=None):
+    def __init__(self, records, held, owners=None, tcp_bytes=None, plain=False, heads=None):
         self.records = records
+        self.plain = plain              # known JSON-safe (rows of a sock_diag dump)
+        self.heads = heads              # socket_json_heads(records), or None
         self.held = held
         self.owners = owners            # SocketOwners, or None: no owner keys
         self.tcp_bytes = tcp_bytes      # {inode: (sent, received)}, or None: no bytes keys
@@ -1467,15 +1554,21 @@ class SocketRows(object):
 
     def json_text(self):
         """The JSON array json.dumps would write for dicts()."""
-        if not self.plain_strings():
+        if self.heads is None and not self.plain and not self.plain_strings():
             return json.dumps(self.dicts(), check_circular=False)
         held, full, no_drops = self.held, self.TEMPLATE, self.TEMPLATE_NO_DROPS
         flag = ("false", "true")
         extra, default = self._extra_json()
-        rows = [full % (s + (flag[s.inode in held], extra.get(s.inode, default)))
-                if s[14] is not None
-                else no_drops % (s[:14] + (flag[s.inode in held], extra.get(s.inode, default)))
-                for s in self.records]
+        if self.heads is not None:
+            rows = ['%s"owned": %s%s}' % (head, flag[s.inode in held],
+                                          extra.get(s.inode, default))
+                    for head, s in zip(self.heads, self.records)]
+        else:
+            rows = [full % (s + (flag[s.inode in held], extra.get(s.inode, default)))
+                    if s[14] is not None
+                    else no_drops % (s[:14] + (flag[s.inode in held],
+                                               extra.get(s.inode, default)))
+                    for s in self.records]
         if not rows:
             return "[]"
         # Brackets on the end rows: one copy of the megabytes, not three.
@@ -1946,14 +2039,8 @@ def diag_dump(entry, states=DIAG_LIVE_STATES, families=(socket.AF_INET, socket.A
     return _diag_exchange(entry, states, families, Records())
 
 
-def diag_bytes(entry, states=DIAG_LIVE_STATES):
-    """diag_dump reduced to {inode: (bytes_acked, bytes_received)} (parse_diag_bytes)."""
-    return _diag_exchange(entry, states, (socket.AF_INET, socket.AF_INET6), {})
-
-
 def _diag_exchange(entry, states, families, out):
-    """Send the dump requests and parse the replies into `out` (Records: every
-    record; a dict: the byte counts by inode)."""
+    """Send the dump requests and parse the replies into `out` (Records)."""
     sock, lock = entry
     with lock:
         for family in families:
@@ -1961,13 +2048,9 @@ def _diag_exchange(entry, states, families, out):
             sock.send(inet_diag_request(family, states, seq))
             done = False
             while not done:
-                data = sock.recv(DIAG_RECV)
-                if isinstance(out, dict):
-                    done, err = parse_diag_bytes(data, out, seq)
-                else:
-                    part, done, err = parse_diag_dump(data, seq)
-                    out.extend(part)
-                    out.skipped += part.skipped
+                part, done, err = parse_diag_dump(sock.recv(DIAG_RECV), seq)
+                out.extend(part)
+                out.skipped += part.skipped
             if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
                                                                    errno.EAFNOSUPPORT)):
                 raise OSError(err, os.strerror(err))
@@ -1992,14 +2075,48 @@ def diag_lookup(entry, socks):
     return found
 
 
-def tcp_diag(procfs, pid, bytes_only=False):
-    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets;
-    bytes_only: ({inode: (sent, received)}, None) instead."""
+def tcp_diag(procfs, pid):
+    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets."""
     entry, reason = diag_socket_for(procfs, pid)
     if entry is None:
         return None, reason
     try:
-        return (diag_bytes(entry) if bytes_only else diag_dump(entry)), None
+        return diag_dump(entry), None
+    except OSError as err:
+        return None, "sock_diag dump failed: %s" % (err.strerror or err)
+
+
+DIAG_ROW_STATES = DIAG_LIVE_STATES | (1 << TCP_TIME_WAIT)    # what /proc/net/tcp lists
+
+
+def diag_rows(entry):
+    """Both families' TCP sockets, every state /proc/net/tcp lists -> (Records of
+    Socket, {inode: (bytes_acked, bytes_received)}, damaged messages skipped)."""
+    sock, lock = entry
+    rows, tcp_bytes, skipped = Records(), {}, 0
+    with lock:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            sock.send(inet_diag_request(family, DIAG_ROW_STATES, seq))
+            names, done, err = {}, False, 0
+            while not done:
+                done, err, bad = parse_diag_rows(sock.recv(DIAG_RECV), seq, rows,
+                                                 tcp_bytes, names)
+                skipped += bad
+            if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
+                                                                   errno.EAFNOSUPPORT)):
+                raise OSError(err, os.strerror(err))
+    return rows, tcp_bytes, skipped
+
+
+def tcp_diag_rows(procfs, pid):
+    """-> ((rows, tcp_bytes, skipped), None), or (None, reason): the tcp tab then
+    reads /proc/PID/net/tcp[6] and has no bytes."""
+    entry, reason = diag_socket_for(procfs, pid)
+    if entry is None:
+        return None, reason
+    try:
+        return diag_rows(entry), None
     except OSError as err:
         return None, "sock_diag dump failed: %s" % (err.strerror or err)
 
@@ -4161,12 +4278,15 @@ def ecs_connection(event):
     out = collections.OrderedDict()
     out["@timestamp"] = iso_time(event["time"])
     kind = event.get("event")
+    level = event_level(event)
     out["event"] = collections.OrderedDict((
-        ("kind", "event"), ("category", ["network"]),
+        ("kind", "alert" if level in ("warn", "alert") else "event"), ("category", ["network"]),
         ("type", {"open": ["start", "connection"], "listen": ["start"],
                   "close": ["end", "connection"]}.get(kind, ["info"])),
-        ("action", "connection-%s" % kind), ("module", "netsnoop"),
-        ("dataset", "netsnoop.conns")))
+        ("action", "connection-%s" % kind), ("created", iso_time(event["time"])),
+        ("module", "netsnoop"), ("dataset", "netsnoop.conns")))
+    if level is not None:
+        out["event"]["severity"] = ECS_SEVERITY[level]
     proto = event.get("proto") or ""
     out["source"] = {"ip": event.get("local_address"), "port": event.get("local_port"),
                      "bytes": event.get("bytes_sent")}
@@ -4177,6 +4297,11 @@ def ecs_connection(event):
     out["process"] = {"pid": event.get("pid"), "name": event.get("comm"),
                       "args": event.get("cmdline")}
     out["user"] = {"id": None if event.get("uid") is None else str(event["uid"])}
+    out["host"] = {"hostname": socket.gethostname()}
+    alerts = [f for f in event.get("findings") or () if f["severity"] != "info"]
+    if alerts:
+        out["rule"] = {"name": [f["rule"] for f in alerts]}
+        out["message"] = "; ".join("%s: %s" % (f["rule"], f["text"]) for f in alerts)
     out["ecs"] = {"version": ECS_VERSION}
     out["netsnoop"] = collections.OrderedDict(
         (key, event.get(key)) for key in ("state", "inode", "cookie", "cgroup", "duration",
@@ -4203,9 +4328,25 @@ def alert_text(event):
     """One line for a person: what, which process, why (escaped: it goes to chat and mail)."""
     alerts = [f for f in event.get("findings") or () if f["severity"] != "info"]
     why = "; ".join("%s %s: %s" % (f["severity"], f["rule"], f["text"]) for f in alerts)
+    if "proto" in event:            # a connection event (--conns)
+        return printable("netsnoop on %s: %s -- %s" % (
+            socket.gethostname(), conn_summary_text(event), why or "no findings"), 2000)
     return printable("netsnoop on %s: pid %d (ppid %d, user %s) %s -- %s" % (
         socket.gethostname(), event["pid"], event["ppid"], event.get("user"),
         cmdline_text(event), why or "no findings"), 2000)
+
+
+def conn_summary_text(event):
+    """"listen tcp 0.0.0.0:8080 (pid 12 nc, uid 0)": a connection event for a person."""
+    where = "[%s]:%s" % (event["local_address"], event["local_port"]) \
+        if ":" in (event["local_address"] or "") \
+        else "%s:%s" % (event["local_address"], event["local_port"])
+    if event.get("remote_port"):
+        where += " -> %s:%s" % (event["remote_address"], event["remote_port"])
+    who = "uid %s" % event.get("uid")
+    if event.get("pid") is not None:
+        who = "pid %d %s, %s" % (event["pid"], event.get("comm"), who)
+    return "%s %s %s (%s)" % (event["event"], event["proto"], where, who)
 
 
 # --- secrets: never needed in argv ------------------------------------------------
@@ -4396,8 +4537,13 @@ class MailSender(object):
         msg = EmailMessage()
         alerts = [f for f in event.get("findings") or () if f["severity"] != "info"]
         rules = ", ".join(sorted(set(f["rule"] for f in alerts))) or "event"
-        msg["Subject"] = printable("netsnoop %s on %s: %s (pid %d)" % (
-            rules, socket.gethostname(), event.get("comm"), event["pid"]), 200)
+        if "proto" in event:        # a connection event (--conns)
+            subject = "netsnoop %s on %s: %s" % (rules, socket.gethostname(),
+                                                 conn_summary_text(event))
+        else:
+            subject = "netsnoop %s on %s: %s (pid %d)" % (
+                rules, socket.gethostname(), event.get("comm"), event["pid"])
+        msg["Subject"] = printable(subject, 200)
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.to)
         msg.set_content(alert_text(event) + "\n\n" + json.dumps(
@@ -4615,7 +4761,7 @@ def make_delivery(args):
 
 def add_alert_options(p):
     """The findings and delivery options of --procs (build_parser calls this)."""
-    g = p.add_argument_group("findings and where events go (with --procs)")
+    g = p.add_argument_group("findings and where events go (with --procs or --conns)")
     g.add_argument("--baseline", metavar="FILE",
                    help="programs seen (JSON, created when absent): a new one is first-seen")
     g.add_argument("--alert", choices=SEVERITIES, default="warn", metavar="LEVEL",
@@ -4651,8 +4797,12 @@ ALERT_OPTIONS = ("baseline", "webhook", "webhook_file", "syslog", "mail_to", "sm
 def check_alert_options(args):
     """Usage rules of the options above, and the secrets read (parse_args calls this)."""
     used = [name for name in ALERT_OPTIONS if getattr(args, name) is not None]
-    if (used or args.ecs) and not args.procs:
-        raise UsageError("--%s goes with --procs" % (used[0] if used else "ecs").replace("_", "-"))
+    feeds = args.procs or getattr(args, "conns", False)
+    if args.baseline is not None and not args.procs:
+        raise UsageError("--baseline goes with --procs")
+    if (used or args.ecs) and not feeds:
+        raise UsageError("--%s goes with --procs or --conns"
+                         % (used[0] if used else "ecs").replace("_", "-"))
     if args.webhook and args.webhook_file:
         raise UsageError("give --webhook or --webhook-file, not both")
     if bool(args.mail_to) != bool(args.smtp):
@@ -4668,7 +4818,7 @@ def check_alert_options(args):
     args.webhook_url = args.webhook
     if args.webhook_file:
         args.webhook_url = read_secret_file(args.webhook_file, "webhook file")
-    elif not args.webhook and args.procs and os.environ.get(SECRET_ENV["webhook"]):
+    elif not args.webhook and feeds and os.environ.get(SECRET_ENV["webhook"]):
         args.webhook_url = os.environ[SECRET_ENV["webhook"]].strip()
     args.smtp_password = None
     if args.smtp_password_file:
@@ -4699,13 +4849,22 @@ def check_alert_options(args):
 #   changed size; an accepted socket is in the dump before accept() returns its
 #   fd, so an open without an owner waits up to OWNER_WAIT for one.
 
-CONN_FAST = 0.001           # sockstat poll period for CONN_ACTIVE_FOR after a change
-CONN_ACTIVE_FOR = 2.0
+CONN_FAST = 0.001           # sockstat poll period while a dump may run at once ...
+CONN_ACTIVE_FOR = 2.0       # ... for this long after a change
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
-CONN_RECONCILE = 1.0        # a dump at least this often (longer when dumps are costly)
+CLOSE_HOLD = 0.1            # a close waits this long for others: one wake-up per batch
+                            # (at 200 closes/s: 2.0% of a core every 20 ms, 0.7% every 0.1 s)
+DUMP_SETTLE = 0.003         # a dump waits this long after the first open it is for, so
+                            # that one dump sees a batch of opens (threads, accept)
+CONN_RECONCILE = 10.0       # a dump of both families at least this often
 OWNER_WAIT = 0.25           # how long an open waits for its owner's fd (a loaded machine)
-DUMP_SHARE = 0.1            # of a core, at most, spent dumping over time ...
-DUMP_BURST = 0.25           # ... with this many seconds of dumps allowed at once
+# Dumps spend at most DUMP_SHARE of a core over time (CPU of the dumping thread),
+# from a budget that lets DUMP_BURST seconds of them go at once.  At 100
+# connections/s a dump per open would cost ~22% of a core; this holds the feed to
+# ~1 dump a second there, while a burst (~27 dumps of one family) still sees
+# the opens of connections living 20 ms or more (tests/test_conns.py).
+DUMP_SHARE = 0.002
+DUMP_BURST = 0.06
 BOTH_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UID_PASS = 0.05             # at most this often, every fd of a uid's processes is read again
 CONN_HOLD = 0.05            # --procs --conns: events wait this long, to go out in time order
@@ -4716,9 +4875,10 @@ DESTROY_GROUPS = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TC
 DESTROY_RCVBUF = 4 << 20
 
 
-def open_destroy_listener():
-    """A netlink socket on the TCP destroy groups of netsnoop's own namespace."""
-    sock = open_diag_socket()
+def open_destroy_listener(make=open_diag_socket):
+    """A netlink socket on the TCP destroy groups of a namespace (make() opens a
+    sock_diag socket in it: netsnoop's own by default)."""
+    sock = make()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
         sock.bind((0, DESTROY_GROUPS))
@@ -4738,6 +4898,21 @@ class ConnSeen(object):
         self.sock = None        # the DiagSocket last seen, while waiting for an owner
 
 
+def snmp_tcp_opens(data):
+    """/proc/net/snmp (bytes) -> Tcp ActiveOpens + PassiveOpens.  The two Tcp lines
+    (names, then values) only: parse_snmp of the whole file costs ~10 times more,
+    and the feed asks after every batch of closes."""
+    head = data.find(b"\nTcp: ")
+    if head < 0:
+        raise OSError(errno.EIO, "no Tcp line in /proc/net/snmp")
+    lines = data[head + 1:].split(b"\n", 2)        # names, then values
+    row = dict(zip(lines[0].split(), lines[1].split() if len(lines) > 1 else ()))
+    try:
+        return int(row[b"ActiveOpens"]) + int(row[b"PassiveOpens"])
+    except (KeyError, ValueError):
+        raise OSError(errno.EIO, "no Tcp opens in /proc/net/snmp")
+
+
 def conn_proto(sock):
     return "tcp6" if sock.family == socket.AF_INET6 else "tcp"
 
@@ -4750,8 +4925,10 @@ class ConnScanner(object):
     seen), present (sockets there at start), lost (destroy messages the kernel
     dropped: ENOBUFS on a full receive buffer)."""
 
-    def __init__(self, procfs, slowest=None):
+    def __init__(self, procfs, slowest=None, pid="self"):
+        """pid: whose network namespace to watch (another one than netsnoop's needs root)."""
         self.procfs = procfs
+        self.pid = pid
         self.quiet = slowest or CONN_QUIET
         self.opens = self.listens = self.closes = self.closes_unseen = 0
         self.present = self.lost = self.unbound = 0
@@ -4765,24 +4942,27 @@ class ConnScanner(object):
         self.pending = set()        # cookies of opens waiting for their owner
         self.want = set()           # families to dump once the gap between dumps is over
         self.budget, self.budget_at = DUMP_BURST, time.monotonic()    # seconds of dumping
-        self.last_change = self.last_dump = 0.0
+        self.last_change = self.last_dump = self.want_since = 0.0
+        self.dumps = 0
+        self.budget_spent = False   # the last poll found the dump budget spent
         self.dump_cost = 0.0
         self.recent = collections.OrderedDict()     # pids that owned the last opens
         self.netns_of = {}          # pid -> its network namespace, read once
-        self.own_netns = procfs.netns("self")
+        self.own_netns = procfs.netns(pid)
         self.uid_pass = 0.0         # when processes were last rescanned by uid
 
     def start(self):
         try:
-            self.destroy = open_destroy_listener()
-            self.diag = (open_diag_socket(), threading.Lock())
+            make = self._socket_maker()
+            self.destroy = open_destroy_listener(make)
+            self.diag = (make(), threading.Lock())
         except OSError as err:
             self.close()
             raise NetsnoopError("cannot open sock_diag (NETLINK_SOCK_DIAG): %s"
                                 % (err.strerror or err))
         for name in ("sockstat", "sockstat6", "snmp"):
             try:
-                self.stat_fds[name] = _open_ro(self.procfs.path("net", name))
+                self.stat_fds[name] = _open_ro(self.procfs.path(self.pid, "net", name))
             except OSError:
                 pass                # IPv6 off; without any: dumps by the clock only
         self._inuse_moved()
@@ -4792,6 +4972,16 @@ class ConnScanner(object):
             self.known[sock.cookie] = ConnSeen(self._event("open", sock), None)
             self.present += 1
         return self.present
+
+    def _socket_maker(self):
+        """-> a function opening a sock_diag socket in the watched namespace."""
+        if self.pid == "self" or self.own_netns == self.procfs.netns("self"):
+            return open_diag_socket
+        if self.own_netns is None or os.geteuid() != 0:
+            raise OSError(errno.EPERM, "the connections of another network namespace "
+                          "need root (sock_diag answers for the caller's own)")
+        path = self.procfs.path(self.pid, "ns", "net")
+        return lambda: open_diag_socket_in(path)
 
     def close(self):
         for sock in (self.destroy, self.diag[0] if self.diag else None):
@@ -4810,6 +5000,11 @@ class ConnScanner(object):
         self.budget = min(DUMP_BURST, self.budget + (now - self.budget_at) * DUMP_SHARE)
         self.budget_at = now
         return 0.0 if self.budget >= 0 else -self.budget / DUMP_SHARE
+
+    def _families_with_sockets(self):
+        """A dump sees only sockets alive at its time: a family whose inuse is 0 has
+        none (IPv6 is often unused: its walk of the hash is saved)."""
+        return [f for f in BOTH_FAMILIES if self.inuse.get(f, -1) != 0]
 
     def _inuse_moved(self):
         """The families whose count of hashed TCP sockets grew (a connect, accept or
@@ -4840,59 +5035,90 @@ class ConnScanner(object):
         if fd is None:
             return True
         try:
-            tcp = parse_snmp(decode(_pread_all(fd))).get("Tcp", {})
+            opens = snmp_tcp_opens(_pread_all(fd))
         except OSError:
             return True
-        opens = tcp.get("ActiveOpens", 0) + tcp.get("PassiveOpens", 0)
         moved, self.active_opens = opens != self.active_opens, opens
         return moved
 
     def _dump(self, families=(socket.AF_INET, socket.AF_INET6)):
         started = time.monotonic()
+        cpu = time.thread_time()        # the kernel's walk of its hash counts here
         try:
             found = diag_dump(self.diag, CONN_STATES, families)
         except OSError as err:
             raise NetsnoopError("sock_diag dump failed: %s" % (err.strerror or err))
-        now = time.monotonic()
-        self.last_dump, self.dump_cost = now, now - started
+        self.last_dump = time.monotonic()
+        self.dump_cost = time.thread_time() - cpu
         self.budget -= self.dump_cost
+        self.dumps += 1
         self._opens_moved()         # the opens counted so far are in this dump
+        self.last_change = started
         return found
 
     # -- the loop --
 
     def step(self, limit=MAX_WAIT):
+        """Wait for something to tell (at most `limit` s) -> events.  Polls sockstat
+        every CONN_FAST only while the budget has a few dumps left (a steady flow of
+        connections spends it, then a poll every `quiet` is enough: a dump has to
+        wait for the budget anyway); closes are held CLOSE_HOLD for the others of
+        their batch, so a steady flow wakes the feed ~10 times a second."""
         now = time.monotonic()
-        period = CONN_FAST if now - self.last_change < CONN_ACTIVE_FOR else self.quiet
         deadline = now + max(0.0, limit)
-        events = []
-        destroyed = []
+        events, destroyed = [], []
         families = self.want         # moved before, not dumped yet (the gap)
+        hold_until = None
         waited = False
         while True:
             fresh = self._read_destroys()
-            destroyed.extend(fresh)
+            if fresh:
+                destroyed.extend(fresh)
+                if hold_until is None:
+                    hold_until = time.monotonic() + CLOSE_HOLD
             moved = self._inuse_moved()
-            families.update(moved)
-            if fresh and not moved and self._opens_moved():
-                families.update(BOTH_FAMILIES)
             now = time.monotonic()
+            if moved:
+                if not families:
+                    self.want_since = now
+                families.update(moved)
+                self.last_change = now
+            budget_gap = self._dump_gap(now)
+            gap = max(budget_gap, self.want_since + DUMP_SETTLE - now)
+            if not families and gap <= 0 and (fresh or self.budget_spent) \
+                    and self._opens_moved():
+                # opened (and maybe closed) between two polls, or while the budget
+                # was spent: sockstat was not watched then
+                families.update(self._families_with_sockets())
+            self.budget_spent = budget_gap > 0
             if now - self.last_dump >= max(CONN_RECONCILE, 50 * self.dump_cost):
                 families.update(BOTH_FAMILIES)
-            gap = self._dump_gap(now)
-            if (families and gap <= 0) or (destroyed and not families) or now >= deadline \
-                    or (self.pending and waited):
+            if (families and gap <= 0) or (self.pending and waited) or now >= deadline \
+                    or (hold_until is not None and now >= hold_until):
                 break
-            wait = CONN_FAST if self.pending else period
-            select.select([self.destroy], [], [],
-                          max(0.0, min(max(wait, gap) if families else wait, deadline - now)))
+            if families or budget_gap > 0:
+                wait = gap          # no dump before then: nothing to poll for
+            elif self.pending or (self.budget > DUMP_BURST / 10
+                                  and now - self.last_change < CONN_ACTIVE_FOR):
+                wait = CONN_FAST        # (each poll costs ~25 us: 1,000 a second, 2.5%)
+            else:
+                wait = self.quiet
+            if hold_until is not None:
+                wait = min(wait, hold_until - now)
+            select.select([] if hold_until is not None else [self.destroy], [], [],
+                          max(0.0, min(wait, deadline - now)))
             waited = True
-        if families or destroyed:
-            self.last_change = now
-        if families and self._dump_gap(now) <= 0:
+        if families and self._dump_gap(now) <= 0 and now >= self.want_since + DUMP_SETTLE:
             self.want = set()
+            known = len(self.known)
             self._compare(self._dump(sorted(families)), now, events,
                           whole=len(families) == 2)
+            # a dump that found N new sockets is charged 1/N of its cost: the
+            # budget holds back dumps that find nothing (connections shorter than
+            # the gap), not those that pay off (a burst of longer connections)
+            found = len(self.known) - known
+            if found > 1:
+                self.budget += self.dump_cost * (1 - 1.0 / found)
         elif self.pending:
             self._look_again(now, events)
         for sock in destroyed:
@@ -5097,13 +5323,26 @@ class ConnFeedOutput(FeedOutput):
     """FeedOutput for --conns (and --procs --conns): each event in its own shape."""
 
     def emit(self, event):
-        if "proto" not in event:
-            return FeedOutput.emit(self, event)
-        # (connection events are not handed to --webhook/--syslog/--mail-to yet:
-        # their alert text is made for process events)
-        if conn_event_matches(event, self.regex):
-            self.write(event_json(event, self.ecs) if self.json
-                       else conn_text(event) + findings_suffix(event))
+        self.emit_all([event])
+
+    def emit_all(self, events):
+        """The events in one write (a flush per line costs a system call each: at
+        200 closes a second, more than the rest of a close's handling)."""
+        lines = []
+        for event in events:
+            if "proto" not in event:
+                if lines:
+                    self.write("\n".join(lines))
+                    lines = []
+                FeedOutput.emit(self, event)
+                continue
+            if conn_event_matches(event, self.regex):
+                lines.append(event_json(event, self.ecs) if self.json
+                             else conn_text(event) + findings_suffix(event))
+                if self.delivery is not None:
+                    self.delivery.submit(event)
+        if lines:
+            self.write("\n".join(lines))
 
     def conn_summary(self, conns, procs=None):
         if not self.json:
@@ -5114,14 +5353,15 @@ class ConnFeedOutput(FeedOutput):
                         ("backend", procs.backend)))
             if self.rules is not None:
                 out["findings_cost_us"] = self.rules.cost_us
-            if self.delivery is not None:
-                out["delivery"] = self.delivery.counts()
+        if self.delivery is not None:
+            out["delivery"] = self.delivery.counts()
         out.update((("conns_open", conns.opens), ("conns_listen", conns.listens),
                     ("conns_close", conns.closes), ("conns_close_open_unseen", conns.closes_unseen),
                     ("conns_present", conns.present), ("conns_lost", conns.lost)))
         self.write(event_json(out, self.ecs))
 
-    def conn_report(self, conns):
+    def conn_report(self, conns, alone=True):
+        """The counts on stderr (alone: without --procs, whose report tells the outputs')."""
         try:
             sys.stderr.write(
                 "%s: %d connection%s opened, %d listener%s, %d closed (%d whose open was not "
@@ -5131,6 +5371,9 @@ class ConnFeedOutput(FeedOutput):
                     conns.present,
                     "; %d destroy message batches lost (receive buffer full)" % conns.lost
                     if conns.lost else ""))
+            if alone and self.delivery is not None:
+                for line in self.delivery.report_lines():
+                    sys.stderr.write(line + "\n")
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
             pass
@@ -5143,10 +5386,11 @@ def run_conns(args, procfs):
     procs = None
     started = False
     try:
-        if args.procs:              # the process events' findings and outputs, as --procs
+        if args.procs:              # the process events' findings, as --procs
             output.rules = ProcRules(procfs, getattr(args, "baseline", None))
             output.rules.start()
-            output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
+        # --webhook, --syslog, --mail-to: connection events too (new-listener findings)
+        output.delivery = make_delivery(args) if hasattr(args, "webhook_url") else None
         with _StopFlag() as stop:
             present = conns.start()
             started = True
@@ -5163,8 +5407,7 @@ def run_conns(args, procfs):
                     break
                 events = conns.step(min(left, STOP_CHECK, CONN_HOLD if procs else 1.0))
                 if procs is None:
-                    for event in events:
-                        output.emit(event)
+                    output.emit_all(events)
                     continue
                 if procs.error:
                     raise NetsnoopError(procs.error)
@@ -5173,8 +5416,7 @@ def run_conns(args, procfs):
             # what the kernel sent before the stop (destroys queued meanwhile) still goes out
             last = conns.step(0)
             if procs is None:
-                for event in last:
-                    output.emit(event)
+                output.emit_all(last)
             else:
                 held.extend(last + [output.rules.apply(e) for e in procs.poll()])
                 _emit_in_order(output, held, float("inf"))
@@ -5183,7 +5425,7 @@ def run_conns(args, procfs):
     finally:
         output.finish_delivery()
         if started:
-            output.conn_report(conns)
+            output.conn_report(conns, alone=procs is None)
             if procs is not None:
                 output.report(procs._scanner)
         if procs is not None:
@@ -5197,12 +5439,46 @@ def run_conns(args, procfs):
     return EXIT_OK
 
 
+class ConnFeed(object):
+    """Non-blocking feed of connection events for the curses session (as ProcFeed):
+    a daemon thread runs ConnScanner.step() and queues the events; poll() drains
+    the queue.  .error holds the message if the scanner stopped on an error."""
+
+    def __init__(self, procfs, pid):
+        self.scanner = ConnScanner(procfs, pid=pid)
+        self.scanner.start()        # NetsnoopError: not started, nothing left open
+        self._queue = collections.deque(maxlen=10000)
+        self._stop = threading.Event()
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="netsnoop-conns")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                self._queue.extend(self.scanner.step(0.1))
+        except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
+            self.error = "connection feed stopped: %s" % (err,)
+        finally:
+            self.scanner.close()    # by the only thread using it
+
+    def poll(self):
+        out = []
+        while self._queue:
+            out.append(self._queue.popleft())
+        return out
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1.0)
+
+
 def _emit_in_order(output, events, until):
     """Emit the events older than `until` in time order; return the others."""
     events.sort(key=lambda e: e["time"])
     later = [e for e in events if e["time"] > until]
-    for event in events[:len(events) - len(later)]:
-        output.emit(event)
+    output.emit_all(events[:len(events) - len(later)])
     return later
 
 
@@ -5772,6 +6048,10 @@ MIN_INTERVAL, MAX_INTERVAL = 0.2, 3600.0
 FEED_POLL = 0.1             # seconds between polls of the process feed while procs is shown
 MESSAGE_SECONDS = 6.0       # how long a message replaces the key hint
 PROCS_KEPT = 2000           # newest process events kept for the procs tab
+CONNS_KEPT = 2000           # newest connection events kept for the conns tab
+# the session's tabs: the snapshot tabs (keys 1..9, 0), then the connection feed (key c)
+SESSION_TABS = TABS + ("conns",)
+TAB_KEYS = dict([(tab, str((i + 1) % 10)) for i, tab in enumerate(TABS)], conns="c")
 PARENTS_KEPT = 50000        # ppids it remembers (for descendants) before it starts afresh
 HSCROLL_STEP = 8            # columns per < or > press
 ALIVE_CHECK = 1.0           # with long intervals, still notice PID's exit this soon
@@ -5791,7 +6071,7 @@ KEY_HINT = ("q quit  ? help  1-0 tabs  / filter  s sort  o owned  < > pan  "
 
 HELP_LINES = (                  # fits the 21 body lines of an 80x24 terminal
     "netsnoop session keys                         (any key closes this help)",
-    "  1..9, 0           pick a tab (0 = procs)",
+    "  1..9, 0, c        pick a tab (0 = procs, c = conns: connection events)",
     "  Left/Right, Tab   previous/next tab (also Shift-Tab)",
     "  Up/Down j/k       scroll one line; PgUp/PgDn a page; Home/End",
     "  < >               scroll sideways (also Shift-Left/Right)",
@@ -6122,6 +6402,84 @@ class ProcsPane(object):
             feed.close()
 
 
+# --- the conns tab ---------------------------------------------------------------
+
+CONN_COLUMNS = (Column("Time", L), Column("Event", L), Column("Proto", L), Column("Local", L),
+                Column("Remote", L), Column("State", L), Column("PID", R), Column("Process", L),
+                Column("Sent", R), Column("Recv", R), Column("Duration", R))
+
+
+def conn_cells(event):
+    """A connection event -> cells for CONN_COLUMNS (not escaped)."""
+    closed = event["event"] == "close" and event["bytes_sent"] is not None
+    return [clock_text(event["time"]), event["event"], event["proto"],
+            hostport(event["local_address"], event["local_port"]),
+            hostport(event["remote_address"], event["remote_port"])
+            if event["remote_port"] else "",
+            event["state"], "" if event["pid"] is None else str(event["pid"]),
+            event["comm"] or ("uid %s" % event["uid"] if event["uid"] is not None else ""),
+            human_bytes(event["bytes_sent"]) if closed else "",
+            human_bytes(event["bytes_received"]) if closed else "",
+            "%.3fs" % event["duration"] if event["duration"] is not None else ""]
+
+
+class ConnsPane(object):
+    """The conns tab: a ConnFeed on PID's network namespace, started on first view
+    (as the procs tab; a feed that cannot start disables the tab with the reason)."""
+
+    def __init__(self, procfs, pid):
+        self.procfs = procfs
+        self.pid = pid
+        self.feed = None
+        self.started = False
+        self.problem = None
+        self.events = collections.deque(maxlen=CONNS_KEPT)
+
+    def start(self):
+        if self.started:
+            return
+        self.started = True
+        try:
+            self.feed = ConnFeed(self.procfs, self.pid)
+        except (NetsnoopError, OSError) as err:
+            self.problem = "connection feed failed to start: %s" % err
+
+    @property
+    def active(self):
+        return self.feed is not None
+
+    def poll(self):
+        """Take new events from the feed -> True when there were some."""
+        if self.feed is None:
+            return False
+        events = self.feed.poll()
+        self.events.extendleft(events)
+        return bool(events)
+
+    def tables(self):
+        rows = []
+        for event in self.events:
+            warn = any(f["severity"] != "info" for f in event["findings"])
+            role = "warn" if warn else "owned" if event["pid"] == self.pid else None
+            rows.append(Row(conn_cells(event), role, (event["cookie"], event["event"])))
+        notes = []
+        problem = self.problem or (self.feed.error if self.feed is not None else None)
+        if problem:
+            notes.append(problem)
+        if self.feed is not None:
+            c = self.feed.scanner
+            notes.append("newest first; * = PID's, ! = a listener other hosts can reach; "
+                         "%d opened, %d listeners, %d closed (%d whose open was not seen), "
+                         "%d present at start" % (c.opens, c.listens, c.closes,
+                                                  c.closes_unseen, c.present))
+        return [Table("conns", CONN_COLUMNS, rows, notes)]
+
+    def close(self):
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            feed.close()
+
+
 # --- state -------------------------------------------------------------------
 
 class SessionState(object):
@@ -6136,9 +6494,10 @@ class SessionState(object):
         self.interval = interval
         self.interval_chosen = chosen          # by --interval or :set: never stretched
         self.refresh_cost = 0.0                # CPU seconds of a refresh (smoothed)
-        self.scroll = dict.fromkeys(TABS, 0)
-        self.hscroll = dict.fromkeys(TABS, 0)  # columns scrolled off to the left
-        self.sort = dict.fromkeys(TABS)        # tab -> None or (column, reverse)
+        self.scroll = dict.fromkeys(SESSION_TABS, 0)
+        self.hscroll = dict.fromkeys(SESSION_TABS, 0)  # columns scrolled off to the left
+        self.sort = dict.fromkeys(SESSION_TABS)        # tab -> None or (column, reverse)
+        self.conns = None                      # ConnsPane (the curses session's)
         self.text_filter = ""
         self.owned_only = False
         self.mode = None                       # None, "filter", "command" or "help"
@@ -6246,10 +6605,18 @@ def collect_view(state, procfs, procs, now):
                       % (state.pid, printable(netns, 40)))
         state.netns = netns
     state.owned_problem = None
+    if state.conns is not None and state.conns.active and state.tab != "conns":
+        state.conns.poll()              # started once: keeps its events while hidden
     if state.tab == "procs":
         procs.start()
         procs.poll()
         tables = procs.tables()
+    elif state.tab == "conns":
+        if state.conns is None:         # not in a session (snapshots cannot follow a feed)
+            return [Table("conns", CONN_COLUMNS, [], ["the conns tab needs the session"])]
+        state.conns.start()
+        state.conns.poll()
+        tables = state.conns.tables()
     else:
         if procs.active:
             procs.poll()               # started once: keep following PID's descendants
@@ -6286,8 +6653,8 @@ def session_keys(curses):
         curses.KEY_RESIZE: ("resize",), "\x0c": ("resize",),
         "\n": ("nothing",), "\r": ("nothing",), curses.KEY_ENTER: ("nothing",),
     }
-    for i, tab in enumerate(TABS):
-        keys[str((i + 1) % 10)] = ("select_tab", tab)
+    for tab in SESSION_TABS:
+        keys[TAB_KEYS[tab]] = ("select_tab", tab)
     return keys
 
 
@@ -6371,8 +6738,8 @@ class KeyHandler(object):
             tab = rest.lower()
             if tab.isdigit() and len(tab) == 1:
                 tab = TABS[(int(tab) - 1) % 10]
-            if tab not in TABS:
-                st.complain("no tab %r: %s" % (printable(rest, 12), " ".join(TABS)))
+            if tab not in SESSION_TABS:
+                st.complain("no tab %r: %s" % (printable(rest, 12), " ".join(SESSION_TABS)))
                 return REDRAW
             return self.key_select_tab(tab)
         if name in ("q", "quit", "exit"):
@@ -6411,7 +6778,8 @@ class KeyHandler(object):
         return RESCAN
 
     def key_cycle(self, step):
-        return self.key_select_tab(TABS[(TABS.index(self.state.tab) + step) % len(TABS)])
+        tabs = SESSION_TABS
+        return self.key_select_tab(tabs[(tabs.index(self.state.tab) + step) % len(tabs)])
 
     def key_sort(self):
         st = self.state
@@ -6567,22 +6935,23 @@ def screen_rows(height):
 
 
 def tabbar_parts(current, width):
-    """[(text, role)] naming every tab, the current one bracketed; shorter when narrow."""
-    def build(full):
+    """[(text, role)] naming every tab, the current one bracketed; shorter when narrow:
+    first without c:conns unless it is the current tab (the ten names take 79 of 80
+    columns; the help names key c), then the names cut to 4 letters, then the keys."""
+    def build(cut, tabs=SESSION_TABS):
         parts = []
-        for i, tab in enumerate(TABS):
-            label = "%d:%s" % ((i + 1) % 10, tab)
+        for tab in tabs:
+            label = "%s:%s" % (TAB_KEYS[tab], tab)
             if tab == current:
                 parts.append(("[%s]" % label, "selected"))
             else:
-                parts.append((label if full else label[0], None))
+                parts.append((label[:cut], None))
         return parts
-    parts = build(True)
-    if sum(len(t) + 1 for t, _ in parts) - 1 > width:
-        parts = build(False)
-        if sum(len(t) + 1 for t, _ in parts) - 1 > width:
-            parts = [p for p in parts if p[1] == "selected"]
-    return parts
+    snapshot_tabs = TABS + (("conns",) if current == "conns" else ())
+    for parts in (build(None), build(None, snapshot_tabs), build(6), build(1)):
+        if sum(len(t) + 1 for t, _ in parts) - 1 <= width:
+            return parts
+    return [p for p in parts if p[1] == "selected"]
 
 
 def status_text(st, width=80):
@@ -6759,6 +7128,14 @@ def session_loop(painter, curses, procfs, state, procs):
                 state.refreshed_at = time.time()    # the clock shown: as new as the rows
                 dirty = True
             next_feed = now + FEED_POLL
+        if state.conns is not None and state.conns.active and state.tab == "conns" \
+                and now >= next_feed:
+            if state.conns.poll():
+                state.view = TabView(state.conns.tables())
+                state.scroll_to(state.scroll[state.tab])
+                state.refreshed_at = time.time()
+                dirty = True
+            next_feed = now + FEED_POLL
         if state.message and now >= state.message_until:
             state.message = None
             dirty = True
@@ -6768,7 +7145,8 @@ def session_loop(painter, curses, procfs, state, procs):
         wake = min(state.refreshed_mono + state.wait(), next_alive)
         if state.message:
             wake = min(wake, state.message_until)
-        if procs.active and state.tab == "procs":
+        if (procs.active and state.tab == "procs") or (state.conns is not None and state.conns.active
+                                                      and state.tab == "conns"):
             wake = min(wake, next_feed)
         win.timeout(max(0, int((wake - time.monotonic()) * 1000) + 1))
         key = read_key(win, curses)
@@ -6830,6 +7208,7 @@ def run_session(args, procfs):
     os.environ.setdefault("ESCDELAY", "25")     # Esc clears at once, not after 1 s
     state.netns = procfs.netns_text(args.pid)
     procs = ProcsPane(procfs, args.pid, getattr(args, "backend", None) or "auto")
+    state.conns = ConnsPane(procfs, args.pid)
     handlers = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         handlers[signum] = signal.signal(signum, _raise_signalled)
@@ -6851,6 +7230,7 @@ def run_session(args, procfs):
         farewell = "process %d exited" % args.pid
     finally:
         procs.close()
+        state.conns.close()
         for signum, old in handlers.items():
             signal.signal(signum, old)
     if farewell:

@@ -375,3 +375,32 @@ def test_session_shows_owners_bytes_and_rates(space):
         term.send("q")
         assert term.wait_exit() == 0
         assert "Traceback" not in term.stderr()
+
+
+def test_session_conns_tab_shows_a_connection_opening_and_closing(space):
+    """Key c opens the conns tab (named in the tab bar) on PID's namespace (another
+    one: root enters it); a burst of the helper appears as open rows with the
+    client's pid and port, then as closes with the bytes sent (5008: 5000 + header)."""
+    from ptyterm import PtyTerm
+    with PtyTerm([sys.executable, NETSNOOP, str(space.pid)], cols=160, rows=40) as term:
+        term.wait_for("[1:tcp]")
+        assert "c:conns" in term.line(0)
+        term.send("c")
+        term.wait_for(lambda t: "[c:conns]" in t.splitlines()[0] and "present at start" in t)
+        port = space.ask("burst", 1, 0.5, 5000, 1)["ports"][0]
+        mine = "127.0.0.1:%d" % port
+
+        def rows(text, event):
+            return [ln for ln in body(text).splitlines()
+                    if mine in ln and " %s " % event in ln]
+        text = term.wait_for(lambda t: rows(t, "open") and rows(t, "close"))
+        client = [ln.split() for ln in rows(text, "open") + rows(text, "close")
+                  if ln.split()[-8 if " close " in ln else -5] == mine]
+        # Time Event Proto Local Remote State PID Process [Sent Recv Duration]; * = PID's
+        assert [r[0] for r in client] == ["*", "*"], client
+        opened, closed = client
+        assert opened[2] == "open" and opened[7:9] == [str(space.pid), "python3"]
+        assert closed[2] == "close" and closed[9] == "4.9K"     # 5008 bytes acked
+        term.send("q")
+        assert term.wait_exit() == 0
+        assert "Traceback" not in term.stderr()

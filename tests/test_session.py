@@ -159,7 +159,7 @@ def test_every_tab_shows_its_data(netns_target):
 def test_tab_keys_cycle_and_tab_command(netns_target):
     with session(netns_target.pid) as term:
         term.wait_for("[1:tcp]")
-        for key, tab in (("left", "[0:procs]"), ("right", "[1:tcp]"), ("tab", "[2:udp]"),
+        for key, tab in (("left", "[c:conns]"), ("right", "[1:tcp]"), ("tab", "[2:udp]"),
                          ("btab", "[1:tcp]"), ("right", "[2:udp]")):
             term.key(key)
             term.wait_for(lambda text, tab=tab: tab in text.splitlines()[0])
@@ -387,7 +387,7 @@ def test_resize_down_to_tiny_and_back(sleeper):
         """The frame for this size: tab bar on top, status, key hint at the bottom."""
         def check(text):
             lines = term.screen.display
-            return (lines[0].rstrip() in ("[1:tcp]", "1 2 3 4 5 6 7 8 9 0")
+            return (lines[0].rstrip() in ("[1:tcp]", "1 2 3 4 5 6 7 8 9 0 c")
                     or lines[0].startswith("[1:tcp] 2")) \
                 and lines[1].startswith("PID %d sleep" % sleeper.pid) \
                 and lines[rows - 1].startswith("q quit") \
@@ -605,9 +605,12 @@ def test_tab_view_filters_sorts_escapes_and_pins_the_header():
 def test_tabbar_keeps_the_current_tab_visible_when_narrow():
     def text(width):
         return " ".join(t for t, _ in netsnoop.tabbar_parts("analysis", width))
+    assert text(90) == ("1:tcp 2:udp 3:arp 4:traffic 5:stats 6:raw 7:icmp 8:routing "
+                        "[9:analysis] 0:procs c:conns")
+    # 80: the ten names whole, c:conns left to the help (it would make 87)
     assert text(80) == ("1:tcp 2:udp 3:arp 4:traffic 5:stats 6:raw 7:icmp 8:routing "
                         "[9:analysis] 0:procs")
-    assert text(40) == "1 2 3 4 5 6 7 8 [9:analysis] 0"
+    assert text(40) == "1 2 3 4 5 6 7 8 [9:analysis] 0 c"
     assert text(20) == "[9:analysis]"
 
 
