@@ -278,6 +278,8 @@ def test_the_process_chart_has_a_line_for_the_sender(page, holder, sender):
     """TCP by process: the sender's own line ("COMM (PID) tx") passes 1 MB/s.  Its
     samples may be seconds apart (SAMPLE_SHARE): the sender has run since the chart test,
     and this one may wait up to 30 s on a loaded machine."""
+    if not any(proc.poll() is None for proc in sender.running):
+        sender()                            # run alone (-k): no chart test started it
     pids = [proc.pid for proc in sender.running if proc.poll() is None]
     assert pids, "the sender is not running"
     test = " || ".join("/ \\(%s\\) tx$/.test(n) && parseFloat(v) > 1e6" % pid for pid in pids)
