@@ -6306,32 +6306,31 @@ class TabView(object):
 
 # --- the procs tab -------------------------------------------------------------
 
-class ProcsPane(object):
-    """The procs tab: a ProcFeed, started on first view.
+class FeedPane(object):
+    """A tab fed by a live feed (ProcFeed, ConnFeed), started on first view.
 
-    A feed that cannot start (no readable last-PID counter, say) or stops on
-    an error disables this tab, with the reason shown, instead of ending the
-    session.
-    """
+    A feed that cannot start (no readable last-PID counter, no sock_diag) or
+    stops on an error disables its tab, with the reason shown, instead of
+    ending the session.  Subclasses say what the feed is and what to do with
+    its events (take)."""
+    what = "feed"
 
-    def __init__(self, procfs, pid, backend="auto"):
+    def __init__(self, procfs, pid, kept):
         self.procfs = procfs
-        self.pid = thread_group(procfs, pid)        # a thread ID: its process
-        self.backend = backend
+        self.pid = pid
         self.feed = None
         self.started = False
         self.problem = None
-        self.events = collections.deque(maxlen=PROCS_KEPT)
-        self.parents = {}
+        self.events = collections.deque(maxlen=kept)
 
     def start(self):
         if self.started:
             return
         self.started = True
         try:
-            self.feed = ProcFeed(self.procfs, backend=self.backend)
+            self.feed = self.open_feed()
         except (NetsnoopError, OSError) as err:
-            self.problem = "process feed failed to start: %s" % err
+            self.problem = "%s failed to start: %s" % (self.what, err)
 
     @property
     def active(self):
@@ -6342,6 +6341,24 @@ class ProcsPane(object):
         if self.feed is None:
             return False
         events = self.feed.poll()
+        self.take(events)
+        return bool(events)
+
+
+class ProcsPane(FeedPane):
+    """The procs tab: a ProcFeed; rows of PID's descendants are marked."""
+    what = "process feed"
+
+    def __init__(self, procfs, pid, backend="auto"):
+        # a thread ID given as PID: its process
+        FeedPane.__init__(self, procfs, thread_group(procfs, pid), PROCS_KEPT)
+        self.backend = backend
+        self.parents = {}
+
+    def open_feed(self):
+        return ProcFeed(self.procfs, backend=self.backend)
+
+    def take(self, events):
         if len(self.parents) > PARENTS_KEPT:    # a long session: read again what is needed
             self.parents.clear()
         # every parent first: a child listed before its parent (PIDs wrapped) still
@@ -6350,7 +6367,6 @@ class ProcsPane(object):
             self.parents[event.get("pid")] = event.get("ppid")
         for event in events:
             self.events.appendleft(dict(event, descendant=self.descends(event.get("pid"))))
-        return bool(events)
 
     def descends(self, pid):
         """True when pid is PID or its ppid chain reaches PID.
@@ -6423,38 +6439,18 @@ def conn_cells(event):
             "%.3fs" % event["duration"] if event["duration"] is not None else ""]
 
 
-class ConnsPane(object):
-    """The conns tab: a ConnFeed on PID's network namespace, started on first view
-    (as the procs tab; a feed that cannot start disables the tab with the reason)."""
+class ConnsPane(FeedPane):
+    """The conns tab: a ConnFeed on PID's network namespace, newest event first."""
+    what = "connection feed"
 
     def __init__(self, procfs, pid):
-        self.procfs = procfs
-        self.pid = pid
-        self.feed = None
-        self.started = False
-        self.problem = None
-        self.events = collections.deque(maxlen=CONNS_KEPT)
+        FeedPane.__init__(self, procfs, pid, CONNS_KEPT)
 
-    def start(self):
-        if self.started:
-            return
-        self.started = True
-        try:
-            self.feed = ConnFeed(self.procfs, self.pid)
-        except (NetsnoopError, OSError) as err:
-            self.problem = "connection feed failed to start: %s" % err
+    def open_feed(self):
+        return ConnFeed(self.procfs, self.pid)
 
-    @property
-    def active(self):
-        return self.feed is not None
-
-    def poll(self):
-        """Take new events from the feed -> True when there were some."""
-        if self.feed is None:
-            return False
-        events = self.feed.poll()
+    def take(self, events):
         self.events.extendleft(events)
-        return bool(events)
 
     def tables(self):
         rows = []
