@@ -2322,6 +2322,7 @@ RECONCILE_EVERY = 1.0   # full listing at most this often, when the counter move
 MAX_SPAN = 4096         # more new PIDs than this at once: list /proc instead
 PF_KTHREAD = 0x00200000  # include/linux/sched.h
 IN_OPEN, IN_IGNORED, IN_ISDIR = 0x20, 0x8000, 0x40000000   # include/uapi/linux/inotify.h
+IN_Q_OVERFLOW = 0x4000
 PROGRAM_KEEP = 1.0      # how long a program file's open waits to be claimed by a report
 MAX_PROGRAMS = 512      # opens of program files kept for partial records
 LOST_SLACK = 0.01       # an exec's open may be drained this long before its fork is seen
@@ -2330,6 +2331,7 @@ EXEC_SPIN_STEP = 0.0001  # ... this often, for the new command line
 LD_CACHE = "/etc/ld.so.cache"
 WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what a wait saw
+WAIT_REWATCH = "rewatch"    # quiet: events dropped, one of them ended a watch
 
 # One /proc/N/stat line, the fields the scanner uses (man 5 proc: state 3,
 # ppid 4, flags 9, starttime 22, exit_signal 38).
@@ -2478,7 +2480,7 @@ class PythonBackend(object):
             poller.register(fd, select.POLLIN)
         return poller
 
-    def wait(self, counter_fd, notify_fd, last, timeout, step):
+    def wait(self, counter_fd, notify_fd, last, timeout, step, quiet=False):
         """-> (WAIT_*, counter): the same loop as fs_wait() in _fastscan.c."""
         deadline = time.monotonic() + timeout
         while True:
@@ -2491,7 +2493,10 @@ class PythonBackend(object):
             nap = min(step, left)
             if notify_fd >= 0:
                 if self._poller(notify_fd).poll(max(1, int(nap * 1000 + 0.5))):
-                    return WAIT_NOTIFY, cur
+                    if not quiet or read_counter(counter_fd) != last:
+                        return WAIT_NOTIFY, cur
+                    if _drop_events(notify_fd):
+                        return WAIT_REWATCH, cur
             else:
                 time.sleep(nap)
 
@@ -2517,6 +2522,24 @@ class PythonBackend(object):
 
     def inotify_add(self, fd, path, mask):
         return self._inotify().inotify_add_watch(fd, os.fsencode(path), mask)
+
+
+def _drop_events(fd):
+    """Quiet: read and drop the queued inotify events (fs_drop_events() in _fastscan.c)
+    -> True when one ended a watch (IN_IGNORED) or events were lost (IN_Q_OVERFLOW)."""
+    rewatch = False
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return rewatch
+        if not data:
+            return rewatch
+        offset = 0
+        while offset + 16 <= len(data):
+            _wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+            rewatch = rewatch or bool(mask & (IN_IGNORED | IN_Q_OVERFLOW))
+            offset += 16 + size
 
 
 # sched_setattr(2) by architecture (os.uname().machine); glibc has no wrapper.
@@ -2561,7 +2584,7 @@ class FastBackend(object):
         self.ffi, self.lib = module.ffi, module.lib
         lib = self.lib
         self._woke = {lib.FS_TIMEOUT: WAIT_TIMEOUT, lib.FS_MOVED: WAIT_MOVED,
-                      lib.FS_NOTIFY: WAIT_NOTIFY,
+                      lib.FS_NOTIFY: WAIT_NOTIFY, lib.FS_REWATCH: WAIT_REWATCH,
                       # a signal: back in Python its handler runs; the caller then
                       # looks at its stop flag as after any timeout
                       lib.FS_INTERRUPTED: WAIT_TIMEOUT}
@@ -2580,12 +2603,12 @@ class FastBackend(object):
             self._cap = n * 2       # /proc grew: retry with room to spare
             self._buf = self.ffi.new("int[]", self._cap)
 
-    def wait(self, counter_fd, notify_fd, last, timeout, step):
+    def wait(self, counter_fd, notify_fd, last, timeout, step, quiet=False):
         # fs_wait takes int microseconds: a step past the timeout is useless, and a
         # timeout past ~2147 s would overflow (it ends early instead: a WAIT_TIMEOUT)
         step = min(step, timeout)
         got = self.lib.fs_wait(counter_fd, notify_fd, last, _micros(timeout),
-                               max(1, _micros(step)), self._counter)
+                               max(1, _micros(step)), int(quiet), self._counter)
         if got < 0:
             raise OSError(-got, os.strerror(-got), "/proc/loadavg")
         return self._woke[got], self._counter[0]
@@ -2628,10 +2651,17 @@ class Notifier(object):
         # (path, when drained) of the files opened in the PATH directories: an exec opens
         # its program file, so a process gone before it was read may still be named
         self.programs = collections.deque(maxlen=MAX_PROGRAMS)
+        self.wanted = list(dirs)
         if self.fd >= 0:
-            self.add(cache)
-            for path in dirs:
-                self.add(path)
+            self.rewatch()
+
+    def rewatch(self):
+        """Watch the cache and the directories, again after a quiet wait dropped the
+        event that ended a watch (adding a watch that exists keeps its number)."""
+        self.paths = {}
+        self.cache_lost = not self.add(self.cache)
+        for path in self.wanted:
+            self.add(path)
 
     def add(self, path):
         wd = self.backend.inotify_add(self.fd, path, IN_OPEN)
@@ -2909,8 +2939,11 @@ class ProcScanner(object):
             self.short_slice = request_short_slice()
         timeout, step = self._pace(time.monotonic(), limit)
         notify_fd = self.notifier.fd if self.notifier is not None else -1
-        woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step)
+        woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step,
+                                 quiet=self._quiet())
         now = time.monotonic()
+        if woke == WAIT_REWATCH:
+            self.notifier.rewatch()
         opened = 0
         if woke == WAIT_NOTIFY:
             opened = len(self.notifier.programs)
@@ -2935,6 +2968,12 @@ class ProcScanner(object):
             self._name_the_lost(now, events)
             self._describe()            # its re-checks may have found an exec
         return events
+
+    def _quiet(self):
+        """Nothing under watch: an exec that does not move the counter (another PID
+        namespace's, or an old process's) cannot concern us, and the wait drops its
+        inotify events without returning (docs/scanner.md, "Idle")."""
+        return not (self.pending or self.newborns or self.watched or self.lost)
 
     def _catch_exec(self, events):
         """A program file's open woke us, but the newborn that exec'd it still shows its
