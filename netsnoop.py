@@ -3235,10 +3235,18 @@ class ProcScanner(object):
         # an exec opens its program file before its new name and arguments show, so
         # its open is queued by now: drained first, it cannot be left for a lost PID
         self.notifier.drain()
+        if not self.notifier.programs:
+            return None
         names = {comm}
         if cmdline:
             names.add(os.path.basename(cmdline[0]))
-        names.update([self._real_name(name) for name in names])
+        # the names as they are first; links resolved only when none matches (each
+        # new name costs a lookup in every PATH directory: 150 "sleep 0" under
+        # unique argv[0]s spent ~80 us each on it)
+        return self._take_program(names) or self._take_program(
+            set(self._real_name(name) for name in names) - names)
+
+    def _take_program(self, names):
         for entry in self.notifier.programs:
             base = os.path.basename(entry[0])
             if base in names or base[:15] in names:     # comm is cut at 15 bytes
