@@ -3953,6 +3953,8 @@ def rule_shell_from_service(procfs, event):
     if not is_shell_like(event):
         return []
     ppid = event["ppid"]
+    if ppid is None:        # a partial record with "pid": null: no process to look at
+        return [cannot_tell("shell-from-service", "its parent is not known")]
     parent = read_proc_stat(procfs, ppid)
     parent_name = parent.comm if parent is not None else "?"
     known = re.sub(r"[0-9.]+\Z", "", parent_name) in KNOWN_SERVERS     # php-fpm8.2

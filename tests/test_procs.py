@@ -1,4 +1,5 @@
 """--procs: real processes spawned with unique markers, caught by each backend."""
+import collections
 import gc
 import json
 import os
@@ -1205,3 +1206,16 @@ def test_filter_finds_a_partial_record_by_its_program_file():
              "partial": True, "exe": "/usr/bin/x86_64-linux-gnu-as"}
     assert netsnoop.event_matches(event, re.compile("gnu-as"))
     assert not netsnoop.event_matches(event, re.compile("gcc"))
+
+
+@pytest.mark.parametrize("exe", ["/usr/bin/dash", "/usr/bin/bash", "/usr/bin/sed"])
+def test_rules_take_a_partial_record_without_pid(exe):
+    """A partial record with "pid": null (a shell lost in a build) goes through every
+    rule: a rule reading its parent formatted the null PID with %d and the whole feed
+    ended with an internal error in the middle of a build."""
+    event = collections.OrderedDict(
+        event="new", time=0.0, start_time=None, pid=None, ppid=None, uid=None, user=None,
+        comm=None, cmdline=None, partial=True, exe=exe, kernel_thread=False, cgroup=None,
+        pid_ns=None, net_ns=None, container=None)
+    findings = netsnoop.ProcRules(netsnoop.ProcFS()).findings(event)
+    assert findings and all(f["severity"] == "info" for f in findings)
