@@ -1003,7 +1003,7 @@ def test_procs_tab_marks_children_of_a_child_born_before_the_feed():
         found = None
         while found is None and time.monotonic() < deadline:
             pane.poll()
-            found = next((e for e in pane.events if e["cmdline"][:1] == [argv0]), None)
+            found = next((e for e in pane.events if (e["cmdline"] or [])[:1] == [argv0]), None)
             time.sleep(0.02)
         assert found is not None, "the grandchild was not reported"
         assert found["descendant"] is True
