@@ -2449,6 +2449,8 @@ def _load_fastscan():
                 raise ImportError("No module named '_fastscan_cffi'")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
+            if not hasattr(module.lib, "FS_REWATCH"):   # fs_wait() without its quiet argument
+                raise ImportError("built from an older _fastscan.c: build it again")
         except ImportError as err:
             module, reason = None, str(err) or "not built"
         _FASTSCAN[:] = [module, reason]
