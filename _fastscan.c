@@ -44,6 +44,7 @@
 #define FS_MOVED 1          /* the last-PID counter changed */
 #define FS_NOTIFY 2         /* the inotify fd is readable */
 #define FS_INTERRUPTED 3    /* a signal arrived: let Python run its handlers */
+#define FS_REWATCH 4        /* quiet: a watch ended (IN_IGNORED): add them again */
 
 /* The record getdents64(2) fills; glibc declares no such type. */
 struct fs_dirent64 {
@@ -178,14 +179,43 @@ static int fs_nap(int notify_fd, long us)
 }
 
 /*
+ * Quiet: read and drop the queued inotify events.  -> 1 when one of them ends
+ * a watch (IN_IGNORED: ld.so.cache replaced) or tells of lost events, else 0.
+ */
+static int fs_drop_events(int notify_fd)
+{
+    static __thread uint64_t buf[512];      /* 8-byte aligned, like the events */
+    int rewatch = 0;
+
+    for (;;) {
+        ssize_t got = read(notify_fd, buf, sizeof(buf));
+        ssize_t off = 0;
+
+        if (got <= 0)
+            return rewatch;
+        while (off + (ssize_t)sizeof(struct inotify_event) <= got) {
+            struct inotify_event *ev = (struct inotify_event *)((char *)buf + off);
+
+            if (ev->mask & (IN_IGNORED | IN_Q_OVERFLOW))
+                rewatch = 1;
+            off += sizeof(struct inotify_event) + ev->len;
+        }
+    }
+}
+
+/*
  * Wait up to `timeout_us` for the counter to differ from `last`, checking it
  * every `step_us`, and for notify_fd (-1: none) to become readable.  Stores
  * the counter last read in *counter and returns FS_MOVED, FS_NOTIFY,
- * FS_TIMEOUT, FS_INTERRUPTED (a signal: Python must run its handlers), or
- * -errno.  The inotify events are left unread for Python to parse.
+ * FS_TIMEOUT, FS_INTERRUPTED (a signal: Python must run its handlers),
+ * FS_REWATCH, or -errno.  The inotify events are left unread for Python to
+ * parse, unless `quiet`: then nothing is under watch, and an exec that did not
+ * move the counter is another PID namespace's or an old process's, which
+ * Python would only drop: its events are dropped here, without waking Python
+ * (docs/scanner.md, "Idle").
  */
 int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us,
-            int *counter)
+            int quiet, int *counter)
 {
     struct timespec start;
 
@@ -206,6 +236,17 @@ int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us
         if (left <= 0)
             return FS_TIMEOUT;
         woke = fs_nap(notify_fd, left < step_us ? left : step_us);
+        if (woke == FS_NOTIFY && quiet) {
+            cur = fs_read_counter(counter_fd);
+            if (cur < 0)
+                return cur;
+            *counter = cur;
+            if (cur == last) {
+                if (fs_drop_events(notify_fd))
+                    return FS_REWATCH;
+                continue;
+            }
+        }
         if (woke != FS_TIMEOUT)
             return woke;
     }

@@ -2444,6 +2444,7 @@ RECONCILE_EVERY = 1.0   # full listing at most this often, when the counter move
 MAX_SPAN = 4096         # more new PIDs than this at once: list /proc instead
 PF_KTHREAD = 0x00200000  # include/linux/sched.h
 IN_OPEN, IN_IGNORED, IN_ISDIR = 0x20, 0x8000, 0x40000000   # include/uapi/linux/inotify.h
+IN_Q_OVERFLOW = 0x4000
 PROGRAM_KEEP = 1.0      # how long a program file's open waits to be claimed by a report
 MAX_PROGRAMS = 512      # opens of program files kept for partial records
 LOST_SLACK = 0.01       # an exec's open may be drained this long before its fork is seen
@@ -2452,6 +2453,7 @@ EXEC_SPIN_STEP = 0.0001  # ... this often, for the new command line
 LD_CACHE = "/etc/ld.so.cache"
 WAKE_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what a wait saw
+WAIT_REWATCH = "rewatch"    # quiet: events dropped, one of them ended a watch
 
 # One /proc/N/stat line, the fields the scanner uses (man 5 proc: state 3,
 # ppid 4, flags 9, starttime 22, exit_signal 38).
@@ -2569,6 +2571,8 @@ def _load_fastscan():
                 raise ImportError("No module named '_fastscan_cffi'")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
+            if not hasattr(module.lib, "FS_REWATCH"):   # fs_wait() without its quiet argument
+                raise ImportError("built from an older _fastscan.c: build it again")
         except ImportError as err:
             module, reason = None, str(err) or "not built"
         _FASTSCAN[:] = [module, reason]
@@ -2600,7 +2604,7 @@ class PythonBackend(object):
             poller.register(fd, select.POLLIN)
         return poller
 
-    def wait(self, counter_fd, notify_fd, last, timeout, step):
+    def wait(self, counter_fd, notify_fd, last, timeout, step, quiet=False):
         """-> (WAIT_*, counter): the same loop as fs_wait() in _fastscan.c."""
         deadline = time.monotonic() + timeout
         while True:
@@ -2613,7 +2617,10 @@ class PythonBackend(object):
             nap = min(step, left)
             if notify_fd >= 0:
                 if self._poller(notify_fd).poll(max(1, int(nap * 1000 + 0.5))):
-                    return WAIT_NOTIFY, cur
+                    if not quiet or read_counter(counter_fd) != last:
+                        return WAIT_NOTIFY, cur
+                    if _drop_events(notify_fd):
+                        return WAIT_REWATCH, cur
             else:
                 time.sleep(nap)
 
@@ -2641,6 +2648,24 @@ class PythonBackend(object):
         return self._inotify().inotify_add_watch(fd, os.fsencode(path), mask)
 
 
+def _drop_events(fd):
+    """Quiet: read and drop the queued inotify events (fs_drop_events() in _fastscan.c)
+    -> True when one ended a watch (IN_IGNORED) or events were lost (IN_Q_OVERFLOW)."""
+    rewatch = False
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return rewatch
+        if not data:
+            return rewatch
+        offset = 0
+        while offset + 16 <= len(data):
+            _wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+            rewatch = rewatch or bool(mask & (IN_IGNORED | IN_Q_OVERFLOW))
+            offset += 16 + size
+
+
 # sched_setattr(2) by architecture (os.uname().machine); glibc has no wrapper.
 SCHED_SETATTR_NR = {"x86_64": 314, "aarch64": 274, "i686": 351, "i386": 351,
                     "armv7l": 380, "riscv64": 274, "ppc64le": 355, "s390x": 345}
@@ -2650,7 +2675,9 @@ SHORT_SLICE_NS = 100000     # the shortest slice a fair task may ask for (0.1 ms
 def request_short_slice():
     """Ask the kernel (EEVDF, Linux >= 6.12) for a 0.1 ms slice for this thread, as any
     user may: a task with a short slice preempts a busy CPU at once when it wakes, where
-    a default one may wait for the running compiler's slice to end (docs/scanner.md).
+    a default one may wait for the running compiler's slice to end (docs/scanner.md,
+    "Real builds").  Measured gain: with two CPU hogs on 2 cores, wake-ups later than
+    1 ms after an exec's inotify event fell from 42% to 33% of execs.
     Nice and policy stay as they are.  -> True when the kernel took it."""
     number = SCHED_SETATTR_NR.get(os.uname().machine)
     if number is None:
@@ -2681,7 +2708,7 @@ class FastBackend(object):
         self.ffi, self.lib = module.ffi, module.lib
         lib = self.lib
         self._woke = {lib.FS_TIMEOUT: WAIT_TIMEOUT, lib.FS_MOVED: WAIT_MOVED,
-                      lib.FS_NOTIFY: WAIT_NOTIFY,
+                      lib.FS_NOTIFY: WAIT_NOTIFY, lib.FS_REWATCH: WAIT_REWATCH,
                       # a signal: back in Python its handler runs; the caller then
                       # looks at its stop flag as after any timeout
                       lib.FS_INTERRUPTED: WAIT_TIMEOUT}
@@ -2700,12 +2727,12 @@ class FastBackend(object):
             self._cap = n * 2       # /proc grew: retry with room to spare
             self._buf = self.ffi.new("int[]", self._cap)
 
-    def wait(self, counter_fd, notify_fd, last, timeout, step):
+    def wait(self, counter_fd, notify_fd, last, timeout, step, quiet=False):
         # fs_wait takes int microseconds: a step past the timeout is useless, and a
         # timeout past ~2147 s would overflow (it ends early instead: a WAIT_TIMEOUT)
         step = min(step, timeout)
         got = self.lib.fs_wait(counter_fd, notify_fd, last, _micros(timeout),
-                               max(1, _micros(step)), self._counter)
+                               max(1, _micros(step)), int(quiet), self._counter)
         if got < 0:
             raise OSError(-got, os.strerror(-got), "/proc/loadavg")
         return self._woke[got], self._counter[0]
@@ -2748,10 +2775,17 @@ class Notifier(object):
         # (path, when drained) of the files opened in the PATH directories: an exec opens
         # its program file, so a process gone before it was read may still be named
         self.programs = collections.deque(maxlen=MAX_PROGRAMS)
+        self.wanted = list(dirs)
         if self.fd >= 0:
-            self.add(cache)
-            for path in dirs:
-                self.add(path)
+            self.rewatch()
+
+    def rewatch(self):
+        """Watch the cache and the directories, again after a quiet wait dropped the
+        event that ended a watch (adding a watch that exists keeps its number)."""
+        self.paths = {}
+        self.cache_lost = not self.add(self.cache)
+        for path in self.wanted:
+            self.add(path)
 
     def add(self, path):
         wd = self.backend.inotify_add(self.fd, path, IN_OPEN)
@@ -3029,8 +3063,11 @@ class ProcScanner(object):
             self.short_slice = request_short_slice()
         timeout, step = self._pace(time.monotonic(), limit)
         notify_fd = self.notifier.fd if self.notifier is not None else -1
-        woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step)
+        woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step,
+                                 quiet=self._quiet())
         now = time.monotonic()
+        if woke == WAIT_REWATCH:
+            self.notifier.rewatch()
         opened = 0
         if woke == WAIT_NOTIFY:
             opened = len(self.notifier.programs)
@@ -3050,11 +3087,17 @@ class ProcScanner(object):
             self._sweep(now, events, full=now >= self.next_sweep)
         if self.full_listing or (self.moved and now - self.last_listing >= RECONCILE_EVERY):
             self._reconcile(now, events)
-        self._describe()
+        self._describe(events)
         if self.lost and not self.pending and not self.newborns:
             self._name_the_lost(now, events)
-            self._describe()            # its re-checks may have found an exec
+            self._describe(events)      # its re-checks may have found an exec
         return events
+
+    def _quiet(self):
+        """Nothing under watch: an exec that does not move the counter (another PID
+        namespace's, or an old process's) cannot concern us, and the wait drops its
+        inotify events without returning (docs/scanner.md, "Idle")."""
+        return not (self.pending or self.newborns or self.watched or self.lost)
 
     def _catch_exec(self, events):
         """A program file's open woke us, but the newborn that exec'd it still shows its
@@ -3286,11 +3329,17 @@ class ProcScanner(object):
         self.undescribed.append((event, watch, watch.st, cmdline))
         return event
 
-    def _describe(self):
+    def _describe(self, events):
         """Fill in the records of this step's events, once every newborn has been read:
         a record takes ~10 reads of /proc (~0.1 ms), time in which the next newborn
-        could end before its command line is read."""
+        could end before its command line is read.  So between two records the
+        newborns are read again, and the PIDs the counter shows meanwhile probed
+        (their reports join the list being filled).  150 "sleep 0" back to back, 4
+        alternating runs: python backend reported 119-133 -> 131-139 of 150 (medians
+        125 -> 134); fast unchanged (125-141 -> 130-131)."""
         for event, watch, st, cmdline in self.undescribed:
+            if self.newborns or self.pending or read_counter(self.counter_fd) != self.last:
+                self._catch_up(events)
             event.update(self.ctx.record(watch.pid, st, cmdline, watch.stat_fd))
             if cmdline is None:
                 # a zombie: its program file's open, if unclaimed, is its exe
@@ -3299,6 +3348,14 @@ class ProcScanner(object):
             elif not event["kernel_thread"]:
                 self._claim_program(st.comm, cmdline)
         del self.undescribed[:]
+
+    def _catch_up(self, events):
+        now = time.monotonic()
+        cur = read_counter(self.counter_fd)
+        if cur != self.last:
+            self._counter_moved(cur, now)
+        self._probe_pending(now, events)
+        self._check_newborns(now, events)
 
     # -- partial records: what the kernel's traces tell of a process gone too soon --
 
@@ -3316,10 +3373,18 @@ class ProcScanner(object):
         # an exec opens its program file before its new name and arguments show, so
         # its open is queued by now: drained first, it cannot be left for a lost PID
         self.notifier.drain()
+        if not self.notifier.programs:
+            return None
         names = {comm}
         if cmdline:
             names.add(os.path.basename(cmdline[0]))
-        names.update([self._real_name(name) for name in names])
+        # the names as they are first; links resolved only when none matches (each
+        # new name costs a lookup in every PATH directory: 150 "sleep 0" under
+        # unique argv[0]s spent ~80 us each on it)
+        return self._take_program(names) or self._take_program(
+            set(self._real_name(name) for name in names) - names)
+
+    def _take_program(self, names):
         for entry in self.notifier.programs:
             base = os.path.basename(entry[0])
             if base in names or base[:15] in names:     # comm is cut at 15 bytes
@@ -3343,10 +3408,12 @@ class ProcScanner(object):
 
     def _name_the_lost(self, now, events):
         """Once no newborn is pending, match the PIDs lost since the last time with the
-        program files opened meanwhile and claimed by no report.  One lost process and
-        one such open: a partial record of that PID.  Otherwise, no more opens than
+        program files opened meanwhile and claimed by no report.  No more opens than
         lost PIDs: a partial record with "pid": null for each (which ran which cannot
-        be told).  More opens than lost PIDs: nothing is invented."""
+        be told).  More opens than lost PIDs: nothing is invented.  A PID is never
+        named from an open: one lost PID and one unclaimed open named the wrong
+        program in 2 of 10 zlib builds (another user's exec, or a claim by name that
+        took a sibling's open), docs/scanner.md "Real builds"."""
         notifier = self.notifier
         if notifier is None or notifier.fd < 0:
             self.lost = []
@@ -3357,19 +3424,11 @@ class ProcScanner(object):
         lost, self.lost = self.lost, []
         notifier.drain()
         since = min(item.since for item in lost) - LOST_SLACK
-        opens = self._unclaimed_since(since, events, young=True)
+        opens = self._unclaimed_since(since, events)
         if not opens or len(opens) > len(lost):
             notifier.forget_programs(now - PROGRAM_KEEP)
             return
-        if len(lost) == 1 and lost[0].watch is not None:
-            # before a PID is named, every watched child has had its chance to claim
-            opens = self._unclaimed_since(since, events, young=False)
-        if not opens:
-            return
-        if len(lost) == 1 and lost[0].watch is not None:
-            events.append(self._lost_event(lost[0], opens[0][0]))
-        else:
-            events.extend(self._lost_event(None, path) for path, _ in opens)
+        events.extend(self._lost_event(path) for path, _ in opens)
         for item, _ in zip(lost, opens):
             if item.kind is not None:
                 setattr(self, item.kind, getattr(self, item.kind) - 1)
@@ -3378,27 +3437,24 @@ class ProcScanner(object):
             notifier.programs.remove(entry)
         notifier.forget_programs(now - PROGRAM_KEEP)
 
-    def _unclaimed_since(self, since, events, young):
+    def _unclaimed_since(self, since, events):
         """The program opens since `since` no report claims, once the watched children
-        (young: only those reported less than PROGRAM_KEEP ago, the cheap common case)
-        were re-checked for a later exec, which claims its own open."""
+        reported less than PROGRAM_KEEP ago were re-checked for a later exec, which
+        claims its own open."""
         programs = self.notifier.programs
         if any(entry[1] >= since for entry in programs):
             now = time.monotonic()
             for watch in list(self.watched.values()):
-                if not young or now - watch.born < PROGRAM_KEEP:
+                if now - watch.born < PROGRAM_KEEP:
                     self._recheck(watch, events)
         return [entry for entry in programs if entry[1] >= since]
 
-    def _lost_event(self, item, path):
-        """A partial record from a program file's open; item None: the PID is unknown.
-        A reported child's later exec is an "exec" event."""
-        kind = "exec" if item is not None and item.kind is None else "new"
-        event = collections.OrderedDict(event=kind, time=round(time.time(), 6))
-        st = item.watch.st if item is not None else None
-        event["start_time"] = self.ctx.start_time(st.start) if st is not None else None
-        event["pid"] = item.pid if item is not None else None
-        event["ppid"] = st.ppid if st is not None else None
+    def _lost_event(self, path):
+        """A partial record from a program file's open: the PID is unknown."""
+        event = collections.OrderedDict(event="new", time=round(time.time(), 6))
+        event["start_time"] = None
+        event["pid"] = None
+        event["ppid"] = None
         event["uid"] = None
         event["user"] = None
         # comm is the name the program was exec'd by (a link's own name, "cc"); the

@@ -191,6 +191,7 @@ def score_build(events, execs, ran):
             by_pid[ev["pid"]].append(ev)
     caught = partial = 0
     missed = collections.Counter()
+    causes = collections.Counter()
     for pid, program in execs:
         full = [ev for ev in by_pid.get(pid, ()) if ev.get("cmdline")]
         part = [ev for ev in by_pid.get(pid, ()) if ev.get("partial")]
@@ -200,6 +201,9 @@ def score_build(events, execs, ran):
             partial += 1
         else:
             missed[program] += 1
+            # the PID reported under another program: seen at fork (or an earlier exec),
+            # its exec not read in time; never reported: gone before its first read
+            causes["exec lost, pid seen" if by_pid.get(pid) else "never read"] += 1
     wrong = []
     for pid, evs in by_pid.items():
         if pid not in ran:
@@ -214,7 +218,8 @@ def score_build(events, execs, ran):
                     and names_program(event_names(ev), os.path.basename(ev.get("exe") or ""))
                     and any(names_program(event_names(ev), p) for p in programs))
     return {"execs": len(execs), "caught": caught, "partial": partial, "wrong": len(wrong),
-            "wrong_events": wrong[:5], "pid_null": anonymous, "missed": dict(missed.most_common(8))}
+            "wrong_events": wrong[:5], "pid_null": anonymous, "missed": dict(missed.most_common(8)),
+            "causes": dict(causes)}
 
 
 def cpu_seconds(pid):
@@ -368,13 +373,17 @@ def print_table(results, rounds, lone_count, src_name):
           "of the right PID;\npid null = partial records naming one of the build's programs "
           "without a PID (which ran which could not be told);\nCPU = % of one core (idle: "
           "1,000 extra processes)")
-    print("misses by program (all rounds):")
+    print("misses by program and by cause (all rounds):")
     for name, runs in results.items():
         missed = collections.Counter()
+        causes = collections.Counter()
         for r in runs:
             missed.update(r["build"]["missed"])
-        print("  %-8s %s" % (name, ", ".join("%s %d" % kv for kv in missed.most_common(8))
-                              or "none"))
+            causes.update(r["build"].get("causes", {}))
+        print("  %-11s %s" % (name, ", ".join("%s %d" % kv for kv in missed.most_common(8))
+                                 or "none"))
+        print("  %-11s causes: %s" % ("", ", ".join("%s %d" % kv for kv in causes.most_common())
+                                      or "none"))
         for r in runs:
             print("           summary: %s" % r["build"]["summary"])
 

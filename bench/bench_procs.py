@@ -99,7 +99,11 @@ def stop_scanner(proc):
     proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:       # reaped elsewhere (seen once on a shared machine)
+            proc.returncode = -1 if proc.returncode is None else proc.returncode
+            return float("nan")
         if pid:
             proc.returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
                                else os.WEXITSTATUS(status))

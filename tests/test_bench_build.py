@@ -56,3 +56,12 @@ def test_a_fork_only_child_reported_with_its_parents_program_is_not_wrong():
     execs, ran = bench_build.tree_execs(PERF_TEXT, 100)
     events = [{"event": "new", "pid": 103, "comm": "make", "cmdline": ["make", "-j2"]}]
     assert bench_build.score_build(events, execs, ran)["wrong"] == 0
+
+
+def test_misses_are_told_apart_by_cause():
+    """A miss whose PID was reported under another program (seen at fork, its exec not
+    read) is not one never read at all: mixing them up would point at the wrong fix."""
+    execs, ran = bench_build.tree_execs(PERF_TEXT, 100)
+    events = [{"event": "new", "pid": 103, "comm": "make", "cmdline": ["make", "-j2"]}]
+    score = bench_build.score_build(events, execs, ran)
+    assert score["causes"] == {"exec lost, pid seen": 1, "never read": 2}

@@ -175,6 +175,40 @@ def test_cache_watch_survives_replacement_by_rename(tmp_path, backend):
         notifier.close()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quiet_wait_drops_foreign_execs_but_not_a_lost_watch(tmp_path, backend):
+    """Quiet (nothing under watch): an open with the counter still put is dropped
+    without ending the wait (a bug would return at each of it, or keep it queued);
+    a replaced cache ends it with WAIT_REWATCH, and rewatch() watches the new file
+    (a bug would leave the feed blind to execs for good)."""
+    io = netsnoop.make_backend(backend)
+    cache = tmp_path / "ld.so.cache"
+    cache.write_text("old")
+    notifier = netsnoop.Notifier(io, [], cache=str(cache))
+    fd = fixed_counter(tmp_path)
+    try:
+        open(str(cache)).close()
+        start = time.monotonic()
+        assert io.wait(fd, notifier.fd, 4242, 0.2, 0.05, quiet=True) == (
+            netsnoop.WAIT_TIMEOUT, 4242)
+        assert time.monotonic() - start >= 0.15
+        before = notifier.opens
+        notifier.drain()
+        assert notifier.opens == before         # dropped, not left queued
+        fresh = tmp_path / "ld.so.cache~"
+        fresh.write_text("new")
+        os.rename(str(fresh), str(cache))
+        woke, _ = io.wait(fd, notifier.fd, 4242, 2.0, 1.0, quiet=True)
+        assert woke == netsnoop.WAIT_REWATCH
+        notifier.rewatch()
+        assert not notifier.cache_lost and list(notifier.paths.values()) == [str(cache)]
+        open(str(cache)).close()
+        assert io.wait(fd, notifier.fd, 4242, 2.0, 1.0)[0] == netsnoop.WAIT_NOTIFY
+    finally:
+        os.close(fd)
+        notifier.close()
+
+
 def test_a_signal_ends_the_c_wait_early(tmp_path, fast):
     """fs_wait runs without the GIL: a signal returns to Python (its handler runs,
     then --procs sees its stop flag) long before the timeout."""

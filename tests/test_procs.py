@@ -1,4 +1,5 @@
 """--procs: real processes spawned with unique markers, caught by each backend."""
+import collections
 import gc
 import json
 import os
@@ -956,7 +957,10 @@ def test_process_in_another_namespace_is_marked(tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fork_burst_is_accounted_for(tmp_path, backend):
     """A burst of short processes: every one is either reported, reported partially
-    (its program but no command line) or counted as missed."""
+    (its program but no command line) or counted as missed; at least half are named,
+    under their own PID, with their program.  ("sleep 0" lives ~0.5 ms after its
+    exec: a scanner starved of CPU by a loaded machine reads more of them as zombies,
+    which keep only their name: partial records, and those still name the program.)"""
     feed = Feed(tmp_path, "--json", "--backend", backend)
     tag = marker()
     children = [subprocess.Popen(["%s-%d" % (tag, i), "0"], executable=SLEEP)
@@ -965,10 +969,19 @@ def test_fork_burst_is_accounted_for(tmp_path, backend):
         child.wait()
     feed.stop()
     events = feed.events()
-    reported = {ev["cmdline"][0] for ev in events[:-1] if ev["cmdline"]
-                and ev["cmdline"][0].startswith(tag)}
-    assert len(reported) + events[-1]["missed"] + events[-1]["partial"] >= len(children)
-    assert len(reported) >= len(children) // 2
+    argv0 = {child.pid: "%s-%d" % (tag, i) for i, child in enumerate(children)}
+    full, partial = set(), set()
+    for ev in events[:-1]:
+        if ev.get("pid") not in argv0:
+            continue
+        if ev["cmdline"] and ev["cmdline"][0] == argv0[ev["pid"]]:
+            full.add(ev["pid"])
+        elif ev.get("partial") and "sleep" in (ev["comm"], os.path.basename(ev["exe"] or "")):
+            partial.add(ev["pid"])
+    partial -= full
+    assert len(full) + events[-1]["missed"] + events[-1]["partial"] >= len(children)
+    assert events[-1]["partial"] >= len(partial)
+    assert len(full) + len(partial) >= len(children) // 2, (len(full), len(partial))
 
 
 def test_procs_tab_marks_children_of_a_child_born_before_the_feed():
@@ -990,7 +1003,7 @@ def test_procs_tab_marks_children_of_a_child_born_before_the_feed():
         found = None
         while found is None and time.monotonic() < deadline:
             pane.poll()
-            found = next((e for e in pane.events if e["cmdline"][:1] == [argv0]), None)
+            found = next((e for e in pane.events if (e["cmdline"] or [])[:1] == [argv0]), None)
             time.sleep(0.02)
         assert found is not None, "the grandchild was not reported"
         assert found["descendant"] is True
@@ -1193,3 +1206,16 @@ def test_filter_finds_a_partial_record_by_its_program_file():
              "partial": True, "exe": "/usr/bin/x86_64-linux-gnu-as"}
     assert netsnoop.event_matches(event, re.compile("gnu-as"))
     assert not netsnoop.event_matches(event, re.compile("gcc"))
+
+
+@pytest.mark.parametrize("exe", ["/usr/bin/dash", "/usr/bin/bash", "/usr/bin/sed"])
+def test_rules_take_a_partial_record_without_pid(exe):
+    """A partial record with "pid": null (a shell lost in a build) goes through every
+    rule: a rule reading its parent formatted the null PID with %d and the whole feed
+    ended with an internal error in the middle of a build."""
+    event = collections.OrderedDict(
+        event="new", time=0.0, start_time=None, pid=None, ppid=None, uid=None, user=None,
+        comm=None, cmdline=None, partial=True, exe=exe, kernel_thread=False, cgroup=None,
+        pid_ns=None, net_ns=None, container=None)
+    findings = netsnoop.ProcRules(netsnoop.ProcFS()).findings(event)
+    assert findings and all(f["severity"] == "info" for f in findings)
