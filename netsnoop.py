@@ -1021,6 +1021,12 @@ class ProcFS(object):
                     "(%s is mounted with hidepid)" % (pid, self.root))
         return "process %d does not exist" % pid
 
+    def is_live(self):
+        """True when the root is the running kernel's /proc, not a tree of files
+        (--proc DIR): only then do the kernel's other sources (sock_diag, inotify on
+        the program directories, the clock) speak of the same processes."""
+        return os.path.realpath(self.root) == "/proc"
+
     def sys_ptrace(self):
         """True when netsnoop has CAP_SYS_PTRACE in effect (self/status CapEff),
         False when not, None when that cannot be read."""
@@ -1983,7 +1989,7 @@ def open_diag_socket_in(ns_path):
 
 def diag_socket_for(procfs, pid):
     """-> ((socket, lock), None) for PID's network namespace, or (None, reason)."""
-    if os.path.realpath(procfs.root) != "/proc":
+    if not procfs.is_live():
         return None, "TCP bytes come from the kernel (sock_diag), not from a --proc tree"
     theirs = procfs.netns(pid)
     if theirs is None and shares_netns(procfs, pid):
@@ -2868,7 +2874,7 @@ class ProcContext(object):
         except (OSError, ValueError, IndexError):
             btime = None        # a damaged --proc tree: the clock, else times from 0
         clock = getattr(time, "CLOCK_BOOTTIME", None)
-        if clock is not None and os.path.realpath(self.procfs.root) == "/proc":
+        if clock is not None and self.procfs.is_live():
             precise = time.time() - time.clock_gettime(clock)
             if btime is None or abs(precise - btime) < 2:
                 return precise
@@ -3042,7 +3048,10 @@ class ProcScanner(object):
             if st is not None:
                 self.known[pid] = st.start
         self.last_listing = now
-        self.notifier = Notifier(self.io, wake_dirs())
+        if self.procfs.is_live():
+            # not for a --proc tree: the machine's program opens are not its processes'
+            # (they would wake the scanner for nothing and make partial records of strangers)
+            self.notifier = Notifier(self.io, wake_dirs())
         return len(self.known)
 
     def close(self):
@@ -3878,7 +3887,7 @@ def listening_inodes(procfs, pid):
     from /proc/PID/net/tcp{,6}, which walks that whole table (25 ms each on a
     host with a large one): only for a shell whose parent holds sockets."""
     if procfs.netns(pid) is not None and procfs.netns(pid) == procfs.netns("self") \
-            and os.path.realpath(procfs.root) == "/proc":
+            and procfs.is_live():
         try:
             return sock_diag_listening()
         except OSError:

@@ -9,6 +9,7 @@ import os
 import re
 import select
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -946,6 +947,26 @@ def wait_for_events(pane, pids, timeout=5.0):
         pane.poll()
         time.sleep(0.02)
     return {e["pid"]: e["descendant"] for e in pane.events}
+
+
+def test_a_fake_tree_gets_no_records_of_the_machines_programs(tmp_path):
+    """Under --proc DIR the machine's own program opens (inotify on /usr/bin) are not the
+    tree's processes: they were turned into partial records with "pid": null."""
+    fake_process(tmp_path, 1, 0, "init")
+    pane = netsnoop.ProcsPane(netsnoop.ProcFS(str(tmp_path)), 1, backend="python")
+    try:
+        pane.start()
+        assert pane.active, pane.tables()[0].notes
+        for _ in range(10):                 # real programs, opened from /usr/bin
+            subprocess.run([shutil.which("true") or "/bin/true"])
+        time.sleep(0.2)
+        fake_process(tmp_path, 300, 1, "worker")
+        wait_for_events(pane, (300,))
+        time.sleep(0.3)
+        pane.poll()
+        assert [e["pid"] for e in pane.events] == [300], list(pane.events)
+    finally:
+        pane.close()
 
 
 def test_procs_tab_of_pid_1_marks_every_process_but_the_kernels(tmp_path):
