@@ -3522,53 +3522,41 @@ def _raise_fd_limit():
 
 # --- the feed for the curses session -------------------------------------------
 
-class ProcFeed(object):
-    """Non-blocking feed of new-process events for the curses session.
+class SessionFeed(object):
+    """Non-blocking feed for the curses session: a daemon thread steps a scanner
+    (ProcScanner, ConnScanner: the C wait releases the GIL, the Python ones sleep in
+    select.poll) and queues its events; poll() only drains that queue, so it never
+    blocks.  .error holds the message if the scanner stopped on an error.  Call
+    close() when done.  Subclasses say what the feed is and may turn each event
+    (take)."""
+    what = "feed"
 
-    A daemon thread runs ProcScanner.step() (the C wait releases the GIL; the
-    Python one sleeps in select.poll) and queues the events; poll() only
-    drains that queue, so it never blocks.  Call close() when done.
-    .seen / .missed / .backend as in the --procs summary; .error holds the
-    message if the scanner stopped on an error.
-    """
-
-    def __init__(self, procfs, backend="auto"):
-        self._scanner = ProcScanner(procfs, backend)
-        self._rules = ProcRules(procfs)        # findings, as in the --procs feed
-        self.backend = self._scanner.backend
+    def __init__(self, scanner, name):
+        self.scanner = scanner
         self._queue = collections.deque(maxlen=10000)
         self._stop = threading.Event()
         self.error = None
-        self._thread = threading.Thread(target=self._run, name="netsnoop-procs")
+        self._thread = threading.Thread(target=self._run, name=name)
         self._thread.daemon = True
         try:
-            self._scanner.start()
+            scanner.start()
             self._thread.start()
         except BaseException:
-            self._scanner.close()   # the counter / inotify fds opened before the failure
+            scanner.close()         # whatever it opened before the failure
             raise
+
+    def take(self, event):
+        return event
 
     def _run(self):
         try:
             while not self._stop.is_set():
-                self._queue.extend(self._rules.apply(e) for e in self._scanner.step(0.1))
+                self._queue.extend(self.take(e) for e in self.scanner.step(0.1))
         except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
-            self.error = "process feed stopped: %s" % (err,)
+            self.error = "%s stopped: %s" % (self.what, err)
         finally:
             # closed here, by the only thread using it: close() need not outwait a slow step
-            self._scanner.close()
-
-    @property
-    def seen(self):
-        return self._scanner.seen
-
-    @property
-    def missed(self):
-        return self._scanner.missed
-
-    @property
-    def partial(self):
-        return self._scanner.partial
+            self.scanner.close()
 
     def poll(self):
         """The events found since the last call (a list of --json event dicts)."""
@@ -3581,6 +3569,33 @@ class ProcFeed(object):
         """Stop the thread; it closes the scanner's fds as it ends (at once, or after its step)."""
         self._stop.set()
         self._thread.join(1.0)
+
+
+class ProcFeed(SessionFeed):
+    """New-process events for the session, with their findings as in --procs.
+    .seen / .missed / .partial / .backend as in the --procs summary."""
+    what = "process feed"
+
+    def __init__(self, procfs, backend="auto"):
+        self._rules = ProcRules(procfs)
+        scanner = ProcScanner(procfs, backend)
+        self.backend = scanner.backend
+        SessionFeed.__init__(self, scanner, "netsnoop-procs")
+
+    def take(self, event):
+        return self._rules.apply(event)
+
+    @property
+    def seen(self):
+        return self.scanner.seen
+
+    @property
+    def missed(self):
+        return self.scanner.missed
+
+    @property
+    def partial(self):
+        return self.scanner.partial
 
 
 # --- output ---------------------------------------------------------------------
@@ -5486,13 +5501,13 @@ def run_conns(args, procfs):
                 held.extend(last + [output.rules.apply(e) for e in procs.poll()])
                 _emit_in_order(output, held, float("inf"))
         output.finish_delivery()
-        output.conn_summary(conns, procs._scanner if procs else None)
+        output.conn_summary(conns, procs.scanner if procs else None)
     finally:
         output.finish_delivery()
         if started:
             output.conn_report(conns, alone=procs is None)
             if procs is not None:
-                output.report(procs._scanner)
+                output.report(procs.scanner)
         if procs is not None:
             procs.close()
         conns.close()
@@ -5504,39 +5519,12 @@ def run_conns(args, procfs):
     return EXIT_OK
 
 
-class ConnFeed(object):
-    """Non-blocking feed of connection events for the curses session (as ProcFeed):
-    a daemon thread runs ConnScanner.step() and queues the events; poll() drains
-    the queue.  .error holds the message if the scanner stopped on an error."""
+class ConnFeed(SessionFeed):
+    """Connection events of PID's network namespace for the session (ConnScanner)."""
+    what = "connection feed"
 
     def __init__(self, procfs, pid):
-        self.scanner = ConnScanner(procfs, pid=pid)
-        self.scanner.start()        # NetsnoopError: not started, nothing left open
-        self._queue = collections.deque(maxlen=10000)
-        self._stop = threading.Event()
-        self.error = None
-        self._thread = threading.Thread(target=self._run, name="netsnoop-conns")
-        self._thread.daemon = True
-        self._thread.start()
-
-    def _run(self):
-        try:
-            while not self._stop.is_set():
-                self._queue.extend(self.scanner.step(0.1))
-        except Exception as err:    # noqa: BLE001 -- a thread's traceback would garble curses
-            self.error = "connection feed stopped: %s" % (err,)
-        finally:
-            self.scanner.close()    # by the only thread using it
-
-    def poll(self):
-        out = []
-        while self._queue:
-            out.append(self._queue.popleft())
-        return out
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(1.0)
+        SessionFeed.__init__(self, ConnScanner(procfs, pid=pid), "netsnoop-conns")
 
 
 def _emit_in_order(output, events, until):
