@@ -190,7 +190,9 @@ def shells_of_the_server(scenarios, mark):
     argv holds mark).  Not any sh with mark in its argv: sh may fork a copy of itself
     for its command, and that copy, a shell started by a shell, must stay silent."""
     ev = the_event(scenarios, with_arg(mark))
-    servers = set(e["pid"] for e in ev if e["comm"] != "sh")
+    # the server is the python this test process started (its fork, before the exec of
+    # sh, shows the same argv: it is not a server)
+    servers = set(e["pid"] for e in ev if e["comm"] != "sh" and e["ppid"] == os.getpid())
     return [e for e in ev if e["comm"] == "sh" and e["ppid"] in servers], ev
 
 
