@@ -2038,28 +2038,34 @@ def close_diag_sockets():
 _DIAG_SEQ = [0]
 
 
+def _next_diag_seq():
+    _DIAG_SEQ[0] = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+    return _DIAG_SEQ[0]
+
+
+def _raise_dump_error(family, err):
+    """The kernel's error for a family's dump, as OSError; none for IPv6 where the
+    kernel has no IPv6 (ENOENT, EAFNOSUPPORT): that dump is simply empty."""
+    if err and not (family == socket.AF_INET6 and err in (errno.ENOENT, errno.EAFNOSUPPORT)):
+        raise OSError(err, os.strerror(err))
+
+
 def diag_dump(entry, states=DIAG_LIVE_STATES, families=(socket.AF_INET, socket.AF_INET6)):
     """Every TCP socket of the families in the states of the bitmask -> Records of
     DiagSocket; the kernel filters the states.  OSError on failure.  Each family
     costs a walk of the kernel's whole TCP hash (~2 ms here, sockets or not)."""
-    return _diag_exchange(entry, states, families, Records())
-
-
-def _diag_exchange(entry, states, families, out):
-    """Send the dump requests and parse the replies into `out` (Records)."""
     sock, lock = entry
+    out = Records()
     with lock:
         for family in families:
-            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            seq = _next_diag_seq()
             sock.send(inet_diag_request(family, states, seq))
             done = False
             while not done:
                 part, done, err = parse_diag_dump(sock.recv(DIAG_RECV), seq)
                 out.extend(part)
                 out.skipped += part.skipped
-            if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
-                                                                   errno.EAFNOSUPPORT)):
-                raise OSError(err, os.strerror(err))
+            _raise_dump_error(family, err)
     return out
 
 
@@ -2070,7 +2076,7 @@ def diag_lookup(entry, socks):
     found = {}
     with lock:
         for wanted in socks:
-            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            seq = _next_diag_seq()
             sock.send(inet_diag_lookup(wanted, seq))
             while True:
                 part, done, _err = parse_diag_dump(sock.recv(DIAG_RECV), seq)
@@ -2081,15 +2087,21 @@ def diag_lookup(entry, socks):
     return found
 
 
-def tcp_diag(procfs, pid):
-    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets."""
+def diag_in_namespace(procfs, pid, dump):
+    """dump(entry) on PID's namespace's sock_diag socket -> (its result, None), or
+    (None, reason) when that socket cannot be had or the dump fails."""
     entry, reason = diag_socket_for(procfs, pid)
     if entry is None:
         return None, reason
     try:
-        return diag_dump(entry), None
+        return dump(entry), None
     except OSError as err:
         return None, "sock_diag dump failed: %s" % (err.strerror or err)
+
+
+def tcp_diag(procfs, pid):
+    """-> (Records of DiagSocket, None) or (None, reason): PID's namespace's TCP sockets."""
+    return diag_in_namespace(procfs, pid, diag_dump)
 
 
 DIAG_ROW_STATES = DIAG_LIVE_STATES | (1 << TCP_TIME_WAIT)    # what /proc/net/tcp lists
@@ -2102,29 +2114,21 @@ def diag_rows(entry):
     rows, tcp_bytes, skipped = Records(), {}, 0
     with lock:
         for family in (socket.AF_INET, socket.AF_INET6):
-            _DIAG_SEQ[0] = seq = _DIAG_SEQ[0] % 0x7FFFFFFF + 1
+            seq = _next_diag_seq()
             sock.send(inet_diag_request(family, DIAG_ROW_STATES, seq))
             names, done, err = {}, False, 0
             while not done:
                 done, err, bad = parse_diag_rows(sock.recv(DIAG_RECV), seq, rows,
                                                  tcp_bytes, names)
                 skipped += bad
-            if err and not (family == socket.AF_INET6 and err in (errno.ENOENT,
-                                                                   errno.EAFNOSUPPORT)):
-                raise OSError(err, os.strerror(err))
+            _raise_dump_error(family, err)
     return rows, tcp_bytes, skipped
 
 
 def tcp_diag_rows(procfs, pid):
     """-> ((rows, tcp_bytes, skipped), None), or (None, reason): the tcp tab then
     reads /proc/PID/net/tcp[6] and has no bytes."""
-    entry, reason = diag_socket_for(procfs, pid)
-    if entry is None:
-        return None, reason
-    try:
-        return diag_rows(entry), None
-    except OSError as err:
-        return None, "sock_diag dump failed: %s" % (err.strerror or err)
+    return diag_in_namespace(procfs, pid, diag_rows)
 
 
 # --- cgroups: id -> path ------------------------------------------------------
