@@ -1131,13 +1131,11 @@ def test_zombie_gone_before_its_cmdline_is_a_partial_record_of_its_program(tmp_p
     assert " partial [true]" in netsnoop.format_event(event)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_two_children_reaped_at_once_are_never_given_each_others_program(tmp_path, backend):
-    """Two reported children exec true and echo and are reaped while the feed is
-    stopped: which ran which cannot be told, so no partial record names either PID
-    (a bug would pair them up by order); the programs may show with "pid": null."""
+def exec_while_the_feed_is_stopped(tmp_path, backend, programs):
+    """Children reported as fork-only (and watched) exec `programs` and are reaped while
+    the feed is stopped (SIGSTOP) -> (the feed's events but its summary, the children)."""
     feed = Feed(tmp_path, "--json", "--backend", backend)
-    kids = ExecWhenTold(tmp_path, [TRUE, ECHO], reap=True)
+    kids = ExecWhenTold(tmp_path, programs, reap=True)
     try:
         time.sleep(0.3)                 # reported as fork-only children, and watched
         feed.proc.send_signal(signal.SIGSTOP)
@@ -1148,7 +1146,15 @@ def test_two_children_reaped_at_once_are_never_given_each_others_program(tmp_pat
         feed.stop()
     finally:
         kids.end()
-    events = feed.events()[:-1]
+    return feed.events()[:-1], kids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_children_reaped_at_once_are_never_given_each_others_program(tmp_path, backend):
+    """Two reported children exec true and echo and are reaped while the feed is
+    stopped: which ran which cannot be told, so no partial record names either PID
+    (a bug would pair them up by order); the programs may show with "pid": null."""
+    events, kids = exec_while_the_feed_is_stopped(tmp_path, backend, [TRUE, ECHO])
     for pid in kids.pids:
         mine = [e for e in events if e.get("pid") == pid]
         assert [e["event"] for e in mine] == ["new"], mine      # the fork-only report only
@@ -1166,19 +1172,7 @@ def test_reported_child_reaped_after_an_exec_leaves_a_trace_of_its_program(tmp_p
     null when another exec on the machine made it ambiguous); never another program."""
     traced = False
     for _ in range(3):                  # other users' execs at that moment: try again
-        feed = Feed(tmp_path, "--json", "--backend", backend)
-        kids = ExecWhenTold(tmp_path, [TRUE], reap=True)
-        try:
-            time.sleep(0.3)
-            feed.proc.send_signal(signal.SIGSTOP)
-            try:
-                kids.go_now()
-            finally:
-                feed.proc.send_signal(signal.SIGCONT)
-            feed.stop()
-        finally:
-            kids.end()
-        events = feed.events()[:-1]
+        events, kids = exec_while_the_feed_is_stopped(tmp_path, backend, [TRUE])
         mine = [e for e in events if e.get("pid") == kids.pids[0]]
         assert mine[0]["event"] == "new" and not mine[0].get("partial")
         for event in mine[1:]:
