@@ -397,6 +397,13 @@ def smtp_port(controller):
     return controller.port
 
 
+def wait_for_mail(received, timeout=10.0):
+    """Until the SMTP server has a message (or timeout: the test's asserts say what)."""
+    deadline = time.monotonic() + timeout
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_mail_one_message_per_alert(tmp_path):
     controller, received = smtp_server()
     try:
@@ -405,9 +412,7 @@ def test_mail_one_message_per_alert(tmp_path):
                     "--smtp", "127.0.0.1:%d" % smtp_port(controller))
         pid = run_from("/dev/shm", mark)
         run_plain(mark)
-        deadline = time.monotonic() + 10
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_mail(received)
         feed.stop()
     finally:
         controller.stop()
@@ -433,9 +438,7 @@ def test_mail_login_takes_the_password_from_the_environment(tmp_path):
         feed = Feed(tmp_path, mark, "--mail-to", "soc@example.org", "--smtp-user", "alice",
                     "--smtp", "127.0.0.1:%d" % smtp_port(controller), env=env)
         run_from("/dev/shm", mark)
-        deadline = time.monotonic() + 10
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_mail(received)
         feed.stop()
     finally:
         controller.stop()
