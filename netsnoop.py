@@ -2466,15 +2466,16 @@ WAIT_TIMEOUT, WAIT_MOVED, WAIT_NOTIFY = "timeout", "moved", "notify"     # what 
 WAIT_REWATCH = "rewatch"    # quiet: events dropped, one of them ended a watch
 
 # One /proc/N/stat line, the fields the scanner uses (man 5 proc: state 3,
-# ppid 4, flags 9, starttime 22, exit_signal 38).
-ProcStat = collections.namedtuple("ProcStat", "comm state ppid flags start exit_signal")
+# ppid 4, flags 9, starttime 22, exit_signal 38, processor 39: the CPU it last ran on).
+ProcStat = collections.namedtuple("ProcStat", "comm state ppid flags start exit_signal cpu")
 
 
 def parse_proc_stat(data):
     """b"42 (a) b) S 1 ..." -> ProcStat(comm="a) b", state="S", ppid=1, ...); ValueError if damaged."""
     comm, rest = parse_stat_line(decode(data))
     exit_signal = int(rest[35]) if len(rest) > 35 else 0
-    return ProcStat(comm, rest[0], int(rest[1]), int(rest[6]), int(rest[19]), exit_signal)
+    cpu = int(rest[36]) if len(rest) > 36 else -1
+    return ProcStat(comm, rest[0], int(rest[1]), int(rest[6]), int(rest[19]), exit_signal, cpu)
 
 
 def parse_cmdline(data):
@@ -2782,6 +2783,7 @@ class Notifier(object):
         self.cache = cache
         self.cache_lost = False
         self.opens = 0           # IN_OPEN events so far: any exec of a dynamic program adds some
+        self.program_opens = 0   # ... of those, opens of a file in the PATH directories
         # (path, when drained) of the files opened in the PATH directories: an exec opens
         # its program file, so a process gone before it was read may still be named
         self.programs = collections.deque(maxlen=MAX_PROGRAMS)
@@ -2823,6 +2825,7 @@ class Notifier(object):
                     self.cache_lost = True
                 elif name and not mask & IN_ISDIR and self.paths.get(wd, self.cache) != self.cache:
                     self.programs.append((os.path.join(self.paths[wd], os.fsdecode(name)), now))
+                    self.program_opens += 1
             self.watch_cache_again()
 
     def forget_programs(self, before):
@@ -3031,6 +3034,9 @@ class ProcScanner(object):
         self.last_birth = self.last_listing = self.next_sweep = 0.0
         self.moved = self.full_listing = False
         self.short_slice = None     # asked for by the first step(), in the thread that runs it
+        self.cpus = None            # the CPUs this thread may run on, when it may step aside
+        self.own_stat_fd = None     # /proc/thread-self/stat: the CPU this thread is on
+        self.aside = False          # moved off a newborn's CPU (_step_aside)
 
     @property
     def missed(self):
@@ -3059,6 +3065,8 @@ class ProcScanner(object):
         return len(self.known)
 
     def close(self):
+        if self.aside:
+            self._come_back()
         for watch in list(self.newborns.values()) + list(self.watched.values()):
             watch.close()
         self.newborns.clear()
@@ -3066,7 +3074,8 @@ class ProcScanner(object):
         if self.notifier is not None:
             self.notifier.close()
         _close(self.counter_fd)
-        self.counter_fd = None
+        _close(self.own_stat_fd)
+        self.counter_fd = self.own_stat_fd = None
 
     # -- the loop --
 
@@ -3074,6 +3083,7 @@ class ProcScanner(object):
         """Wait for activity (at most `limit` seconds) and return the new events."""
         if self.short_slice is None:
             self.short_slice = request_short_slice()
+            self._prepare_step_aside()
         timeout, step = self._pace(time.monotonic(), limit)
         notify_fd = self.notifier.fd if self.notifier is not None else -1
         woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step,
@@ -3081,18 +3091,20 @@ class ProcScanner(object):
         now = time.monotonic()
         if woke == WAIT_REWATCH:
             self.notifier.rewatch()
-        opened = 0
+        programs = self.notifier.program_opens if self.notifier is not None else 0
         if woke == WAIT_NOTIFY:
-            opened = len(self.notifier.programs)
-            self.notifier.drain()
-            opened = len(self.notifier.programs) - opened
             # the counter was read before the nap: the fork of the process whose exec
             # woke us is seen now, not one step (a record or two) later
             cur = read_counter(self.counter_fd)
         events = []
         if cur != self.last:
             self._counter_moved(cur, now)
+        # the newborns first, the inotify events after: the exec that woke us may be
+        # waiting for this CPU (_step_aside)
         self._probe_pending(now, events)
+        if woke == WAIT_NOTIFY:
+            self.notifier.drain()
+        opened = self.notifier.program_opens - programs if self.notifier is not None else 0
         self._check_newborns(now, events)
         if opened and (self.newborns or self.pending):
             self._catch_exec(events)
@@ -3104,7 +3116,43 @@ class ProcScanner(object):
         if self.lost and not self.pending and not self.newborns:
             self._name_the_lost(now, events)
             self._describe(events)      # its re-checks may have found an exec
+        if self.aside and not self.pending and not self.newborns:
+            self._come_back()
         return events
+
+    # -- sharing the CPUs with a newborn --
+
+    def _prepare_step_aside(self):
+        try:
+            cpus = os.sched_getaffinity(0)
+            if len(cpus) > 1 and self.procfs.is_live():
+                self.own_stat_fd = _open_ro("/proc/thread-self/stat")
+                self.cpus = cpus
+        except (OSError, AttributeError):
+            pass
+
+    def _step_aside(self, st):
+        """A newborn inside its execve, on the CPU this thread runs on, cannot finish it
+        while we read it; and once we sleep, it runs its whole (short) life before we
+        are let back on that CPU.  So this thread moves to another CPU until no newborn
+        is pending (any thread may set its own affinity)."""
+        if self.cpus is None or st.state != "R" or st.cpu < 0:
+            return
+        try:
+            mine = parse_proc_stat(os.pread(self.own_stat_fd, 2048, 0)).cpu
+            others = self.cpus - {mine}
+            if mine == st.cpu and others:
+                os.sched_setaffinity(0, others)
+                self.aside = True
+        except (OSError, ValueError, IndexError):
+            self.cpus = None
+
+    def _come_back(self):
+        self.aside = False
+        try:
+            os.sched_setaffinity(0, self.cpus)
+        except OSError:
+            self.cpus = None
 
     def _quiet(self):
         """Nothing under watch: an exec that does not move the counter (another PID
@@ -3177,6 +3225,7 @@ class ProcScanner(object):
         if self.known.get(pid) == st.start or (old and old.st.start == st.start):
             watch.close()
             return True
+        self._step_aside(st)
         if old is not None:
             self._pid_reused(old, events)
         self._adopt(watch, st, events)
@@ -3224,6 +3273,7 @@ class ProcScanner(object):
         if cmdline is None:
             return self._newborn_died(watch, None, events)
         if not cmdline and now - watch.born < FORK_WAIT:
+            self._step_aside(st)
             return                  # inside execve: arguments not set up yet (docs/scanner.md,
                                     # "Trap: the empty command line inside execve")
         if watch.fork_cmdline is None:
@@ -3236,6 +3286,7 @@ class ProcScanner(object):
         execed = new_args or st.comm != watch.fork_comm
         if not execed:
             watch.opens = self._exec_hints()
+            self._step_aside(st)
         if execed or now - watch.born >= FORK_WAIT:
             watch.forked_only = not execed
             self._report(watch, cmdline, events)
