@@ -285,9 +285,10 @@ def run_build(name, src, lone_dir, workdir, tag):
     build_dir = os.path.join(workdir, "build-" + tag)
     shutil.copytree(src, build_dir, symlinks=True)
     out_path = os.path.join(workdir, tag + ".jsonl")
-    perf = Perf(os.path.join(workdir, tag + ".perf"))
     proc = start_scanner(name, lone_dir, out_path)
+    perf = None
     try:
+        perf = Perf(os.path.join(workdir, tag + ".perf"))   # stopped even if the scanner fails
         time.sleep(0.5)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         build = subprocess.Popen(["/bin/sh", "-c", "./configure && make -j2"], cwd=build_dir,
@@ -297,7 +298,7 @@ def run_build(name, src, lone_dir, workdir, tag):
         time.sleep(0.5)                 # the last reports land
     finally:
         summary = stop_scanner(proc)
-        text = perf.stop()
+        text = perf.stop() if perf is not None else ""
     if status != 0:
         raise SystemExit("the build failed in %s (status %d)" % (build_dir, status))
     shutil.rmtree(build_dir, ignore_errors=True)
