@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: who talks to whom (socket owners, TCP bytes, the --conns feed).
 
-    sudo python3 bench/bench_conns.py [--rate 100] [--seconds 10] [--sockets 20000] [--runs 7]
+    sudo python3 bench/bench_conns.py [--rate 100] [--seconds 30] [--sockets 20000] [--runs 7]
 
 1. The --conns feed at RATE connections per second, in a private network namespace
    (`unshare -n`): a load process connects to a local server RATE times a second
@@ -9,7 +9,10 @@
    and for the same time, run `netsnoop --conns --json` and its peer `ss -tniE`
    (ss's event mode: the same destroy multicast, printing each closing socket with
    its tcp_info).  Printed: the CPU of each (share of one core), their ratio, and
-   the closes each reported against the connections made.
+   the closes each reported against the connections made.  30 s by default: the
+   feed's dump budget lets a burst of 60 ms of dumps go at its start (then 2 ms a
+   second), which over 10 s alone reads as 0.6 points of a core (10 s: 2.0-2.3%,
+   30 s: 1.4%, same machine).
 2. The tcp snapshot with owners and bytes on SOCKETS sockets (bench_net.py's
    namespace): `netsnoop PID --once --tab tcp --json` against `ss -tanp` and
    `ss -tanpi` run inside the namespace, in alternating rounds: median wall and
@@ -133,12 +136,15 @@ def feed_round(rate, seconds):
 # 2. the snapshot of 20,000 sockets with owners
 # ---------------------------------------------------------------------------
 
-def snapshot_rounds(ns, runs):
+def snapshot_rounds(ns, runs, python=PYTHON, installed=None):
+    argv = [python, NETSNOOP, str(ns.pid), "--once", "--tab", "tcp", "--json"]
     cmds = [
-        ("netsnoop", lambda: bench_net.timed(bench_net.netsnoop_argv(ns.pid))),
+        ("netsnoop", lambda: bench_net.timed(argv)),
         ("ss -tanp", lambda: ns.run_inside(["ss", "-tanp"])),
         ("ss -tanpi", lambda: ns.run_inside(["ss", "-tanpi"])),
     ]
+    if installed:
+        cmds.append(("installed", lambda: bench_net.timed([installed] + argv[2:])))
     times = {name: [] for name, _ in cmds}
     cpus = {name: [] for name, _ in cmds}
     for r in range(runs):
@@ -165,11 +171,17 @@ def ms(seconds):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=int, default=100)
-    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--sockets", type=int, default=20000)
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--load", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--skip-snapshot", action="store_true")
+    p.add_argument("--python", default=PYTHON,
+                   help="the interpreter that runs netsnoop.py as a lone script in part 2 "
+                        "(a venv's: no site hooks of this machine's)")
+    p.add_argument("--installed", metavar="COMMAND",
+                   help="part 2 also times this installed netsnoop (pip install . into a "
+                        "venv: its module compiled once, not at every run)")
     args = p.parse_args(argv)
     if args.load:
         return load_main(int(args.load[0]), float(args.load[1]))
@@ -191,17 +203,20 @@ def main(argv=None):
     ns = bench_net.Namespace(args.sockets)
     try:
         rows, owned, with_bytes = owners_seen(ns)
-        times, cpus = snapshot_rounds(ns, args.runs)
+        times, cpus = snapshot_rounds(ns, args.runs, args.python, args.installed)
     finally:
         ns.close()
     print("\n2. tcp snapshot: %d rows, %d with an owner, %d with bytes (%d runs each)"
           % (rows, owned, with_bytes, args.runs))
+    print("   netsnoop = %s %s (the lone script, compiled at every run)"
+          % (args.python, NETSNOOP))
     for name in times:
         print("   %-10s wall %9s  cpu %9s" % (name, ms(statistics.median(times[name])),
                                               ms(statistics.median(cpus[name]))))
-    for peer in ("ss -tanp", "ss -tanpi"):
-        ratio = statistics.median(a / b for a, b in zip(times["netsnoop"], times[peer]))
-        print("   median per-round ratio netsnoop/%s (wall): %.2f" % (peer, ratio))
+    for mine in [n for n in ("netsnoop", "installed") if n in times]:
+        for peer in ("ss -tanp", "ss -tanpi"):
+            ratio = statistics.median(a / b for a, b in zip(times[mine], times[peer]))
+            print("   median per-round ratio %s/%s (wall): %.2f" % (mine, peer, ratio))
     return 0
 
 
