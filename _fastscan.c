@@ -10,7 +10,9 @@
  *   fs_wait()        poll the last-PID counter of /proc/loadavg and an
  *                    inotify fd until something happens.  cffi releases the
  *                    GIL for the call, so the wait costs Python nothing and
- *                    returns to it only when there is work.
+ *                    returns to it only when there is work.  Woken by a new
+ *                    PID, it first steps aside (fs_step_aside()) when that
+ *                    newborn waits for the CPU the scanner runs on.
  *
  * and one for the net views:
  *
@@ -30,8 +32,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
@@ -214,11 +218,63 @@ static int fs_drop_events(int notify_fd)
  * Python would only drop: its events are dropped here, without waking Python
  * (docs/scanner.md, "Idle").
  */
+/*
+ * The newborn PID, runnable on the CPU this thread runs on, is held there by the
+ * scanner itself: move this thread to the other CPUs it may use, at once (Python,
+ * cold after a quiet spell, takes ~0.3 ms to get there, and the newborn may be
+ * gone by then: docs/scanner.md, "Stepping aside").  root: the /proc to read.
+ * -> 1 when moved, 0 when not (not runnable, another CPU, one CPU left, gone).
+ */
+int fs_step_aside(const char *root, int pid)
+{
+    char path[PATH_MAX], text[1024];
+    const char *p;
+    ssize_t len;
+    cpu_set_t cpus;
+    int fd, field, cpu;
+
+    if (snprintf(path, sizeof(path), "%s/%d/stat", root, pid) >= (int)sizeof(path))
+        return 0;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    len = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (len <= 0)
+        return 0;
+    text[len] = '\0';
+    p = strrchr(text, ')');         /* the name may hold anything, ")" too */
+    if (p == NULL || p[1] != ' ' || p[2] != 'R')
+        return 0;
+    p += 2;                         /* field 3, the state; field 39 is the CPU */
+    for (field = 3; field < 39; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL)
+            return 0;
+        p++;
+    }
+    if (*p < '0' || *p > '9')
+        return 0;
+    cpu = atoi(p);
+    if (cpu != sched_getcpu() || sched_getaffinity(0, sizeof(cpus), &cpus) != 0)
+        return 0;
+    if (!CPU_ISSET(cpu, &cpus) || CPU_COUNT(&cpus) < 2)
+        return 0;
+    CPU_CLR(cpu, &cpus);
+    return sched_setaffinity(0, sizeof(cpus), &cpus) == 0;
+}
+
+/*
+ * Wait for the counter to move or the inotify fd to be readable.  aside_root:
+ * NULL, or the /proc whose newborns the scanner may step aside from
+ * (fs_step_aside(); *aside is then 1 when it did).
+ */
 int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us,
-            int quiet, int *counter)
+            int quiet, int *counter, const char *aside_root, int *aside)
 {
     struct timespec start;
 
+    *aside = 0;
     if (step_us <= 0)
         step_us = 1000;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -230,22 +286,28 @@ int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us
         if (cur < 0)
             return cur;
         *counter = cur;
-        if (cur != last)
+        if (cur != last) {
+            if (aside_root != NULL)
+                *aside = fs_step_aside(aside_root, cur);
             return FS_MOVED;
+        }
         left = timeout_us - fs_elapsed_us(&start);
         if (left <= 0)
             return FS_TIMEOUT;
         woke = fs_nap(notify_fd, left < step_us ? left : step_us);
-        if (woke == FS_NOTIFY && quiet) {
+        if (woke == FS_NOTIFY && (quiet || aside_root != NULL)) {
+            /* the exec that woke us: its fork moved the counter */
             cur = fs_read_counter(counter_fd);
             if (cur < 0)
                 return cur;
             *counter = cur;
-            if (cur == last) {
+            if (cur == last && quiet) {
                 if (fs_drop_events(notify_fd))
                     return FS_REWATCH;
                 continue;
             }
+            if (cur != last && aside_root != NULL)
+                *aside = fs_step_aside(aside_root, cur);
         }
         if (woke != FS_TIMEOUT)
             return woke;

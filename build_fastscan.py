@@ -23,7 +23,8 @@ CDEF = """
 int fs_list_pids(const char *dir, int *out, int cap);
 int fs_read_counter(int fd);
 int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us,
-            int quiet, int *counter);
+            int quiet, int *counter, const char *aside_root, int *aside);
+int fs_step_aside(const char *root, int pid);
 int fs_inotify_init(void);
 int fs_inotify_add(int fd, const char *path, unsigned int mask);
 int fs_socket_inodes(int dir_fd, uint64_t *out, int cap);

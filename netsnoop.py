@@ -2582,7 +2582,7 @@ def _load_fastscan():
                 raise ImportError("No module named '_fastscan_cffi'")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            if not hasattr(module.lib, "FS_REWATCH"):   # fs_wait() without its quiet argument
+            if not hasattr(module.lib, "fs_step_aside"):    # fs_wait() without its aside
                 raise ImportError("built from an older _fastscan.c: build it again")
         except ImportError as err:
             module, reason = None, str(err) or "not built"
@@ -2593,6 +2593,8 @@ def _load_fastscan():
 class PythonBackend(object):
     """Listing with os.scandir, waiting with select.poll / time.sleep, inotify via ctypes."""
     name = "python"
+    aside_root = None       # the fast backend's wait may step aside (ProcScanner._step_aside)
+    stepped_aside = False
 
     def __init__(self):
         self._libc = None
@@ -2712,8 +2714,12 @@ def _micros(seconds):
 
 
 class FastBackend(object):
-    """The C scanner: getdents64 listing, and a wait loop that runs without the GIL."""
+    """The C scanner: getdents64 listing, and a wait loop that runs without the GIL.
+    With aside_root set, the wait steps aside from a newborn on its own CPU itself,
+    as soon as it wakes (fs_step_aside()); stepped_aside then says so."""
     name = "fast"
+    aside_root = None
+    stepped_aside = False
 
     def __init__(self, module):
         self.ffi, self.lib = module.ffi, module.lib
@@ -2726,6 +2732,7 @@ class FastBackend(object):
         self._cap = 4096
         self._buf = self.ffi.new("int[]", self._cap)
         self._counter = self.ffi.new("int *")
+        self._aside = self.ffi.new("int *")
 
     def list_pids(self, root):
         path = os.fsencode(root)
@@ -2742,10 +2749,13 @@ class FastBackend(object):
         # fs_wait takes int microseconds: a step past the timeout is useless, and a
         # timeout past ~2147 s would overflow (it ends early instead: a WAIT_TIMEOUT)
         step = min(step, timeout)
+        root = os.fsencode(self.aside_root) if self.aside_root else self.ffi.NULL
         got = self.lib.fs_wait(counter_fd, notify_fd, last, _micros(timeout),
-                               max(1, _micros(step)), int(quiet), self._counter)
+                               max(1, _micros(step)), int(quiet), self._counter,
+                               root, self._aside)
         if got < 0:
             raise OSError(-got, os.strerror(-got), "/proc/loadavg")
+        self.stepped_aside = bool(self._aside[0])
         return self._woke[got], self._counter[0]
 
     def inotify_init(self):
@@ -3089,6 +3099,7 @@ class ProcScanner(object):
         woke, cur = self.io.wait(self.counter_fd, notify_fd, self.last, timeout, step,
                                  quiet=self._quiet())
         now = time.monotonic()
+        self.aside = self.aside or self.io.stepped_aside
         if woke == WAIT_REWATCH:
             self.notifier.rewatch()
         programs = self.notifier.program_opens if self.notifier is not None else 0
@@ -3128,6 +3139,7 @@ class ProcScanner(object):
             if len(cpus) > 1 and self.procfs.is_live():
                 self.own_stat_fd = _open_ro("/proc/thread-self/stat")
                 self.cpus = cpus
+                self.io.aside_root = self.procfs.root
         except (OSError, AttributeError):
             pass
 
@@ -3135,7 +3147,9 @@ class ProcScanner(object):
         """A newborn inside its execve, on the CPU this thread runs on, cannot finish it
         while we read it; and once we sleep, it runs its whole (short) life before we
         are let back on that CPU.  So this thread moves to another CPU until no newborn
-        is pending (any thread may set its own affinity)."""
+        is pending (any thread may set its own affinity).  The fast backend's wait makes
+        the same check in C the moment it wakes on a new PID (fs_step_aside()), ~0.3 ms
+        before this Python, cold after a quiet spell, gets here."""
         if self.cpus is None or st.state != "R" or st.cpu < 0:
             return
         try:

@@ -131,6 +131,87 @@ def test_wait_takes_steps_and_timeouts_past_a_c_int(tmp_path, backend):
         os.close(fd)
 
 
+def fake_stat(root, pid, state, cpu, comm="sh"):
+    """/proc/PID/stat in a fake tree: fields 3 (state) to 39 (the CPU last run on)."""
+    rest = [state] + ["7777"] * 35 + [str(cpu), "7777", "7777"]   # no CPU but the one
+    os.makedirs(os.path.join(root, str(pid)), exist_ok=True)
+    with open(os.path.join(root, str(pid), "stat"), "w") as f:
+        f.write("%d (%s) %s\n" % (pid, comm, " ".join(rest)))
+
+
+def current_cpu():
+    with open("/proc/thread-self/stat", "rb") as f:
+        return netsnoop.parse_proc_stat(f.read()).cpu
+
+
+def step_aside_from_own_cpu(call, root, pid, **stat):
+    """call() after writing PID's stat as runnable on this thread's CPU; again if the
+    thread moved meanwhile (on its own) -> (call()'s result, the CPU it was on)."""
+    for _ in range(5):
+        mine = current_cpu()
+        fake_stat(root, pid, "R", mine, **stat)
+        got = call()
+        if got or current_cpu() == mine:
+            return got, mine
+    return got, mine
+
+
+def test_fs_step_aside_leaves_only_the_cpu_of_a_runnable_newborn(tmp_path, fast):
+    """fs_step_aside: a newborn runnable (R) on this thread's CPU -> the thread moves
+    to the others; asleep, on another CPU, gone or unreadable -> it stays."""
+    everywhere = os.sched_getaffinity(0)
+    if len(everywhere) < 2:
+        pytest.skip("one CPU: nowhere to step aside to")
+    root = str(tmp_path)
+    step_aside = module.lib.fs_step_aside
+    try:
+        got, mine = step_aside_from_own_cpu(lambda: step_aside(root.encode(), 42), root, 42)
+        assert got == 1
+        assert os.sched_getaffinity(0) == everywhere - {mine}
+        assert current_cpu() != mine            # moved at once
+        os.sched_setaffinity(0, everywhere)
+        # a name holding ") R 1" is read up to its last ")": the state is S
+        fake_stat(root, 43, "S", current_cpu(), comm="x) R 1 (y")
+        other = min(everywhere - {current_cpu()})
+        fake_stat(root, 44, "R", other)
+        with open(os.path.join(root, "45"), "w"):
+            pass                                # not a directory: no stat
+        for pid in (43, 44, 45, 46):
+            assert step_aside(root.encode(), pid) == 0, pid
+            assert os.sched_getaffinity(0) == everywhere, pid
+        # limited to one CPU already: nowhere to go
+        os.sched_setaffinity(0, {current_cpu()})
+        got, _ = step_aside_from_own_cpu(lambda: step_aside(root.encode(), 47), root, 47)
+        assert got == 0
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
+def test_the_c_wait_steps_aside_as_it_wakes_on_a_new_pid(tmp_path, fast):
+    """With aside_root, fs_wait checks the newest PID the moment the counter moves and
+    says so (stepped_aside); without it, it never moves the thread."""
+    everywhere = os.sched_getaffinity(0)
+    if len(everywhere) < 2:
+        pytest.skip("one CPU: nowhere to step aside to")
+    fd = fixed_counter(tmp_path)
+    try:
+        root = str(tmp_path)
+        got, mine = step_aside_from_own_cpu(
+            lambda: fast.wait(fd, -1, 4241, 0.5, 0.01) and fast.stepped_aside, root, 4242)
+        assert not got and os.sched_getaffinity(0) == everywhere     # aside_root unset
+        fast.aside_root = root
+        got, mine = step_aside_from_own_cpu(
+            lambda: fast.wait(fd, -1, 4241, 0.5, 0.01) and fast.stepped_aside, root, 4242)
+        assert got is True
+        assert os.sched_getaffinity(0) == everywhere - {mine}
+        os.sched_setaffinity(0, everywhere)
+        assert fast.wait(fd, -1, 4242, 0.02, 0.01) == (netsnoop.WAIT_TIMEOUT, 4242)
+        assert fast.stepped_aside is False      # said again at every wait
+    finally:
+        os.close(fd)
+        os.sched_setaffinity(0, everywhere)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wait_wakes_on_inotify(tmp_path, backend):
     io = netsnoop.make_backend(backend)
