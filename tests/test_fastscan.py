@@ -172,8 +172,7 @@ def test_fs_step_aside_leaves_only_the_cpu_of_a_runnable_newborn(tmp_path, fast)
         os.sched_setaffinity(0, everywhere)
         # a name holding ") R 1" is read up to its last ")": the state is S
         fake_stat(root, 43, "S", current_cpu(), comm="x) R 1 (y")
-        other = min(everywhere - {current_cpu()})
-        fake_stat(root, 44, "R", other)
+        fake_stat(root, 44, "R", max(everywhere) + 1)     # a CPU this thread never runs on
         with open(os.path.join(root, "45"), "w"):
             pass                                # not a directory: no stat
         for pid in (43, 44, 45, 46):
