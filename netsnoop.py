@@ -3204,6 +3204,9 @@ class ProcScanner(object):
         self.last_birth = now
         if cur < last or cur - last > MAX_SPAN:
             self.full_listing = True        # wrapped at pid_max, or too many to probe
+            # the newest may not be in /proc yet when the listing is taken ("Trap: the
+            # counter runs ahead of /proc"): probed until it shows, as any new PID
+            self.pending.setdefault(cur, now)
             return
         for pid in range(last + 1, cur + 1):
             self.pending.setdefault(pid, now)
