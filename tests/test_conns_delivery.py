@@ -63,6 +63,24 @@ def in_netns(pid, make):
     return result[0]
 
 
+def start_conns_feed(space, args, stdout):
+    """netsnoop --conns ARGS run in the namespace (its banner is the caller's to check,
+    inside the try that stops it)."""
+    return subprocess.Popen(
+        ["nsenter", "--net=/proc/%d/ns/net" % space.pid, sys.executable, NETSNOOP,
+         "--conns"] + args, stdout=stdout, stderr=subprocess.PIPE, universal_newlines=True,
+        env=no_proxy_env())
+
+
+def run_traffic(space):
+    """TRAFFIC in the namespace -> (listening port, client port, its pid)."""
+    traffic = subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % space.pid,
+                              sys.executable, "-c", TRAFFIC], stdout=subprocess.PIPE,
+                             universal_newlines=True, timeout=30)
+    port, client_port, pid = (int(x) for x in traffic.stdout.split())
+    return port, client_port, pid
+
+
 def test_conn_events_reach_syslog_and_webhook_in_ecs_form(space, tmp_path):
     """Every connection event is one RFC 5424 datagram with its ECS JSON (a bug that
     skipped conn events, or crashed on their missing process fields, fails); the
@@ -73,17 +91,11 @@ def test_conn_events_reach_syslog_and_webhook_in_ecs_form(space, tmp_path):
     rx.bind(path)
     rx.settimeout(10)
     out = open(str(tmp_path / "out"), "w+")
-    feed = subprocess.Popen(
-        ["nsenter", "--net=/proc/%d/ns/net" % space.pid, sys.executable, NETSNOOP,
-         "--conns", "--ecs", "--syslog", "unix:" + path, "--webhook", hook.url,
-         "--alert", "warn"], stdout=out, stderr=subprocess.PIPE, universal_newlines=True,
-        env=no_proxy_env())
+    feed = start_conns_feed(space, ["--ecs", "--syslog", "unix:" + path, "--webhook",
+                                    hook.url, "--alert", "warn"], out)
     try:
         assert "watching TCP connections" in feed.stderr.readline()
-        traffic = subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % space.pid,
-                                  sys.executable, "-c", TRAFFIC], stdout=subprocess.PIPE,
-                                 universal_newlines=True, timeout=30)
-        port, client_port, _ = (int(x) for x in traffic.stdout.split())
+        port, client_port, _ = run_traffic(space)
         datagrams = []
         while True:             # listen, 2 opens, 3 closes (client, server, listener)
             datagrams.append(parse_5424(rx.recv(65536)))
@@ -128,17 +140,12 @@ def test_new_listener_mail_names_the_connection(space, tmp_path):
     subject names the rule, the port and the process (a conn event has no ppid: the
     process events' subject would fail on it)."""
     controller, received = in_netns(space.pid, smtp_server)
-    feed = subprocess.Popen(
-        ["nsenter", "--net=/proc/%d/ns/net" % space.pid, sys.executable, NETSNOOP,
-         "--conns", "--mail-to", "soc@example.org",
-         "--smtp", "127.0.0.1:%d" % controller.port], stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, universal_newlines=True, env=no_proxy_env())
+    feed = start_conns_feed(space, ["--mail-to", "soc@example.org",
+                                    "--smtp", "127.0.0.1:%d" % controller.port],
+                            subprocess.DEVNULL)
     try:
         assert "watching TCP connections" in feed.stderr.readline()
-        traffic = subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % space.pid,
-                                  sys.executable, "-c", TRAFFIC], stdout=subprocess.PIPE,
-                                 universal_newlines=True, timeout=30)
-        port, _, pid = (int(x) for x in traffic.stdout.split())
+        port, _, pid = run_traffic(space)
     finally:
         feed.send_signal(signal.SIGINT)
         err = feed.communicate(timeout=30)[1]
