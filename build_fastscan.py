@@ -28,6 +28,20 @@ int fs_step_aside(const char *root, int pid);
 int fs_inotify_init(void);
 int fs_inotify_add(int fd, const char *path, unsigned int mask);
 int fs_socket_inodes(int dir_fd, uint64_t *out, int cap);
+struct fs_diag_row {
+    uint8_t family, state, timer, retrans;
+    uint16_t sport, dport;
+    uint8_t src[16], dst[16];
+    uint32_t expires, rqueue, wqueue, uid, inode;
+    int has_bytes;
+    uint64_t bytes_acked, bytes_received;
+};
+int fs_diag_parse(const uint8_t *data, long len, uint32_t seq, struct fs_diag_row *out,
+                  int cap, int *count, int *err, int *skipped);
+long fs_diag_json_bound(int rows, int comm_len);
+long fs_diag_json(const struct fs_diag_row *rows, int n_rows, const uint64_t *inodes,
+                  const int *ends, const int *pids, int n_pids, const char *comms,
+                  const int *comm_at, int own_pid, char *out);
 """
 
 ffibuilder = FFI()

@@ -19,7 +19,7 @@ import textwrap
 import pytest
 
 import netsnoop
-from conftest import ROOT, needs_root_netns, python_for_nobody
+from conftest import ROOT, needs_fast, needs_root_netns, python_for_nobody
 
 BENCH = os.path.join(ROOT, "bench", "bench_net.py")
 
@@ -160,7 +160,8 @@ def test_fast_parse_matches_line_by_line_on_real_and_damaged_lines(loopback_pair
     assert line_by_line(crafted, "udp")[1] > line_by_line(crafted, "tcp")[1]
 
 
-def test_json_rows_are_what_json_dumps_writes(loopback_pairs):
+def test_json_rows_are_what_json_dumps_writes(loopback_pairs, monkeypatch):
+    monkeypatch.setattr(netsnoop, "fast_diag_parser", lambda: None)     # the Python twin
     procfs = netsnoop.ProcFS()
     snap = netsnoop.snapshot(procfs, os.getpid(), ("tcp", "udp", "icmp"), json_rows=True)
     rows = snap["tabs"]["tcp"]["sockets"]
@@ -169,6 +170,28 @@ def test_json_rows_are_what_json_dumps_writes(loopback_pairs):
     plain = json.loads(json.dumps(snap, default=lambda rows: rows.dicts()))
     assert json.loads(netsnoop.snapshot_json(snap)) == plain
     assert netsnoop.snapshot_json(snap) == json.dumps(snap, default=lambda rows: rows.dicts())
+
+
+@needs_fast
+def test_json_rows_written_in_c_are_the_python_twins(loopback_pairs, monkeypatch):
+    """The C scanner's tcp rows (FastSocketRows) against the Python twin's for this
+    process's own sockets (the rest of the host's may change between the snapshots)."""
+    procfs = netsnoop.ProcFS()
+    mine = set(os.fstat(s.fileno()).st_ino for s in loopback_pairs)
+
+    def tcp_rows():
+        snap = netsnoop.snapshot(procfs, os.getpid(), ("tcp",), json_rows=True)
+        rows = json.loads(netsnoop.snapshot_json(snap))["tabs"]["tcp"]["sockets"]
+        return snap["tabs"]["tcp"]["sockets"], {r["inode"]: r for r in rows
+                                                if r["inode"] in mine}
+    fast, c_rows = tcp_rows()
+    monkeypatch.setattr(netsnoop, "fast_diag_parser", lambda: None)
+    twin, python_rows = tcp_rows()
+    assert isinstance(fast, netsnoop.FastSocketRows)
+    assert isinstance(twin, netsnoop.SocketRows)
+    assert len(c_rows) == len(mine) >= 41
+    assert c_rows == python_rows
+    assert all(r["owned"] and r["pid"] == os.getpid() for r in c_rows.values())
 
 
 FD_HOLDER = textwrap.dedent("""

@@ -357,9 +357,9 @@ def test_fd_scan_of_a_process_gone_raises(tmp_path):
         netsnoop.fast_fd_socket_inodes(module, fd)      # EBADF, as Python's would
 
 
-@needs_c
-def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_path):
-    # copying a new netsnoop.py beside an older .so: the fd scan falls back to Python
+def netsnoop_beside_a_scanner(tmp_path, edit_cdef):
+    """netsnoop.py copied into tmp_path beside a C scanner built with edit_cdef(CDEF):
+    an older build, which lacks some functions.  -> the script's path."""
     import cffi     # needs_c: conftest built the scanner, so cffi and a compiler are here
     root = os.path.dirname(os.path.abspath(netsnoop.__file__))
     sys.path.insert(0, root)
@@ -368,12 +368,18 @@ def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_pat
     finally:
         sys.path.remove(root)
     ffi = cffi.FFI()
-    ffi.cdef("\n".join(line for line in build_fastscan.CDEF.splitlines()
-                       if "fs_socket_inodes" not in line))
+    ffi.cdef(edit_cdef(build_fastscan.CDEF))
     ffi.set_source("_fastscan_cffi", '#include "_fastscan.c"', include_dirs=[root])
     ffi.compile(tmpdir=str(tmp_path))
     shutil.copy(os.path.join(root, "netsnoop.py"), str(tmp_path))
-    script = str(tmp_path / "netsnoop.py")
+    return str(tmp_path / "netsnoop.py")
+
+
+@needs_c
+def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_path):
+    # copying a new netsnoop.py beside an older .so: the fd scan falls back to Python
+    script = netsnoop_beside_a_scanner(tmp_path, lambda cdef: "\n".join(
+        line for line in cdef.splitlines() if "fs_socket_inodes" not in line))
     version = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE,
                              universal_newlines=True)
     assert "process scanner: fast" in version.stdout
@@ -391,3 +397,19 @@ def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_pat
         assert len(mine) == 1 and mine[0]["owned"] is True
     finally:
         listener.close()
+
+
+@needs_c
+def test_a_c_scanner_built_from_an_older_source_is_refused_and_says_so(tmp_path):
+    # without the newest function (fs_diag_json) the .so is not loaded: the Python twin
+    # runs, and --backend fast says to build it again
+    script = netsnoop_beside_a_scanner(
+        tmp_path, lambda cdef: cdef.split("long fs_diag_json(")[0])
+    version = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE,
+                             universal_newlines=True)
+    assert "process scanner: python" in version.stdout
+    res = subprocess.run([sys.executable, script, "--procs", "--backend", "fast",
+                          "--duration", "0.1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True)
+    assert res.returncode != 0 and "build it again" in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
