@@ -5121,8 +5121,9 @@ def check_alert_options(args):
 CONN_FAST = 0.001           # sockstat poll period while a dump may run at once ...
 CONN_ACTIVE_FOR = 2.0       # ... for this long after a change
 CONN_QUIET = 0.01           # ... when quiet (--interval overrides)
-CLOSE_HOLD = 0.1            # a close waits this long for others: one wake-up per batch
-                            # (at 200 closes/s: 2.0% of a core every 20 ms, 0.7% every 0.1 s)
+CLOSE_HOLD = 0.25           # a close waits this long for others: one wake-up per batch
+                            # (at 200 closes/s: 2.0% of a core every 20 ms, 0.7% every 0.1 s
+                            # on a fast VM; on a slow one 2.7-2.8% at 0.1 s, 2.2-2.3% at 0.25)
 DUMP_SETTLE = 0.003         # a dump waits this long after the first open it is for, so
                             # that one dump sees a batch of opens (threads, accept)
 CONN_RECONCILE = 10.0       # a dump of both families at least this often

@@ -115,7 +115,11 @@ def feed_round(rate, seconds):
     after = {name: cpu_of(proc.pid) for name, proc in watchers.items()}
     for proc in watchers.values():
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:   # ss -E once ignored a SIGINT sent right at its start
+            proc.kill()
+            proc.wait()
     for t in readers:
         t.join()
     load.stdin.close()
