@@ -2550,7 +2550,7 @@ SLOW_PERIOD = 0.05      # when quiet (--interval overrides)
 MAX_WAIT = 1.0          # longest single wait (--duration, sweeps)
 STOP_CHECK = 0.25       # --procs looks at its stop flag at least this often: a signal
                         # interrupts the C wait, but Python's poll resumes after it
-VISIBLE_GRACE = 0.01    # the counter moves before /proc/N appears (docs/scanner.md,
+VISIBLE_GRACE = 0.05    # the counter moves before /proc/N appears (docs/scanner.md,
                         # "Trap: the counter runs ahead of /proc")
 FORK_WAIT = 0.03        # a child that has not exec'd by then is reported as is
 SWEEP_PERIOD = 0.02     # how often reported newborns are re-checked for exec
