@@ -5220,6 +5220,7 @@ class ConnScanner(object):
         self.netns_of = {}          # pid -> its network namespace, read once
         self.own_netns = procfs.netns(pid)
         self.uid_pass = 0.0         # when processes were last rescanned by uid
+        self.short_slice = None     # asked for by the first step(), in the thread that runs it
 
     def start(self):
         try:
@@ -5334,6 +5335,10 @@ class ConnScanner(object):
         connections spends it, then a poll every `quiet` is enough: a dump has to
         wait for the budget anyway); closes are held CLOSE_HOLD for the others of
         their batch, so a steady flow wakes the feed ~10 times a second."""
+        if self.short_slice is None:
+            # as the process feed does: at a wake-up the dump that sees a new
+            # connection with its owner must not wait for a busy CPU's slice to end
+            self.short_slice = request_short_slice()
         now = time.monotonic()
         deadline = now + max(0.0, limit)
         events, destroyed = [], []
