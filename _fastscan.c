@@ -13,6 +13,10 @@
  *                    returns to it only when there is work.  Woken by a new
  *                    PID, it first steps aside (fs_step_aside()) when that
  *                    newborn waits for the CPU the scanner runs on.
+ *   fs_catcher_start()  a thread of its own that reads the newborns' new
+ *                    command lines the moment they exec; Python asks it
+ *                    (fs_catcher_find()) for a newborn gone before Python
+ *                    read it (see its section).
  *
  * and for the net views:
  *
@@ -34,12 +38,15 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -314,6 +321,414 @@ int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us
         if (woke != FS_TIMEOUT)
             return woke;
     }
+}
+
+/*
+ * The catcher: a thread that reads each newborn's new command line as it execs.
+ *
+ * In a build both CPUs run compilers while configure and make start programs
+ * that live a millisecond (mkdir, mv, cat).  Python, woken by such an exec,
+ * runs ~0.3 ms of interpreter per wake-up and so uses up its share of the CPU:
+ * woken again, the scheduler lets it wait for the next tick (up to 4 ms at
+ * HZ=250) while the program lives and dies (perf: the scanner runnable, not
+ * running, through the whole life of nearly every missed program).  This
+ * thread does only the reads that cannot wait, a few microseconds of C per
+ * wake-up, so it keeps its share and, with the short slice, preempts a
+ * compiler at once.  It is woken by the same inotify opens (an exec opens its
+ * program file, then ld.so.cache) on an inotify fd of its own, follows each
+ * new PID for FS_CATCH_FOLLOW_US, and keeps what it read in a ring; Python
+ * asks it (fs_catcher_find()) only for a newborn gone before Python read its
+ * new command line.  Quiet, it sleeps in ppoll without a timeout.
+ *
+ * A reading is kept only when it shows an exec: a command line other than the
+ * one read before, or a name other than the parent's (read at the first
+ * sighting).  The name is read after the command line: execve sets the new
+ * name before the new arguments show, so the name kept is the program's.
+ */
+
+#define FS_CATCH_RING 256           /* readings kept, newest over oldest */
+#define FS_CATCH_FOLLOW 64          /* newborns followed at once */
+#define FS_CATCH_STAT 1024
+#define FS_CATCH_CMDLINE 4096
+#define FS_CATCH_FOLLOW_US 50000    /* a newborn is followed this long for its exec */
+#define FS_CATCH_SPIN_US 500        /* after a wake-up, re-read this long ... */
+#define FS_CATCH_STEP_US 100        /* ... this often (the new arguments show ~0.1 ms
+                                       after the open of the program file) */
+#define FS_CATCH_PATHS 64
+
+struct fs_snapshot {
+    int pid;
+    int uid;                        /* owner of /proc/PID: the effective uid */
+    int stat_len;
+    int cmdline_len;                /* -1: longer than the buffer (not kept) */
+    double t;                       /* CLOCK_MONOTONIC seconds of the reading */
+    char stat[FS_CATCH_STAT];
+    char cmdline[FS_CATCH_CMDLINE];
+};
+
+struct fs_newborn {
+    int pid, uid, stat_fd, cmd_fd;
+    long since_us;
+    char parent_comm[64];
+    int last_len;                   /* the last non-empty command line read */
+    char last[FS_CATCH_CMDLINE];
+};
+
+struct fs_catcher {
+    pthread_t thread;
+    pthread_mutex_t lock;           /* guards ring and next */
+    int notify_fd, counter_fd, wake[2];
+    int last;
+    char root[PATH_MAX];
+    int n_paths;
+    char paths[FS_CATCH_PATHS][PATH_MAX];
+    int n_born;
+    struct fs_newborn born[FS_CATCH_FOLLOW];
+    long next;                      /* readings written so far */
+    struct fs_snapshot ring[FS_CATCH_RING];
+    struct fs_snapshot scratch;
+};
+
+static long fs_now_us(void)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1000000L + now.tv_nsec / 1000;
+}
+
+/* The name in a stat line ("pid (name) ..."), copied into out; 0 when malformed. */
+static int fs_stat_comm(const char *text, char *out, size_t cap)
+{
+    const char *open = strchr(text, '('), *close = strrchr(text, ')');
+    size_t len;
+
+    if (open == NULL || close == NULL || close < open)
+        return 0;
+    len = (size_t)(close - open - 1);
+    if (len >= cap)
+        len = cap - 1;
+    memcpy(out, open + 1, len);
+    out[len] = '\0';
+    return 1;
+}
+
+/* Field n (3 = the state) of a stat line, or NULL. */
+static const char *fs_stat_field(const char *text, int n)
+{
+    const char *p = strrchr(text, ')');
+    int field;
+
+    if (p == NULL || p[1] != ' ')
+        return NULL;
+    p += 2;
+    for (field = 3; field < n; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL)
+            return NULL;
+        p++;
+    }
+    return p;
+}
+
+static ssize_t fs_pread_text(int fd, char *buf, size_t cap)
+{
+    ssize_t len = pread(fd, buf, cap - 1, 0);
+
+    if (len >= 0)
+        buf[len] = '\0';
+    return len;
+}
+
+/* root/pid/name opened read-only, or -1. */
+static int fs_open_proc(const struct fs_catcher *c, int pid, const char *name)
+{
+    char path[PATH_MAX];
+
+    if (snprintf(path, sizeof(path), "%s/%d/%s", c->root, pid, name) >= (int)sizeof(path))
+        return -1;
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+/* A new PID: follow it unless it is a thread or already gone. */
+static void fs_catcher_sight(struct fs_catcher *c, int pid)
+{
+    struct fs_newborn *nb;
+    char text[FS_CATCH_STAT];
+    const char *field;
+    struct stat info;
+    int fd, ppid;
+
+    if (c->n_born == FS_CATCH_FOLLOW) {         /* a flood: the oldest gives way */
+        close(c->born[0].stat_fd);
+        close(c->born[0].cmd_fd);
+        memmove(&c->born[0], &c->born[1], (FS_CATCH_FOLLOW - 1) * sizeof(c->born[0]));
+        c->n_born--;
+    }
+    fd = fs_open_proc(c, pid, "stat");
+    if (fd < 0)
+        return;
+    field = fs_pread_text(fd, text, sizeof(text)) > 0 ? fs_stat_field(text, 38) : NULL;
+    if (field == NULL || strncmp(field, "-1 ", 3) == 0 || fstat(fd, &info) != 0) {
+        close(fd);                  /* a thread (exit_signal -1), or gone */
+        return;
+    }
+    nb = &c->born[c->n_born];
+    nb->pid = pid;
+    nb->uid = (int)info.st_uid;
+    nb->stat_fd = fd;
+    nb->since_us = fs_now_us();
+    nb->last_len = 0;
+    nb->parent_comm[0] = '\0';
+    field = fs_stat_field(text, 4);
+    ppid = field != NULL ? atoi(field) : 0;
+    fd = fs_open_proc(c, ppid, "stat");
+    if (fd >= 0) {
+        if (fs_pread_text(fd, text, sizeof(text)) > 0)
+            fs_stat_comm(text, nb->parent_comm, sizeof(nb->parent_comm));
+        close(fd);
+    }
+    nb->cmd_fd = fs_open_proc(c, pid, "cmdline");
+    if (nb->cmd_fd < 0) {
+        close(nb->stat_fd);
+        return;
+    }
+    c->n_born++;
+}
+
+/* Read a followed newborn again; keep the reading when it shows an exec.
+   -> 0 while it is worth following, -1 once it is gone. */
+static int fs_catcher_read(struct fs_catcher *c, struct fs_newborn *nb)
+{
+    struct fs_snapshot *snap = &c->scratch;
+    char comm[64];
+    ssize_t len = pread(nb->cmd_fd, snap->cmdline, sizeof(snap->cmdline), 0);
+    int first;
+
+    if (len < 0)
+        return -1;                  /* reaped */
+    if (len == 0)
+        return 0;                   /* inside execve, or a zombie */
+    if (len == nb->last_len && memcmp(snap->cmdline, nb->last, (size_t)len) == 0)
+        return 0;
+    first = nb->last_len == 0;
+    memcpy(nb->last, snap->cmdline, (size_t)len);
+    nb->last_len = (int)len;
+    snap->stat_len = (int)fs_pread_text(nb->stat_fd, snap->stat, sizeof(snap->stat));
+    if (snap->stat_len <= 0 || !fs_stat_comm(snap->stat, comm, sizeof(comm)))
+        return -1;
+    if (first && strcmp(comm, nb->parent_comm) == 0)
+        return 0;                   /* its parent's image, as forked */
+    snap->pid = nb->pid;
+    snap->uid = nb->uid;
+    snap->cmdline_len = len == (ssize_t)sizeof(snap->cmdline) ? -1 : (int)len;
+    snap->t = fs_now_us() / 1e6;
+    pthread_mutex_lock(&c->lock);
+    c->ring[c->next % FS_CATCH_RING] = *snap;
+    c->next++;
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
+static void fs_catcher_watch(struct fs_catcher *c)
+{
+    int i;
+
+    for (i = 0; i < c->n_paths; i++)
+        inotify_add_watch(c->notify_fd, c->paths[i], IN_OPEN);
+}
+
+/* Drain the inotify fd; a watch that ended (ld.so.cache replaced) is added again. */
+static void fs_catcher_drain(struct fs_catcher *c)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t len;
+    int rewatch = 0;
+
+    while ((len = read(c->notify_fd, buf, sizeof(buf))) > 0) {
+        char *p = buf;
+
+        while (p < buf + len) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+
+            if (ev->mask & IN_IGNORED)
+                rewatch = 1;
+            p += sizeof(*ev) + ev->len;
+        }
+    }
+    if (rewatch)
+        fs_catcher_watch(c);
+}
+
+static void fs_catcher_sight_new(struct fs_catcher *c)
+{
+    int cur = fs_read_counter(c->counter_fd), pid;
+
+    if (cur < 0 || cur == c->last)
+        return;
+    if (cur > c->last && cur - c->last <= FS_CATCH_FOLLOW)
+        for (pid = c->last + 1; pid <= cur; pid++)
+            fs_catcher_sight(c, pid);
+    c->last = cur;                  /* wrapped, or a flood: from here on */
+}
+
+static void fs_catcher_read_all(struct fs_catcher *c)
+{
+    long now = fs_now_us();
+    int i, kept = 0;
+
+    for (i = 0; i < c->n_born; i++) {
+        struct fs_newborn *nb = &c->born[i];
+
+        if (now - nb->since_us > FS_CATCH_FOLLOW_US || fs_catcher_read(c, nb) < 0) {
+            close(nb->stat_fd);
+            close(nb->cmd_fd);
+            continue;
+        }
+        if (kept != i)
+            c->born[kept] = *nb;
+        kept++;
+    }
+    c->n_born = kept;
+}
+
+/* Ask for a 0.1 ms slice for this thread, as netsnoop.py's request_short_slice()
+   does for its own (see there); nice and policy stay as they are. */
+static void fs_request_short_slice(void)
+{
+#ifdef SYS_sched_setattr
+    struct {
+        uint32_t size, policy;
+        uint64_t flags;
+        int32_t nice;
+        uint32_t priority;
+        uint64_t runtime, deadline, period;
+        uint32_t util_min, util_max;
+    } attr;
+
+    memset(&attr, 0, sizeof(attr));
+    attr.size = sizeof(attr);
+    attr.nice = getpriority(PRIO_PROCESS, 0);
+    attr.runtime = 100000;
+    syscall(SYS_sched_setattr, 0, &attr, 0);       /* refused before Linux 6.12: fine */
+#endif
+}
+
+static void *fs_catcher_run(void *arg)
+{
+    struct fs_catcher *c = arg;
+    long spin_until = 0;
+
+    fs_request_short_slice();
+    for (;;) {
+        struct pollfd fds[2] = {{c->notify_fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
+        struct timespec step = {0, 0}, *timeout = NULL;
+        long now = fs_now_us();
+
+        if (now < spin_until)
+            step.tv_nsec = FS_CATCH_STEP_US * 1000L;
+        else if (c->n_born > 0)
+            step.tv_nsec = 1000000L;    /* a static program opens no watched file */
+        if (c->n_born > 0 || now < spin_until)
+            timeout = &step;
+        if (ppoll(fds, 2, timeout, NULL) < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents)
+            break;                      /* fs_catcher_stop() */
+        if (fds[0].revents) {
+            fs_catcher_drain(c);
+            spin_until = fs_now_us() + FS_CATCH_SPIN_US;
+        }
+        fs_catcher_sight_new(c);
+        fs_catcher_read_all(c);
+    }
+    return NULL;
+}
+
+/* The catcher on the /proc at root (its loadavg and PIDs), woken by opens of the
+   n_paths paths given one after the other, each ended by a NUL.  -> a handle for
+   fs_catcher_find() and fs_catcher_stop(), or NULL (then Python does without). */
+struct fs_catcher *fs_catcher_start(const char *root, const char *paths, int n_paths)
+{
+    struct fs_catcher *c = calloc(1, sizeof(*c));
+    char path[PATH_MAX + 16];
+    sigset_t all, old;
+    int i, started;
+
+    if (c == NULL)
+        return NULL;
+    c->notify_fd = c->counter_fd = c->wake[0] = c->wake[1] = -1;
+    snprintf(c->root, sizeof(c->root), "%s", root);
+    for (i = 0; i < n_paths && i < FS_CATCH_PATHS; i++) {
+        snprintf(c->paths[i], sizeof(c->paths[i]), "%s", paths);
+        paths += strlen(paths) + 1;
+    }
+    c->n_paths = i;
+    snprintf(path, sizeof(path), "%s/loadavg", root);
+    c->counter_fd = open(path, O_RDONLY | O_CLOEXEC);
+    c->notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (c->counter_fd < 0 || c->notify_fd < 0 || pipe2(c->wake, O_CLOEXEC) != 0)
+        goto fail;
+    c->last = fs_read_counter(c->counter_fd);
+    fs_catcher_watch(c);
+    pthread_mutex_init(&c->lock, NULL);
+    /* signals stay with Python's thread: the new one starts with all blocked */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    started = pthread_create(&c->thread, NULL, fs_catcher_run, c) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started)
+        return c;
+    pthread_mutex_destroy(&c->lock);
+fail:
+    if (c->counter_fd >= 0)
+        close(c->counter_fd);
+    if (c->notify_fd >= 0)
+        close(c->notify_fd);
+    if (c->wake[0] >= 0) {
+        close(c->wake[0]);
+        close(c->wake[1]);
+    }
+    free(c);
+    return NULL;
+}
+
+/* The newest reading of PID that shows an exec, copied into *out -> 1, or 0. */
+int fs_catcher_find(struct fs_catcher *c, int pid, struct fs_snapshot *out)
+{
+    long i, oldest;
+    int found = 0;
+
+    pthread_mutex_lock(&c->lock);
+    oldest = c->next > FS_CATCH_RING ? c->next - FS_CATCH_RING : 0;
+    for (i = c->next - 1; i >= oldest; i--)
+        if (c->ring[i % FS_CATCH_RING].pid == pid) {
+            *out = c->ring[i % FS_CATCH_RING];
+            found = 1;
+            break;
+        }
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+/* End the thread and free everything it held. */
+void fs_catcher_stop(struct fs_catcher *c)
+{
+    int i;
+
+    if (write(c->wake[1], "x", 1) != 1)
+        return;                     /* cannot happen on an empty pipe; leak rather than hang */
+    pthread_join(c->thread, NULL);
+    for (i = 0; i < c->n_born; i++) {
+        close(c->born[i].stat_fd);
+        close(c->born[i].cmd_fd);
+    }
+    close(c->counter_fd);
+    close(c->notify_fd);
+    close(c->wake[0]);
+    close(c->wake[1]);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
 /* A non-blocking, close-on-exec inotify fd. */

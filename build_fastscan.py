@@ -42,12 +42,26 @@ long fs_diag_json_bound(int rows, int comm_len);
 long fs_diag_json(const struct fs_diag_row *rows, int n_rows, const uint64_t *inodes,
                   const int *ends, const int *pids, int n_pids, const char *comms,
                   const int *comm_at, int own_pid, char *out);
+struct fs_snapshot {
+    int pid;
+    int uid;
+    int stat_len;
+    int cmdline_len;
+    double t;
+    char stat[1024];
+    char cmdline[4096];
+};
+struct fs_catcher;
+struct fs_catcher *fs_catcher_start(const char *root, const char *paths, int n_paths);
+int fs_catcher_find(struct fs_catcher *c, int pid, struct fs_snapshot *out);
+void fs_catcher_stop(struct fs_catcher *c);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source("_fastscan_cffi", '#include "_fastscan.c"',
-                      include_dirs=[HERE], extra_compile_args=["-O2", "-Wall"],
+                      include_dirs=[HERE], extra_compile_args=["-O2", "-Wall", "-pthread"],
+                      extra_link_args=["-pthread"],
                       depends=[os.path.join(HERE, "_fastscan.c")])
 
 if __name__ == "__main__":

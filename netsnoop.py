@@ -2566,6 +2566,8 @@ IN_Q_OVERFLOW = 0x4000
 PROGRAM_KEEP = 1.0      # how long a program file's open waits to be claimed by a report
 MAX_PROGRAMS = 512      # opens of program files kept for partial records
 LOST_SLACK = 0.01       # an exec's open may be drained this long before its fork is seen
+CAUGHT_SLACK = 0.5      # a catcher's reading is of a PID's newest process when taken
+                        # at most this long before the counter showed the PID to Python
 EXEC_SPIN = 0.0005      # after an exec's wake-up, newborns are re-read this long ...
 EXEC_SPIN_STEP = 0.0001  # ... this often, for the new command line
 LD_CACHE = "/etc/ld.so.cache"
@@ -2690,7 +2692,7 @@ def _load_fastscan():
                 raise ImportError("No module named '_fastscan_cffi'")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            if not hasattr(module.lib, "fs_diag_json"):     # the newest function
+            if not hasattr(module.lib, "fs_catcher_start"):     # the newest function
                 raise ImportError("built from an older _fastscan.c: build it again")
         except ImportError as err:
             module, reason = None, str(err) or "not built"
@@ -2707,6 +2709,15 @@ class PythonBackend(object):
     def __init__(self):
         self._libc = None
         self._pollers = {}
+
+    def start_catcher(self, root, paths):
+        """The catcher thread is C only (a Python thread would wait for the GIL)."""
+
+    def caught(self, pid):
+        return None
+
+    def stop_catcher(self):
+        pass
 
     def list_pids(self, root):
         pids = []
@@ -2821,6 +2832,11 @@ def _micros(seconds):
     return max(0, min(int(seconds * 1e6), 0x7FFFFFFF))
 
 
+# What the catcher thread read of a newborn as it exec'd (FastBackend.caught): when
+# (time.monotonic()), the owner of /proc/PID, the stat line and the raw command line.
+Caught = collections.namedtuple("Caught", "t uid stat cmdline")
+
+
 class FastBackend(object):
     """The C scanner: getdents64 listing, and a wait loop that runs without the GIL.
     With aside_root set, the wait steps aside from a newborn on its own CPU itself,
@@ -2841,6 +2857,32 @@ class FastBackend(object):
         self._buf = self.ffi.new("int[]", self._cap)
         self._counter = self.ffi.new("int *")
         self._aside = self.ffi.new("int *")
+        self._catcher = self.ffi.NULL
+        self._snapshot = self.ffi.new("struct fs_snapshot *")
+
+    def start_catcher(self, root, paths):
+        """Start the catcher thread on the /proc at root, woken by opens of paths
+        (fs_catcher_start(): it reads newborns' new command lines as they exec)."""
+        if not self._catcher:
+            names = [os.fsencode(path) for path in paths]
+            self._catcher = self.lib.fs_catcher_start(
+                os.fsencode(root), b"".join(name + b"\0" for name in names), len(names))
+
+    def caught(self, pid):
+        """The catcher's newest reading of PID showing an exec -> Caught, or None."""
+        if not self._catcher or not self.lib.fs_catcher_find(self._catcher, pid,
+                                                              self._snapshot):
+            return None
+        snap = self._snapshot
+        if snap.cmdline_len < 0:
+            return None             # longer than the catcher's buffer: not the whole of it
+        return Caught(snap.t, snap.uid, self.ffi.unpack(snap.stat, snap.stat_len),
+                      self.ffi.unpack(snap.cmdline, snap.cmdline_len))
+
+    def stop_catcher(self):
+        if self._catcher:
+            self.lib.fs_catcher_stop(self._catcher)
+            self._catcher = self.ffi.NULL
 
     def list_pids(self, root):
         path = os.fsencode(root)
@@ -3085,11 +3127,11 @@ class ProcContext(object):
 class Watch(object):
     """A newborn under watch: its stat and cmdline held open, immune to PID reuse."""
     __slots__ = ("pid", "stat_fd", "cmd_fd", "born", "st", "fork_comm", "fork_cmdline",
-                 "cmdline", "forked_only", "next_check", "opens", "checked")
+                 "cmdline", "forked_only", "next_check", "opens", "checked", "uid")
 
     def __init__(self, pid, stat_fd, born):
         self.pid, self.stat_fd, self.born = pid, stat_fd, born
-        self.st = self.cmd_fd = None
+        self.st = self.cmd_fd = self.uid = None   # uid: the catcher's, once /proc/N is gone
         self.fork_comm = self.fork_cmdline = self.cmdline = None
         self.forked_only = False
         self.next_check = self.checked = born     # checked: last seen alive
@@ -3180,9 +3222,11 @@ class ProcScanner(object):
             # not for a --proc tree: the machine's program opens are not its processes'
             # (they would wake the scanner for nothing and make partial records of strangers)
             self.notifier = Notifier(self.io, wake_dirs())
+            self.io.start_catcher(self.procfs.root, [LD_CACHE] + self.notifier.dirs())
         return len(self.known)
 
     def close(self):
+        self.io.stop_catcher()
         if self.aside:
             self._come_back()
         for watch in list(self.newborns.values()) + list(self.watched.values()):
@@ -3324,7 +3368,7 @@ class ProcScanner(object):
             found = self._probe(pid, since, events)
             if found or now - since > VISIBLE_GRACE:
                 del self.pending[pid]
-                if not found:
+                if not found and not self._caught_gone(pid, since, events):
                     self.vanished += 1
                     self.lost.append(Lost(None, None, since, "vanished"))
 
@@ -3439,6 +3483,8 @@ class ProcScanner(object):
         if watch.cmdline and (new_args or self._never_execed(watch, st)):
             watch.forked_only = not new_args
             self._report(watch, watch.cmdline, events)
+        elif self._caught_exec(watch, st, events):
+            pass
         elif st is not None:
             # a zombie keeps its program's name (docs/scanner.md): a partial record; it stays
             # listed, so it is known, not counted twice
@@ -3448,6 +3494,47 @@ class ProcScanner(object):
             self.lost_cmdline += 1
             self.lost.append(Lost(watch.pid, watch, watch.born, "lost_cmdline"))
         watch.close()
+
+    # -- what the catcher thread read (the fast backend: FastBackend.caught) --
+
+    def _caught_exec(self, watch, st, events):
+        """A newborn gone (or a zombie) before Python read its new command line: the
+        catcher thread's reading of its exec, when that is of this very process (same
+        start time) and shows arguments other than its parent's -> reported, True."""
+        caught = self.io.caught(watch.pid)
+        if caught is None:
+            return False
+        try:
+            seen = parse_proc_stat(caught.stat)
+        except (ValueError, IndexError):
+            return False
+        cmdline = parse_cmdline(caught.cmdline)
+        if seen.start != watch.st.start or not cmdline or cmdline == watch.fork_cmdline:
+            return False
+        watch.st = st if st is not None else seen   # a zombie's name is its last program's
+        watch.uid = caught.uid
+        watch.cmdline = cmdline
+        self._report(watch, cmdline, events)
+        return True
+
+    def _caught_gone(self, pid, since, events):
+        """A PID the counter showed and Python never found in /proc: the catcher may
+        have read it as it exec'd (its reading taken after the PID was allocated).
+        -> reported, True."""
+        caught = self.io.caught(pid)
+        if caught is None or caught.t < since - CAUGHT_SLACK:
+            return False
+        try:
+            st = parse_proc_stat(caught.stat)
+        except (ValueError, IndexError):
+            return False
+        cmdline = parse_cmdline(caught.cmdline)
+        if not cmdline:
+            return False
+        watch = Watch(pid, None, since)
+        watch.st, watch.uid, watch.cmdline = st, caught.uid, cmdline
+        self._report(watch, cmdline, events)
+        return True
 
     def _move_to_watched(self, watch, now):
         del self.newborns[watch.pid]
@@ -3539,6 +3626,8 @@ class ProcScanner(object):
                                                or read_counter(self.counter_fd) != self.last):
                 self._catch_up(events)
             event.update(self.ctx.record(watch.pid, st, cmdline, watch.stat_fd))
+            if event["uid"] is None and watch.uid is not None:    # gone: the catcher's
+                event["uid"], event["user"] = watch.uid, self.ctx.user(watch.uid)
             if cmdline is None:
                 # a zombie: its program file's open, if unclaimed, is its exe
                 event["exe"] = self._claim_program(st.comm, None) or event["exe"]

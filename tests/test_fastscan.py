@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -401,10 +402,10 @@ def test_a_c_scanner_built_before_the_fd_scan_still_serves_the_net_views(tmp_pat
 
 @needs_c
 def test_a_c_scanner_built_from_an_older_source_is_refused_and_says_so(tmp_path):
-    # without the newest function (fs_diag_json) the .so is not loaded: the Python twin
-    # runs, and --backend fast says to build it again
+    # without the newest functions (the catcher's) the .so is not loaded: the Python
+    # twin runs, and --backend fast says to build it again
     script = netsnoop_beside_a_scanner(
-        tmp_path, lambda cdef: cdef.split("long fs_diag_json(")[0])
+        tmp_path, lambda cdef: cdef.split("struct fs_snapshot {")[0])
     version = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE,
                              universal_newlines=True)
     assert "process scanner: python" in version.stdout
@@ -413,3 +414,60 @@ def test_a_c_scanner_built_from_an_older_source_is_refused_and_says_so(tmp_path)
                          stderr=subprocess.PIPE, universal_newlines=True)
     assert res.returncode != 0 and "build it again" in res.stderr
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def catcher_start(lib):
+    paths = [netsnoop.LD_CACHE] + netsnoop.wake_dirs()
+    return lib.fs_catcher_start(b"/proc", b"".join(os.fsencode(p) + b"\0" for p in paths),
+                                len(paths))
+
+
+def caught(handle, pid):
+    """fs_catcher_find -> (stat text, cmdline bytes, uid), or None."""
+    ffi, lib = module.ffi, module.lib
+    snap = ffi.new("struct fs_snapshot *")
+    if not lib.fs_catcher_find(handle, pid, snap):
+        return None
+    return (ffi.unpack(snap.stat, snap.stat_len).decode(),
+            ffi.unpack(snap.cmdline, snap.cmdline_len), snap.uid)
+
+
+@needs_c
+def test_the_catcher_keeps_each_exec_and_not_a_fork_image(fast):
+    """fs_catcher_*: its own thread follows every new PID and keeps a reading only when
+    it shows an exec.  A child that execs at once (vfork), one that execs 30 ms after
+    its fork, and one that never execs: the last two are first read as their parent's
+    image (an exec elsewhere wakes the catcher meanwhile), which is not kept."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    true = shutil.which("true") or "/bin/true"
+    lib = module.lib
+    threads = len(os.listdir("/proc/self/task"))
+    handle = catcher_start(lib)
+    assert handle != module.ffi.NULL
+    try:
+        assert len(os.listdir("/proc/self/task")) == threads + 1
+        at_once = subprocess.Popen(["nstest-at-once", "0.01"], executable=sleep)
+        at_once.wait()
+        waker = threading.Timer(0.01, subprocess.run, [[true]])
+        waker.start()
+        late = subprocess.Popen(["nstest-late", "0.01"], executable=sleep,
+                                preexec_fn=lambda: time.sleep(0.03))
+        late.wait()
+        waker.join()
+        forked = os.fork()
+        if forked == 0:
+            time.sleep(0.1)
+            os._exit(0)
+        subprocess.run([true])
+        os.waitpid(forked, 0)
+        time.sleep(0.05)
+        for child, argv0 in ((at_once, b"nstest-at-once"), (late, b"nstest-late")):
+            stat, cmdline, uid = caught(handle, child.pid)
+            assert cmdline == argv0 + b"\x000.01\x00"
+            assert stat.startswith("%d (sleep) " % child.pid)
+            assert uid == os.geteuid()
+        assert caught(handle, forked) is None
+        assert caught(handle, 0) is None
+    finally:
+        lib.fs_catcher_stop(handle)
+    assert len(os.listdir("/proc/self/task")) == threads

@@ -995,6 +995,44 @@ def test_a_lone_short_program_after_quiet_is_caught_whole(tmp_path, backend):
     assert len(caught) >= (11 if backend == "fast" else 4), (len(caught), feed.events()[-1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
+    """The fast backend's catcher thread reads each exec as it happens (docs/scanner.md,
+    "The catcher"): a program reaped, or a zombie, before Python's next step is still
+    reported whole.  Python does not step at all while they live here, as when a build
+    keeps it waiting for a CPU.  The python backend has no catcher: the reaped one is
+    missed, the zombie only a partial record (its name)."""
+    scanner = netsnoop.ProcScanner(netsnoop.ProcFS("/proc"), backend)
+    scanner.start()
+    try:
+        scanner.step(0)
+        tag = marker()
+        spawn_sleep(tag + "-reaped", 0.01).wait()
+        zombie = spawn_sleep(tag + "-zombie", 0.01)
+        stat_path = "/proc/%d/stat" % zombie.pid
+        deadline = time.monotonic() + 5
+        while netsnoop.parse_proc_stat(open(stat_path, "rb").read()).state != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        events = []
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            events.extend(scanner.step(0.05))
+        zombie.wait()
+    finally:
+        scanner.close()
+    found = by_marker(events, {tag + "-reaped", tag + "-zombie"})
+    if backend == "fast":
+        assert sorted(found) == [tag + "-reaped", tag + "-zombie"]
+        for argv0, ev in found.items():
+            assert ev["cmdline"] == [argv0, "0.01"] and ev["comm"] == "sleep"
+            assert ev["uid"] == os.geteuid() and ev["ppid"] == os.getpid()
+    else:
+        assert found == {}
+        assert any(ev.get("partial") and ev["pid"] == zombie.pid and ev["comm"] == "sleep"
+                   for ev in events)
+
+
 def test_the_scanner_steps_off_the_cpu_of_a_newborn_inside_its_exec():
     """_step_aside: a newborn runnable on the scanner's own CPU sends the scanner to the
     others; once no newborn is pending, it may run anywhere again."""
