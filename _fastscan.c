@@ -566,10 +566,14 @@ static void fs_catcher_sight_new(struct fs_catcher *c)
 
     if (cur < 0 || cur == c->last)
         return;
-    if (cur > c->last && cur - c->last <= FS_CATCH_FOLLOW)
-        for (pid = c->last + 1; pid <= cur; pid++)
+    /* more new PIDs than it can follow (threads made while nothing exec'd, a fork
+       storm), or a wrap: the newest, where the exec that woke it is */
+    pid = cur > c->last && cur - c->last <= FS_CATCH_FOLLOW ? c->last + 1
+        : cur - FS_CATCH_FOLLOW + 1;
+    for (; pid <= cur; pid++)
+        if (pid > 0)
             fs_catcher_sight(c, pid);
-    c->last = cur;                  /* wrapped, or a flood: from here on */
+    c->last = cur;
 }
 
 static void fs_catcher_read_all(struct fs_catcher *c)

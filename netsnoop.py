@@ -2711,7 +2711,8 @@ class PythonBackend(object):
         self._pollers = {}
 
     def start_catcher(self, root, paths):
-        """The catcher thread is C only (a Python thread would wait for the GIL)."""
+        """No catcher: in a Python thread it would wait for the GIL and run the cold
+        interpreter (docs/scanner.md, "Tried and dropped")."""
 
     def caught(self, pid):
         return None

@@ -471,3 +471,27 @@ def test_the_catcher_keeps_each_exec_and_not_a_fork_image(fast):
     finally:
         lib.fs_catcher_stop(handle)
     assert len(os.listdir("/proc/self/task")) == threads
+
+
+@needs_c
+def test_the_catcher_still_follows_the_newest_after_many_quiet_threads(fast):
+    """100 threads made while nothing exec'd move the counter past what the catcher
+    follows at once (64): woken by the next exec, it follows the newest PIDs, where
+    that exec is, rather than none."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    lib = module.lib
+    handle = catcher_start(lib)
+    assert handle != module.ffi.NULL
+    try:
+        time.sleep(0.1)
+        for _ in range(100):
+            thread = threading.Thread(target=int)
+            thread.start()
+            thread.join()
+        child = subprocess.Popen(["nstest-after-threads", "0.01"], executable=sleep)
+        child.wait()
+        time.sleep(0.05)
+        stat, cmdline, _uid = caught(handle, child.pid)
+        assert cmdline == b"nstest-after-threads\x000.01\x00"
+    finally:
+        lib.fs_catcher_stop(handle)
