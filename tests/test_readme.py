@@ -33,10 +33,16 @@ def readme_blocks():
     return {name: body.split("\n") for name, body in blocks}, text
 
 
+PLURALS = {"thread": "threads", "process": "processes"}
+
+
 def shape(lines):
-    """Per line, its words with every run of digits as N, and the backend's name as B (a
-    checkout without the C build runs the python one): what no rerun changes."""
+    """Per line, its words with every run of digits as N, a count's noun in the plural
+    (N is 1 in one run, 4 in another), and the backend's name as B (a checkout without
+    the C build runs the python one): what no rerun changes."""
     lines = [re.sub(r"backend (fast|python)", "backend B", line) for line in lines]
+    lines = [re.sub(r"\b(\d+ (?:new )?)(thread|process)\b",
+                    lambda m: m.group(1) + PLURALS[m.group(2)], line) for line in lines]
     return [tuple(re.sub(r"\d+", "N", word) for word in line.split()) for line in lines]
 
 
