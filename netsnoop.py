@@ -3206,10 +3206,19 @@ class ProcScanner(object):
     def start(self):
         """Open the counter, note the processes already present, set up inotify."""
         self.ctx = ProcContext(self.procfs)
+        if self.procfs.is_live():
+            # not for a --proc tree: the machine's program opens are not its processes'
+            # (they would wake the scanner for nothing and make partial records of strangers)
+            self.notifier = Notifier(self.io, wake_dirs())
+            # before the counter is read: the catcher's own thread is no new PID
+            self.io.start_catcher(self.procfs.root, [LD_CACHE] + self.notifier.dirs())
         try:
             self.counter_fd = _open_ro(self.procfs.path("loadavg"))
             self.last = read_counter(self.counter_fd)
         except (OSError, ValueError, IndexError) as err:
+            self.io.stop_catcher()
+            if self.notifier is not None:
+                self.notifier.close()
             raise NetsnoopError("cannot read the last-PID counter %s: %s" % (
                 self.procfs.path("loadavg"), getattr(err, "strerror", None) or err))
         _raise_fd_limit()
@@ -3219,11 +3228,6 @@ class ProcScanner(object):
             if st is not None:
                 self.known[pid] = st.start
         self.last_listing = now
-        if self.procfs.is_live():
-            # not for a --proc tree: the machine's program opens are not its processes'
-            # (they would wake the scanner for nothing and make partial records of strangers)
-            self.notifier = Notifier(self.io, wake_dirs())
-            self.io.start_catcher(self.procfs.root, [LD_CACHE] + self.notifier.dirs())
         return len(self.known)
 
     def close(self):

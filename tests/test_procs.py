@@ -1005,6 +1005,8 @@ def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
     scanner = netsnoop.ProcScanner(netsnoop.ProcFS("/proc"), backend)
     scanner.start()
     try:
+        # the counter was read after the catcher started: its thread is no new PID
+        assert max(int(tid) for tid in os.listdir("/proc/self/task")) <= scanner.last
         scanner.step(0)
         tag = marker()
         spawn_sleep(tag + "-reaped", 0.01).wait()
