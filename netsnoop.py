@@ -1635,8 +1635,7 @@ class FastSocketRows(object):
                 at += len(comm) + 1
         comm_text = "\0".join(comms).encode("ascii") + b"\0"
         bound = lib.fs_diag_json_bound(self.diag.count, max(map(len, comms), default=0))
-        # not zeroed first: a 20 MB memset for 8 MB of text
-        out = ffi.new_allocator(should_clear_after_alloc=False)("char[]", bound)
+        out = ffi.new("char[]", bound)
         length = lib.fs_diag_json(
             self.diag.rows, self.diag.count, ffi.from_buffer("uint64_t[]", inodes),
             ends, pids, len(pids), comm_text, comm_at, self.pid, out)
@@ -2169,22 +2168,33 @@ def tcp_diag(procfs, pid):
 DIAG_ROW_STATES = DIAG_LIVE_STATES | (1 << TCP_TIME_WAIT)    # what /proc/net/tcp lists
 
 
-def diag_rows(entry):
-    """Both families' TCP sockets, every state /proc/net/tcp lists -> (Records of
-    Socket, {inode: (bytes_acked, bytes_received)}, damaged messages skipped)."""
+def _dump_rows(entry, read_chunk):
+    """Ask for each family's TCP sockets in every state /proc/net/tcp lists, and hand
+    each chunk of the reply to read_chunk(sock, seq) -> (finished, errno or 0)."""
     sock, lock = entry
-    rows, tcp_bytes, skipped = Records(), {}, 0
     with lock:
         for family in (socket.AF_INET, socket.AF_INET6):
             seq = _next_diag_seq()
             sock.send(inet_diag_request(family, DIAG_ROW_STATES, seq))
-            names, done, err = {}, False, 0
+            done, err = False, 0
             while not done:
-                done, err, bad = parse_diag_rows(sock.recv(DIAG_RECV), seq, rows,
-                                                 tcp_bytes, names)
-                skipped += bad
+                done, err = read_chunk(sock, seq)
             _raise_dump_error(family, err)
-    return rows, tcp_bytes, skipped
+
+
+def diag_rows(entry):
+    """Both families' TCP sockets, every state /proc/net/tcp lists -> (Records of
+    Socket, {inode: (bytes_acked, bytes_received)}, damaged messages skipped)."""
+    rows, tcp_bytes, names, skipped = Records(), {}, {}, [0]
+
+    def read_chunk(sock, seq):
+        # a cache per family (per request): 0.0.0.0 and :: are the same 16 raw bytes
+        cache = names.setdefault(seq, {})
+        done, err, bad = parse_diag_rows(sock.recv(DIAG_RECV), seq, rows, tcp_bytes, cache)
+        skipped[0] += bad
+        return done, err
+    _dump_rows(entry, read_chunk)
+    return rows, tcp_bytes, skipped[0]
 
 
 class FastDiagRows(object):
@@ -2218,17 +2228,9 @@ class FastDiagRows(object):
 
 def fast_diag_rows(module, entry):
     """diag_rows parsed in C -> FastDiagRows (for --json: see FastSocketRows)."""
-    sock, lock = entry
     out = FastDiagRows(module)
     chunk = bytearray(DIAG_RECV)
-    with lock:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            seq = _next_diag_seq()
-            sock.send(inet_diag_request(family, DIAG_ROW_STATES, seq))
-            done, err = False, 0
-            while not done:
-                done, err = out.add(chunk, sock.recv_into(chunk), seq)
-            _raise_dump_error(family, err)
+    _dump_rows(entry, lambda sock, seq: out.add(chunk, sock.recv_into(chunk), seq))
     return out
 
 
