@@ -3508,19 +3508,14 @@ class ProcScanner(object):
         """A newborn gone (or a zombie) before Python read its new command line: the
         catcher thread's reading of its exec, when that is of this very process (same
         start time) and shows arguments other than its parent's -> reported, True."""
-        caught = self.io.caught(watch.pid)
-        if caught is None:
+        reading = self._catcher_reading(watch.pid)
+        if reading is None:
             return False
-        try:
-            seen = parse_proc_stat(caught.stat)
-        except (ValueError, IndexError):
-            return False
-        cmdline = parse_cmdline(caught.cmdline)
-        if seen.start != watch.st.start or not cmdline or cmdline == watch.fork_cmdline:
+        caught, seen, cmdline = reading
+        if seen.start != watch.st.start or cmdline == watch.fork_cmdline:
             return False
         watch.st = st if st is not None else seen   # a zombie's name is its last program's
-        watch.uid = caught.uid
-        watch.cmdline = cmdline
+        watch.uid, watch.cmdline = caught.uid, cmdline
         self._report(watch, cmdline, events)
         return True
 
@@ -3528,20 +3523,26 @@ class ProcScanner(object):
         """A PID the counter showed and Python never found in /proc: the catcher may
         have read it as it exec'd (its reading taken after the PID was allocated).
         -> reported, True."""
-        caught = self.io.caught(pid)
-        if caught is None or caught.t < since - CAUGHT_SLACK:
+        reading = self._catcher_reading(pid)
+        if reading is None or reading[0].t < since - CAUGHT_SLACK:
             return False
-        try:
-            st = parse_proc_stat(caught.stat)
-        except (ValueError, IndexError):
-            return False
-        cmdline = parse_cmdline(caught.cmdline)
-        if not cmdline:
-            return False
+        caught, seen, cmdline = reading
         watch = Watch(pid, None, since)
-        watch.st, watch.uid, watch.cmdline = st, caught.uid, cmdline
+        watch.st, watch.uid, watch.cmdline = seen, caught.uid, cmdline
         self._report(watch, cmdline, events)
         return True
+
+    def _catcher_reading(self, pid):
+        """-> (Caught, its ProcStat, its command line), or None."""
+        caught = self.io.caught(pid)
+        if caught is None:
+            return None
+        try:
+            seen = parse_proc_stat(caught.stat)
+        except (ValueError, IndexError):
+            return None
+        cmdline = parse_cmdline(caught.cmdline)
+        return (caught, seen, cmdline) if cmdline else None
 
     def _move_to_watched(self, watch, now):
         del self.newborns[watch.pid]
