@@ -68,6 +68,15 @@ def spawn_and_wait(specs, gap=0.02):
         child.wait()
 
 
+def step_for(scanner, seconds):
+    """A ProcScanner's events over `seconds` of steps."""
+    events = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        events.extend(scanner.step(0.05))
+    return events
+
+
 def by_marker(events, markers):
     found = {}
     for ev in events:
@@ -953,10 +962,7 @@ def test_polling_alone_still_catches_processes(backend):
     spawner = threading.Thread(target=spawn_and_wait, args=(specs, 0.05))
     try:
         spawner.start()
-        events = []
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            events.extend(scanner.step(0.05))
+        events = step_for(scanner, 1.5)
         spawner.join()
     finally:
         scanner.close()
@@ -1016,10 +1022,7 @@ def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
         while netsnoop.parse_proc_stat(open(stat_path, "rb").read()).state != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.005)
-        events = []
-        deadline = time.monotonic() + 1
-        while time.monotonic() < deadline:
-            events.extend(scanner.step(0.05))
+        events = step_for(scanner, 1)
         zombie.wait()
     finally:
         scanner.close()
