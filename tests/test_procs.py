@@ -1038,6 +1038,40 @@ def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
                    for ev in events)
 
 
+def test_a_catcher_reading_of_another_process_or_of_the_fork_image_is_refused(tmp_path):
+    """_caught_exec trusts the catcher's reading only when its start time is the
+    newborn's (not an older process that had the PID) and its arguments are not the
+    parent's; otherwise the newborn stays lost.  The readings are written here; the
+    catcher itself is tested in test_fastscan.py."""
+    root = proc_tree(tmp_path / "proc", {100: 1})
+    (root / "loadavg").write_text("0.00 0.01 0.05 1/80 4242\n")
+    scanner = netsnoop.ProcScanner(netsnoop.ProcFS(str(root)), "python")
+    scanner.start()
+    readings = {}
+    scanner.io.caught = readings.get
+
+    def lost_or_reported(start, cmdline):
+        readings[4242] = netsnoop.Caught(time.monotonic(), 1234, b"4242 (mkdir) R 100 "
+                                         + b"0 " * 17 + b"%d 0\n" % start, cmdline)
+        watch = netsnoop.Watch(4242, None, time.monotonic())
+        watch.st = netsnoop.ProcStat("p100", "S", 100, 0, 500, 17, 0)
+        watch.fork_comm, watch.fork_cmdline = "p100", ["prog-100", "arg"]
+        scanner.newborns[4242] = watch
+        events = []
+        scanner._newborn_died(watch, None, events)
+        scanner._describe(events)
+        return events
+    try:
+        assert lost_or_reported(499, b"mkdir\0-p\0d\0") == []         # another process
+        assert lost_or_reported(500, b"prog-100\0arg\0") == []         # its parent's image
+        assert scanner.lost_cmdline == 2 and scanner.seen == 0
+        [event] = lost_or_reported(500, b"mkdir\0-p\0d\0")
+    finally:
+        scanner.close()
+    assert event["cmdline"] == ["mkdir", "-p", "d"] and event["comm"] == "mkdir"
+    assert event["pid"] == 4242 and event["uid"] == 1234 and scanner.seen == 1
+
+
 def test_the_scanner_steps_off_the_cpu_of_a_newborn_inside_its_exec():
     """_step_aside: a newborn runnable on the scanner's own CPU sends the scanner to the
     others; once no newborn is pending, it may run anywhere again."""
