@@ -1015,8 +1015,10 @@ def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
         assert max(int(tid) for tid in os.listdir("/proc/self/task")) <= scanner.last
         scanner.step(0)
         tag = marker()
-        spawn_sleep(tag + "-reaped", 0.01).wait()
-        zombie = spawn_sleep(tag + "-zombie", 0.01)
+        # 50 ms of life: time enough for the catcher under a loaded CI, none for Python,
+        # which does not step until they are gone
+        spawn_sleep(tag + "-reaped", 0.05).wait()
+        zombie = spawn_sleep(tag + "-zombie", 0.05)
         stat_path = "/proc/%d/stat" % zombie.pid
         deadline = time.monotonic() + 5
         while netsnoop.parse_proc_stat(open(stat_path, "rb").read()).state != "Z":
@@ -1030,7 +1032,7 @@ def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
     if backend == "fast":
         assert sorted(found) == [tag + "-reaped", tag + "-zombie"]
         for argv0, ev in found.items():
-            assert ev["cmdline"] == [argv0, "0.01"] and ev["comm"] == "sleep"
+            assert ev["cmdline"] == [argv0, "0.05"] and ev["comm"] == "sleep"
             assert ev["uid"] == os.geteuid() and ev["ppid"] == os.getpid()
     else:
         assert found == {}
