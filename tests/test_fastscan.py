@@ -446,11 +446,11 @@ def test_the_catcher_keeps_each_exec_and_not_a_fork_image(fast):
     assert handle != module.ffi.NULL
     try:
         assert len(os.listdir("/proc/self/task")) == threads + 1
-        at_once = subprocess.Popen(["nstest-at-once", "0.01"], executable=sleep)
+        at_once = subprocess.Popen(["nstest-at-once", "0.05"], executable=sleep)
         at_once.wait()
         waker = threading.Timer(0.01, subprocess.run, [[true]])
         waker.start()
-        late = subprocess.Popen(["nstest-late", "0.01"], executable=sleep,
+        late = subprocess.Popen(["nstest-late", "0.05"], executable=sleep,
                                 preexec_fn=lambda: time.sleep(0.03))
         late.wait()
         waker.join()
@@ -463,7 +463,7 @@ def test_the_catcher_keeps_each_exec_and_not_a_fork_image(fast):
         time.sleep(0.05)
         for child, argv0 in ((at_once, b"nstest-at-once"), (late, b"nstest-late")):
             stat, cmdline, uid = caught(handle, child.pid)
-            assert cmdline == argv0 + b"\x000.01\x00"
+            assert cmdline == argv0 + b"\x000.05\x00"
             assert stat.startswith("%d (sleep) " % child.pid)
             assert uid == os.geteuid()
         assert caught(handle, forked) is None
@@ -488,10 +488,10 @@ def test_the_catcher_still_follows_the_newest_after_many_quiet_threads(fast):
             thread = threading.Thread(target=int)
             thread.start()
             thread.join()
-        child = subprocess.Popen(["nstest-after-threads", "0.01"], executable=sleep)
+        child = subprocess.Popen(["nstest-after-threads", "0.05"], executable=sleep)
         child.wait()
         time.sleep(0.05)
         stat, cmdline, _uid = caught(handle, child.pid)
-        assert cmdline == b"nstest-after-threads\x000.01\x00"
+        assert cmdline == b"nstest-after-threads\x000.05\x00"
     finally:
         lib.fs_catcher_stop(handle)
