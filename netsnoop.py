@@ -2538,12 +2538,15 @@ def _pairs(cur, prev, key, ident):
 # - a full listing reconciles now and then, only when the counter moved;
 # - a process gone before its command line was read is still reported, as a
 #   partial record, when its zombie's name or its program file's open (the
-#   names inotify gives) tells what it ran; a PID is named only when one lost
-#   process and one unclaimed open leave no doubt;
+#   names inotify gives) tells what it ran; an open never names a PID (which
+#   lost process ran it cannot be told: "pid": null);
 # - the scanner asks for a short scheduling slice, to run as soon as it wakes
-#   while a build keeps both cores busy.
-# The two backends share all of this; they differ only in the listing and the
-# wait (C: getdents64 and a poll loop run without the GIL).
+#   while a build keeps both cores busy;
+# - the fast backend adds a catcher thread in C that reads each newborn's new
+#   command line the moment it execs; Python asks it for those gone before it
+#   got a CPU (a build's millisecond programs).
+# The two backends share all of this but the catcher; they differ in the
+# listing and the wait (C: getdents64 and a poll loop run without the GIL).
 
 FAST_PERIOD = 0.001     # poll period while a newborn has not exec'd yet
 ACTIVE_PERIOD = 0.005   # ... for ACTIVE_FOR seconds after a birth
