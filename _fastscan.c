@@ -227,6 +227,25 @@ static int fs_drop_events(int notify_fd)
  * Python would only drop: its events are dropped here, without waking Python
  * (docs/scanner.md, "Idle").
  */
+/* Field n (3 = the state) of a stat line, or NULL.  The name (field 2) may hold
+   anything, ")" too: fields are counted from its last ")". */
+static const char *fs_stat_field(const char *text, int n)
+{
+    const char *p = strrchr(text, ')');
+    int field;
+
+    if (p == NULL || p[1] != ' ')
+        return NULL;
+    p += 2;
+    for (field = 3; field < n; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL)
+            return NULL;
+        p++;
+    }
+    return p;
+}
+
 /*
  * The newborn PID, runnable on the CPU this thread runs on, is held there by the
  * scanner itself: move this thread to the other CPUs it may use, at once (Python,
@@ -237,10 +256,10 @@ static int fs_drop_events(int notify_fd)
 int fs_step_aside(const char *root, int pid)
 {
     char path[PATH_MAX], text[1024];
-    const char *p;
+    const char *state, *p;
     ssize_t len;
     cpu_set_t cpus;
-    int fd, field, cpu;
+    int fd, cpu;
 
     if (snprintf(path, sizeof(path), "%s/%d/stat", root, pid) >= (int)sizeof(path))
         return 0;
@@ -252,17 +271,9 @@ int fs_step_aside(const char *root, int pid)
     if (len <= 0)
         return 0;
     text[len] = '\0';
-    p = strrchr(text, ')');         /* the name may hold anything, ")" too */
-    if (p == NULL || p[1] != ' ' || p[2] != 'R')
-        return 0;
-    p += 2;                         /* field 3, the state; field 39 is the CPU */
-    for (field = 3; field < 39; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL)
-            return 0;
-        p++;
-    }
-    if (*p < '0' || *p > '9')
+    state = fs_stat_field(text, 3);
+    p = fs_stat_field(text, 39);    /* the CPU it last ran on */
+    if (state == NULL || *state != 'R' || p == NULL || *p < '0' || *p > '9')
         return 0;
     cpu = atoi(p);
     if (cpu != sched_getcpu() || sched_getaffinity(0, sizeof(cpus), &cpus) != 0)
@@ -413,24 +424,6 @@ static int fs_stat_comm(const char *text, char *out, size_t cap)
     return 1;
 }
 
-/* Field n (3 = the state) of a stat line, or NULL. */
-static const char *fs_stat_field(const char *text, int n)
-{
-    const char *p = strrchr(text, ')');
-    int field;
-
-    if (p == NULL || p[1] != ' ')
-        return NULL;
-    p += 2;
-    for (field = 3; field < n; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL)
-            return NULL;
-        p++;
-    }
-    return p;
-}
-
 static ssize_t fs_pread_text(int fd, char *buf, size_t cap)
 {
     ssize_t len = pread(fd, buf, cap - 1, 0);
@@ -538,28 +531,6 @@ static void fs_catcher_watch(struct fs_catcher *c)
         inotify_add_watch(c->notify_fd, c->paths[i], IN_OPEN);
 }
 
-/* Drain the inotify fd; a watch that ended (ld.so.cache replaced) is added again. */
-static void fs_catcher_drain(struct fs_catcher *c)
-{
-    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-    ssize_t len;
-    int rewatch = 0;
-
-    while ((len = read(c->notify_fd, buf, sizeof(buf))) > 0) {
-        char *p = buf;
-
-        while (p < buf + len) {
-            const struct inotify_event *ev = (const struct inotify_event *)p;
-
-            if (ev->mask & IN_IGNORED)
-                rewatch = 1;
-            p += sizeof(*ev) + ev->len;
-        }
-    }
-    if (rewatch)
-        fs_catcher_watch(c);
-}
-
 static void fs_catcher_sight_new(struct fs_catcher *c)
 {
     int cur = fs_read_counter(c->counter_fd), pid;
@@ -640,7 +611,8 @@ static void *fs_catcher_run(void *arg)
         if (fds[1].revents)
             break;                      /* fs_catcher_stop() */
         if (fds[0].revents) {
-            fs_catcher_drain(c);
+            if (fs_drop_events(c->notify_fd))
+                fs_catcher_watch(c);    /* ld.so.cache replaced: watch the new one */
             spin_until = fs_now_us() + FS_CATCH_SPIN_US;
         }
         fs_catcher_sight_new(c);
