@@ -1023,9 +1023,8 @@ def test_programs_gone_before_python_read_them_come_from_the_catcher(backend):
         # which does not step until they are gone
         spawn_sleep(tag + "-reaped", 0.05).wait()
         zombie = spawn_sleep(tag + "-zombie", 0.05)
-        stat_path = "/proc/%d/stat" % zombie.pid
         deadline = time.monotonic() + 5
-        while netsnoop.parse_proc_stat(open(stat_path, "rb").read()).state != "Z":
+        while netsnoop.read_proc_stat(scanner.procfs, zombie.pid).state != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.005)
         events = step_for(scanner, 1)
