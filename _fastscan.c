@@ -216,17 +216,6 @@ static int fs_drop_events(int notify_fd)
     }
 }
 
-/*
- * Wait up to `timeout_us` for the counter to differ from `last`, checking it
- * every `step_us`, and for notify_fd (-1: none) to become readable.  Stores
- * the counter last read in *counter and returns FS_MOVED, FS_NOTIFY,
- * FS_TIMEOUT, FS_INTERRUPTED (a signal: Python must run its handlers),
- * FS_REWATCH, or -errno.  The inotify events are left unread for Python to
- * parse, unless `quiet`: then nothing is under watch, and an exec that did not
- * move the counter is another PID namespace's or an old process's, which
- * Python would only drop: its events are dropped here, without waking Python
- * (docs/scanner.md, "Idle").
- */
 /* Field n (3 = the state) of a stat line, or NULL.  The name (field 2) may hold
    anything, ")" too: fields are counted from its last ")". */
 static const char *fs_stat_field(const char *text, int n)
@@ -285,9 +274,16 @@ int fs_step_aside(const char *root, int pid)
 }
 
 /*
- * Wait for the counter to move or the inotify fd to be readable.  aside_root:
- * NULL, or the /proc whose newborns the scanner may step aside from
- * (fs_step_aside(); *aside is then 1 when it did).
+ * Wait up to `timeout_us` for the counter to differ from `last`, checking it
+ * every `step_us`, and for notify_fd (-1: none) to become readable.  Stores
+ * the counter last read in *counter and returns FS_MOVED, FS_NOTIFY,
+ * FS_TIMEOUT, FS_INTERRUPTED (a signal: Python must run its handlers),
+ * FS_REWATCH, or -errno.  The inotify events are left unread for Python to
+ * parse, unless `quiet`: then nothing is under watch, and an exec that did not
+ * move the counter is another PID namespace's or an old process's, which
+ * Python would only drop: its events are dropped here, without waking Python
+ * (docs/scanner.md, "Idle").  aside_root: NULL, or the /proc whose newborns
+ * the scanner may step aside from (fs_step_aside(); *aside is then 1 when it did).
  */
 int fs_wait(int counter_fd, int notify_fd, int last, int timeout_us, int step_us,
             int quiet, int *counter, const char *aside_root, int *aside)
